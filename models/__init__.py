@@ -1,0 +1,1 @@
+"""Model code: architectures, weights, serving wrappers and the torch -> ONNX export pipeline."""

@@ -1,0 +1,220 @@
+"""torch -> ONNX export into the model repository, with a parity check that fails loudly.
+
+    segserve export --model lraspp_mobilenet_v3_large --weights pretrained
+    segserve export --model fcn_resnet50 --weights random --input-size 384x384
+
+Each export writes a new version folder (``<repo>/<name>/<N>/``) holding ``model.onnx``
+(uint8 NCHW input with dynamic batch/height/width, normalisation and optional argmax in
+the graph), ``weights.pt`` (for the torch backend) and ``export.json`` (provenance and
+parity figures), plus the model's ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from models import zoo
+from models.serving import SemanticServingModule
+from models.weights import WeightsError, WeightsSpec, download, load_checkpoint
+from service.repository import (
+    CONFIG_FILE,
+    DynamicBatching,
+    InputSpec,
+    ModelConfig,
+    OutputSpec,
+    Task,
+    WeightsInfo,
+    latest_version,
+)
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ParityReport:
+    max_abs_diff: float  # logits, ONNX Runtime vs torch eager
+    max_abs_logit: float
+    label_agreement: float  # fraction of pixels whose argmax agrees
+    batch: int
+    height: int
+    width: int
+
+    def check(self, rtol: float = 1e-3, min_agreement: float = 0.999) -> None:
+        tol = rtol * max(1.0, self.max_abs_logit)
+        if not (self.max_abs_diff <= tol and self.label_agreement >= min_agreement):
+            raise ExportError(
+                f"parity check failed: max |logit diff| {self.max_abs_diff:.3g} (allowed {tol:.3g}), "
+                f"mask agreement {self.label_agreement:.5%} (required {min_agreement:.3%})"
+            )
+
+
+def resolve_weights(arch: zoo.Architecture, spec: WeightsSpec, progress: bool = True) -> tuple[dict | None, list[str] | None, str]:
+    """(state_dict or None for random, class names if the weights define them, description)."""
+    if spec.source == "random":
+        return None, None, spec.describe()
+    if spec.source == "pretrained":
+        if arch.weights is None:
+            raise WeightsError(f"{arch.name} has no pretrained weights registered")
+        path = download(arch.weights.url, progress=progress)
+        return load_checkpoint(path), arch.pretrained_classes, f"pretrained {arch.weights.url}"
+    assert spec.path is not None
+    raw = torch.load(spec.path, map_location="cpu", weights_only=True) if spec.path.is_file() else None
+    classes = raw.get("classes") if isinstance(raw, dict) else None
+    return load_checkpoint(spec.path), classes, f"file {spec.path}"
+
+
+def sample_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random uint8 images: closer to photos than white noise, so activations are realistic."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, max(2, height // 16), max(2, width // 16), generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    noise = torch.rand(batch, 3, height, width, generator=g) * 0.1
+    return ((smooth + noise).clamp(0, 1) * 255).to(torch.uint8)
+
+
+def export_onnx(module: torch.nn.Module, path: Path, height: int, width: int) -> None:
+    module.eval()
+    example = sample_images(1, height, width)
+    out_name = module.output_names[0]
+    out_axes = {0: "batch", 1: "height", 2: "width"} if out_name == "labels" else {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=list(module.input_names),
+            output_names=[out_name],
+            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, out_name: out_axes},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+
+
+def onnx_run(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+def parity(net: torch.nn.Module, height: int, width: int, workdir: Path, batch: int = 2) -> ParityReport:
+    """Logits from ONNX Runtime vs torch eager on a batch larger than the export example
+    (so the dynamic batch axis is exercised too)."""
+    logits_module = SemanticServingModule(net, "logits").eval()
+    path = workdir / "parity_logits.onnx"
+    export_onnx(logits_module, path, height, width)
+    images = sample_images(batch, height, width, seed=1)
+    with torch.no_grad():
+        ref = logits_module(images).numpy()
+    got = onnx_run(path, images.numpy())
+    return ParityReport(
+        max_abs_diff=float(np.abs(got - ref).max()),
+        max_abs_logit=float(np.abs(ref).max()),
+        label_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
+        batch=batch,
+        height=height,
+        width=width,
+    )
+
+
+def export_model(
+    architecture: str,
+    repository: Path,
+    weights: WeightsSpec,
+    *,
+    name: str | None = None,
+    classes: list[str] | None = None,
+    input_size: tuple[int, int] | None = None,
+    max_batch_size: int | None = None,
+    output: str = "labels",
+    version: int | None = None,
+    max_queue_delay_ms: float = 4.0,
+    progress: bool = True,
+) -> Path:
+    """Export one model into ``repository``; returns the version folder written."""
+    arch = zoo.get(architecture)
+    if arch.task != "semantic":
+        raise ExportError(f"{architecture} is a {arch.task} model; its exporter is not this one")
+    state, weight_classes, weights_detail = resolve_weights(arch, weights, progress=progress)
+    classes = classes or weight_classes or arch.pretrained_classes
+    if not classes:
+        raise ExportError("no class names: pass --classes or use weights that carry them")
+    height, width = input_size or arch.default_input
+
+    torch.manual_seed(weights.seed)
+    net = arch.build(len(classes)).eval()
+    if state is not None:
+        missing, unexpected = net.load_state_dict(zoo.strip_training_heads(arch, state), strict=False)
+        if missing or unexpected:
+            raise ExportError(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    name = name or architecture
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version or ((latest_version(model_dir) or 0) + 1)
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=False)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = parity(net, height, width, Path(tmp))
+    log.info("parity %s: max|diff| %.3g, agreement %.5f", name, report.max_abs_diff, report.label_agreement)
+    try:
+        report.check()
+        serving = SemanticServingModule(net, output).eval()
+        export_onnx(serving, version_dir / "model.onnx", height, width)
+        if output == "labels":  # the served graph's argmax must agree with eager too
+            images = sample_images(2, height, width, seed=2)
+            with torch.no_grad():
+                ref = serving(images).numpy()
+            agree = float((onnx_run(version_dir / "model.onnx", images.numpy()) == ref).mean())
+            if agree < 0.999:
+                raise ExportError(f"parity check failed on the argmax graph: agreement {agree:.5%}")
+        torch.save(serving.state_dict(), version_dir / "weights.pt")
+    except Exception:
+        for f in version_dir.iterdir():
+            f.unlink()
+        version_dir.rmdir()
+        raise
+
+    source = weights.source
+    config = ModelConfig(
+        name=name,
+        task=Task.semantic,
+        architecture=architecture,
+        classes=list(classes),
+        input=InputSpec(height=height, width=width),
+        output=OutputSpec(name=output, kind=output),
+        max_batch_size=max_batch_size or arch.default_max_batch,
+        dynamic_batching=DynamicBatching(max_queue_delay_ms=max_queue_delay_ms),
+        weights=WeightsInfo(source=source, detail=weights_detail),
+    )
+    config.dump(model_dir / CONFIG_FILE)
+    provenance = {
+        "architecture": architecture,
+        "weights": weights_detail,
+        "weights_source": source,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "onnx_opset": OPSET,
+        "parity": asdict(report),
+    }
+    (version_dir / "export.json").write_text(json.dumps(provenance, indent=2))
+    return version_dir

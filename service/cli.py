@@ -1,0 +1,122 @@
+"""`segserve` command line: serve, export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("segserve")
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service import logs
+    from service.config import Settings
+    from service.transport.http.app import create_app
+
+    overrides = {k: v for k, v in {
+        "host": args.host,
+        "port": args.port,
+        "model_repository": args.model_repository,
+        "models": args.models.split(",") if args.models else None,
+        "backend": args.backend,
+        "log_level": args.log_level,
+    }.items() if v is not None}
+    settings = Settings(**overrides)
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from service import logs
+
+    logs.configure("info")
+    from models.export import export_model
+    from models.weights import WeightsError, WeightsSpec
+    from service.repository import CONFIG_FILE, latest_version
+
+    repository = Path(args.repository)
+    name = args.name or args.model
+    model_dir = repository / name
+    if args.skip_existing and (model_dir / CONFIG_FILE).is_file() and latest_version(model_dir) is not None:
+        log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
+        return 0
+    specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
+    for i, spec in enumerate(specs):
+        try:
+            version_dir = export_model(
+                args.model,
+                repository,
+                spec,
+                name=name,
+                classes=args.classes.split(",") if args.classes else None,
+                input_size=_size(args.input_size) if args.input_size else None,
+                max_batch_size=args.max_batch_size,
+                output=args.output,
+            )
+        except WeightsError as exc:
+            if i + 1 < len(specs):
+                log.warning("%s; --weights auto falls back to RANDOM weights (masks will be meaningless)", exc)
+                continue
+            log.error("%s", exc)
+            return 2
+        log.info("exported %s -> %s", args.model, version_dir)
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segserve", description="Image and video segmentation serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (env SEGSERVE_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (env SEGSERVE_PORT, default 8000)")
+    serve.add_argument("--model-repository", type=Path, help="model repository folder (env SEGSERVE_MODEL_REPOSITORY)")
+    serve.add_argument("--models", help="comma-separated models to load (default: all)")
+    serve.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], help="force one backend for all models")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser("export", help="export a torchvision model into the model repository")
+    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large")
+    export.add_argument("--name", help="model name in the repository (default: the architecture)")
+    export.add_argument(
+        "--weights", default="pretrained",
+        help="pretrained | random[:SEED] | PATH to a checkpoint | auto (pretrained, else random with a warning)",
+    )
+    export.add_argument("--repository", default="model_repository", help="model repository folder")
+    export.add_argument("--classes", help="comma-separated class names (default: from the weights)")
+    export.add_argument("--input-size", help="model input HxW, e.g. 512x512")
+    export.add_argument("--max-batch-size", type=int)
+    export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
+    export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

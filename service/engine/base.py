@@ -1,0 +1,40 @@
+"""The one interface every inference backend implements.
+
+An engine is a loaded, ready-to-run model instance: named numpy tensors in, named
+numpy tensors out, batch dimension first. It knows nothing about HTTP, requests,
+images or batching policy; the scheduler calls ``infer`` from one dedicated thread
+per engine instance, so implementations need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    backend: str  # "onnxruntime", "torch", "tensorrt"
+    device: str  # human-readable: "cpu", "cuda:0", "CUDAExecutionProvider"...
+    detail: dict[str, str]  # backend specifics worth showing in /v1/models
+
+
+@runtime_checkable
+class Engine(Protocol):
+    info: EngineInfo
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        """Run one batch. Every input and output has the batch on axis 0."""
+        ...
+
+    def close(self) -> None:
+        """Release the session/device memory. Idempotent."""
+        ...
+
+
+class EngineUnavailable(RuntimeError):
+    """The backend cannot run here (library missing, no GPU, artifact missing)."""

@@ -1,0 +1,43 @@
+"""Pick and build an engine for a model version: the only place that knows every backend."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from service.engine.base import Engine, EngineUnavailable
+from service.repository import ModelConfig
+
+log = logging.getLogger(__name__)
+
+ONNX_ARTIFACT = "model.onnx"
+TORCH_ARTIFACT = "weights.pt"
+TENSORRT_ARTIFACT = "model.plan"
+
+
+def _build(backend: str, config: ModelConfig, version_dir: Path) -> Engine:
+    if backend == "onnxruntime":
+        from service.engine.onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(version_dir / ONNX_ARTIFACT, config.onnxruntime, instances=config.instances)
+    if backend == "torch":
+        from service.engine.torch import TorchEngine
+
+        return TorchEngine(config, version_dir / TORCH_ARTIFACT, instances=config.instances)
+    if backend == "tensorrt":
+        raise EngineUnavailable("native TensorRT engine not built in this release (use onnxruntime's TensorRT EP)")
+    raise EngineUnavailable(f"unknown backend {backend!r}")
+
+
+def create_engine(config: ModelConfig, version_dir: Path, backend: str | None = None) -> Engine:
+    """Build one engine instance: the forced ``backend``, else the first of config.backends
+    that works here. Raises EngineUnavailable with every backend's reason."""
+    candidates = [backend] if backend else list(config.backends)
+    reasons = []
+    for name in candidates:
+        try:
+            return _build(name, config, version_dir)
+        except EngineUnavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            log.info("model %s: backend %s unavailable: %s", config.name, name, exc)
+    raise EngineUnavailable("; ".join(reasons) or "no backend configured")

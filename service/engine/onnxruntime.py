@@ -1,0 +1,88 @@
+"""ONNX Runtime engine: TensorRT EP, then CUDA EP, then CPU, unless the config names providers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from service.engine.base import EngineInfo, EngineUnavailable, Tensors
+from service.repository import OnnxRuntimeOptions
+
+log = logging.getLogger(__name__)
+
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: list[str] | str, available: list[str]) -> list[str]:
+    if requested == "auto":
+        return [p for p in AUTO_ORDER if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise EngineUnavailable(f"onnxruntime providers {missing} not in this build (has {available})")
+    return list(requested)
+
+
+def default_threads(instances: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, instances))
+
+
+class OnnxRuntimeEngine:
+    def __init__(self, model_path: Path, options: OnnxRuntimeOptions, instances: int = 1, cache_dir: Path | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+            raise EngineUnavailable(f"onnxruntime not importable: {exc}") from exc
+        if not model_path.is_file():
+            raise EngineUnavailable(f"missing artifact {model_path}")
+
+        providers = choose_providers(options.providers, ort.get_available_providers())
+        provider_options: list[dict[str, str]] = []
+        for p in providers:
+            if p == "TensorrtExecutionProvider":
+                trt_cache = str((cache_dir or model_path.parent) / "trt_cache")
+                provider_options.append(
+                    {
+                        "trt_fp16_enable": str(options.trt_fp16),
+                        "trt_engine_cache_enable": "True",
+                        "trt_engine_cache_path": trt_cache,
+                    }
+                )
+            else:
+                provider_options.append({})
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        threads = options.intra_op_threads or default_threads(instances)
+        so.intra_op_num_threads = threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
+
+        self._session = ort.InferenceSession(
+            str(model_path), sess_options=so, providers=providers, provider_options=provider_options
+        )
+        self._input_names = [i.name for i in self._session.get_inputs()]
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        active = self._session.get_providers()[0]
+        self.info = EngineInfo(
+            backend="onnxruntime",
+            device=active,
+            detail={"providers": ",".join(self._session.get_providers()), "intra_op_threads": str(threads)},
+        )
+        log.info("onnxruntime session %s on %s (%d threads)", model_path, active, threads)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._input_names)
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        feed = {name: np.ascontiguousarray(inputs[name]) for name in self._input_names}
+        outputs = self._session.run(self._output_names, feed)
+        return dict(zip(self._output_names, outputs))
+
+    def close(self) -> None:
+        self._session = None

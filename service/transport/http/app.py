@@ -1,0 +1,43 @@
+"""The FastAPI application: wiring only."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.config import Settings
+from service.metrics import Metrics
+from service.model_manager import ModelManager
+from service.transport.http import errors
+from service.transport.http.middleware import RequestIdMiddleware
+from service.transport.http.routes import router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    manager = ModelManager(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
+
+    app = FastAPI(
+        title="segserve",
+        version=__version__,
+        description="Dynamically batched image segmentation: semantic label maps and instance masks as COCO RLE or PNG.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.manager = manager
+    errors.install(app)
+    app.include_router(router)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,66 @@
+"""Request bodies: size limit while streaming, content types, multipart image field."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from service.codecs.image import IMAGE_TYPES
+from service.errors import BadParameter, PayloadTooLarge, UndecodableInput, UnsupportedMediaType
+
+RAW_IMAGE_TYPES = frozenset(IMAGE_TYPES) | {"application/octet-stream"}
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _replay(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def multipart_file(request: Request, body: bytes, field: str) -> tuple[bytes, str]:
+    """The bytes and declared content type of the file part ``field``."""
+    parser = MultiPartParser(request.headers, _replay(body), max_files=16, max_fields=64)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise UndecodableInput(f"malformed multipart body: {exc.message}") from exc
+    try:
+        part = form.get(field)
+        if not isinstance(part, UploadFile):
+            raise BadParameter(f"multipart body needs a file field {field!r}")
+        return await part.read(), (part.content_type or "").lower()
+    finally:
+        await form.close()
+
+
+async def read_image(request: Request, limit: int) -> bytes:
+    """The image bytes of a raw-image or multipart request."""
+    kind = media_type(request)
+    if kind not in RAW_IMAGE_TYPES and kind != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"content type {kind or '(none)'!r} not supported: send image/jpeg, image/png, image/webp "
+            "or multipart/form-data with a file field 'image'"
+        )
+    body = await read_limited(request, limit)
+    if kind == "multipart/form-data":
+        data, _ = await multipart_file(request, body, "image")
+        return data
+    return body

@@ -1,0 +1,196 @@
+"""HTTP routes: parse and validate, hand the work to the model, render the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import BadParameter, ModelNotFound, ModelNotReady, ServiceError
+from service.model_manager import ModelManager
+from service.pipelines import ImageResult, OutputFormat
+from service.transport.http.body import read_image
+from service.transport.http.errors import service_error_response
+from service.transport.http.schemas import ErrorResponse, InstanceResponse, ModelInfo, ModelList, SemanticResponse
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/jpeg", "image/png", "image/webp")},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}, "required": ["image"]}
+            },
+        },
+    }
+}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503, 504)}
+CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
+
+
+def manager_of(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def choose_format(fmt: str | None, accept: str) -> OutputFormat:
+    if fmt is not None:
+        return OutputFormat(fmt)
+    return OutputFormat.png if "image/png" in accept and "application/json" not in accept else OutputFormat.json
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run_unless_disconnected(request: Request, work):
+    """Await ``work``; if the client disconnects first, cancel it (the batcher then drops the
+    request before compute) and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+def render(model: str, task: str, classes: list[str], result: ImageResult, total_s: float) -> Response:
+    headers = {"X-Batch-Size": str(result.timing.batch_size)}
+    if result.png is not None:
+        return Response(result.png, media_type="image/png", headers=headers)
+    body = {"model": model, "task": task, "width": result.width, "height": result.height}
+    if task == "semantic":
+        body["classes"] = classes
+    body.update(result.body)
+    body["timing_ms"] = {
+        "queue": round(result.timing.queue_s * 1000, 3),
+        "compute": round(result.timing.compute_s * 1000, 3),
+        "total": round(total_s * 1000, 3),
+    }
+    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json", headers=headers)
+
+
+@router.post(
+    "/segment",
+    summary="Segment one image",
+    description="Raw image bytes (image/jpeg, image/png, image/webp) or multipart/form-data with a file field `image`. "
+    "Semantic models answer one COCO RLE per class present; instance models one per instance. "
+    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG.",
+    response_model=SemanticResponse | InstanceResponse,
+    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    openapi_extra=IMAGE_BODY,
+)
+async def segment(
+    request: Request,
+    model: str | None = Query(None, description="model name; the server default when omitted"),
+    format: Literal["json", "png"] | None = Query(None, description="json (default) or png"),
+    timeout_ms: int | None = Query(None, ge=1, le=600_000, description="deadline for this request (default: server setting)"),
+    score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: minimum score (default 0.5)"),
+    max_instances: int | None = Query(None, ge=1, le=1000, description="instance models: at most this many (default 100)"),
+    mask_threshold: float | None = Query(None, ge=0, le=1, description="instance models: mask probability cut (default 0.5)"),
+) -> Response:
+    started = time.perf_counter()
+    manager = manager_of(request)
+    settings = manager.settings
+    name = model or manager.default_model or "-"
+    metrics = request.app.state.metrics
+    status = 500
+    try:
+        served = manager.get(model)
+        name = served.entry.config.name
+        options = served.parse_options(dict(request.query_params))
+        fmt = choose_format(format, request.headers.get("accept", ""))
+        data = await read_image(request, settings.max_body_bytes)
+        timeout_s = timeout_ms / 1000 if timeout_ms else settings.request_timeout_s
+        deadline = time.monotonic() + timeout_s
+        result = await run_unless_disconnected(request, served.segment_image(data, options, fmt, deadline))
+        if result is None:
+            status = CLIENT_CLOSED
+            log.info("client went away; request dropped")
+            return Response(status_code=CLIENT_CLOSED)
+        config = served.entry.config
+        response = render(name, config.task.value, config.classes, result, time.perf_counter() - started)
+        status = 200
+        return response
+    except ServiceError as exc:
+        response = service_error_response(exc)
+        status = response.status_code
+        if status >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        return response
+    except ValueError as exc:  # e.g. an OutputFormat that is not one
+        status = 400
+        return service_error_response(BadParameter(str(exc)))
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.requests.labels(name, "segment", str(status)).inc()
+        metrics.latency.labels(name, "segment").observe(elapsed)
+
+
+def model_info(status) -> ModelInfo:
+    cfg = status.entry.config
+    engine = status.served.engine_info if status.served is not None else None
+    return ModelInfo(
+        name=cfg.name,
+        task=cfg.task.value,
+        state=status.state,
+        reason=status.reason,
+        backend=engine.backend if engine else None,
+        device=engine.device if engine else None,
+        version=status.entry.version,
+        input={"height": cfg.input.height, "width": cfg.input.width, "resize": cfg.input.resize.value},
+        max_batch_size=cfg.max_batch_size,
+        max_queue_delay_ms=cfg.dynamic_batching.max_queue_delay_ms,
+        instances=cfg.instances,
+        classes=cfg.classes,
+        weights={"source": cfg.weights.source, "detail": cfg.weights.detail},
+    )
+
+
+@router.get("/v1/models", response_model=ModelList, summary="Models in the repository and their state")
+async def list_models(request: Request) -> ModelList:
+    manager = manager_of(request)
+    return ModelList(default_model=manager.default_model, models=[model_info(s) for s in manager.models.values()])
+
+
+@router.get("/v1/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorResponse}}, summary="One model")
+async def get_model(name: str, request: Request) -> ModelInfo | JSONResponse:
+    status = manager_of(request).models.get(name)
+    if status is None:
+        return service_error_response(ModelNotFound(f"unknown model {name!r}"))
+    return model_info(status)
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: models loaded and warmed", responses={503: {"model": ErrorResponse}})
+async def readyz(request: Request) -> Response:
+    manager = manager_of(request)
+    ready = [n for n, s in manager.models.items() if s.state == "READY"]
+    if manager.ready and ready:
+        return JSONResponse({"status": "ready", "models": ready})
+    return service_error_response(ModelNotReady("models are loading" if not manager.ready else "no model is ready"))
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

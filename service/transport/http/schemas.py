@@ -1,0 +1,93 @@
+"""Typed request/response shapes: what /docs shows and what tests validate responses against."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RLE(BaseModel):
+    size: list[int] = Field(description="[height, width] of the original image")
+    counts: str = Field(description="COCO compressed RLE (column-major), as pycocotools.mask.encode gives it")
+
+
+class Segment(BaseModel):
+    class_id: int
+    label: str
+    area: int = Field(description="pixels of this class")
+    mask: RLE
+
+
+class Instance(BaseModel):
+    class_id: int
+    label: str
+    score: float
+    box: list[float] = Field(description="[x1, y1, x2, y2] in original-image pixels")
+    mask: RLE
+
+
+class TimingMs(BaseModel):
+    queue: float = Field(description="waiting in the batching queue")
+    compute: float = Field(description="the engine run of the batch this request was in")
+    total: float = Field(description="body received to response ready")
+
+
+class SemanticResponse(BaseModel):
+    model: str
+    task: Literal["semantic"]
+    width: int
+    height: int
+    classes: list[str]
+    segments: list[Segment]
+    timing_ms: TimingMs
+
+
+class InstanceResponse(BaseModel):
+    model: str
+    task: Literal["instance"]
+    width: int
+    height: int
+    instances: list[Instance]
+    timing_ms: TimingMs
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class InputGeometry(BaseModel):
+    height: int
+    width: int
+    resize: str
+
+
+class WeightsSource(BaseModel):
+    source: str = Field(description="pretrained | file | bundled | random")
+    detail: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    state: Literal["LOADING", "READY", "UNAVAILABLE"]
+    reason: str | None = None
+    backend: str | None = None
+    device: str | None = None
+    version: int | None = None
+    input: InputGeometry
+    max_batch_size: int
+    max_queue_delay_ms: float
+    instances: int
+    classes: list[str]
+    weights: WeightsSource
+
+
+class ModelList(BaseModel):
+    default_model: str | None
+    models: list[ModelInfo]
