@@ -71,6 +71,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 input_size=_size(args.input_size) if args.input_size else None,
                 max_batch_size=args.max_batch_size,
                 output=args.output,
+                dynamic_hw=args.dynamic_hw,
             )
         except WeightsError as exc:
             if i + 1 < len(specs):
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--input-size", help="model input HxW, e.g. 512x512")
     export.add_argument("--max-batch-size", type=int)
     export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
+    export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
     export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
     export.set_defaults(func=cmd_export)
     return parser

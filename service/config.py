@@ -31,5 +31,14 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # --- video: POST /segment/video (service/pipelines/video.py) ----------------------
+    # Frames one chunk may hold (after frame_stride); a request's max_frames can only lower it.
+    video_max_frames: int = Field(64, ge=1, le=10_000)
+    # Streams whose keyframe state (~1 MB each at 512x512) is kept between chunks; a new
+    # stream evicts the least recently used idle one.
+    video_max_streams: int = Field(64, ge=1)
+    # A stream idle this long is dropped; its next chunk starts afresh with a keyframe.
+    video_stream_idle_s: float = Field(60.0, gt=0)
+
     def codec_thread_count(self) -> int:
         return self.codec_threads or max(2, len(os.sched_getaffinity(0)))

@@ -47,6 +47,11 @@ class InputSpec(BaseModel):
     # Value written into the letterbox padding (RGB, 0..255). The graph normalises, so the
     # ImageNet mean pads to zero activations.
     pad_value: tuple[int, int, int] = (124, 116, 104)
+    # segserve's own exports take uint8 and normalise in the graph. A dropped-in ONNX model
+    # that wants float32 gets (pixel / 255 - mean) / std computed by the service.
+    dtype: Literal["uint8", "float32"] = "uint8"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class OutputSpec(BaseModel):

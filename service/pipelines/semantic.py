@@ -49,12 +49,18 @@ class SemanticModel:
 
     # -- engine side (runs on the instance thread) ------------------------------------
     def _runner(self, engine: Engine):
-        input_name = self.config.input.name
+        spec = self.config.input
         output_name = self.config.output.name
         logits = self.config.output.kind == "logits"
+        if spec.dtype == "float32":
+            scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32)))[:, None, None]
+            shift = (-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32))[:, None, None]
 
         def run(batch: list[np.ndarray]) -> list[np.ndarray]:
-            out = engine.infer({input_name: np.stack(batch)})[output_name]
+            images = np.stack(batch)
+            if spec.dtype == "float32":
+                images = images.astype(np.float32) * scale + shift
+            out = engine.infer({spec.name: images})[output_name]
             if logits:
                 out = out.argmax(axis=1).astype(np.uint8 if out.shape[1] <= 256 else np.int32)
             return list(out)
@@ -67,7 +73,7 @@ class SemanticModel:
             spec = self.config.input
             for engine in self._engines:  # first runs allocate arenas / build kernels
                 for n in sorted({1, self.config.max_batch_size}):
-                    zeros = np.zeros((n, 3, spec.height, spec.width), dtype=np.uint8)
+                    zeros = np.zeros((n, 3, spec.height, spec.width), dtype=spec.dtype)
                     await loop.run_in_executor(None, engine.infer, {spec.name: zeros})
         self.batcher.start()
 

@@ -13,6 +13,7 @@ from service.model_manager import ModelManager
 from service.transport.http import errors
 from service.transport.http.middleware import RequestIdMiddleware
 from service.transport.http.routes import router
+from service.transport.http.video_routes import router as video_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,5 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = manager
     errors.install(app)
     app.include_router(router)
+    app.include_router(video_router)
     app.add_middleware(RequestIdMiddleware)
     return app

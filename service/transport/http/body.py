@@ -35,20 +35,25 @@ async def _replay(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def multipart_file(request: Request, body: bytes, field: str) -> tuple[bytes, str]:
-    """The bytes and declared content type of the file part ``field``."""
-    parser = MultiPartParser(request.headers, _replay(body), max_files=16, max_fields=64)
+async def multipart_files(request: Request, body: bytes, field: str, max_files: int = 16) -> list[tuple[bytes, str]]:
+    """The bytes and declared content type of every file part named ``field``, in body order."""
+    parser = MultiPartParser(request.headers, _replay(body), max_files=max_files, max_fields=64)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         raise UndecodableInput(f"malformed multipart body: {exc.message}") from exc
     try:
-        part = form.get(field)
-        if not isinstance(part, UploadFile):
-            raise BadParameter(f"multipart body needs a file field {field!r}")
-        return await part.read(), (part.content_type or "").lower()
+        return [(await part.read(), (part.content_type or "").lower()) for part in form.getlist(field) if isinstance(part, UploadFile)]
     finally:
         await form.close()
+
+
+async def multipart_file(request: Request, body: bytes, field: str) -> tuple[bytes, str]:
+    """The bytes and declared content type of the file part ``field`` (the last one if repeated)."""
+    parts = await multipart_files(request, body, field)
+    if not parts:
+        raise BadParameter(f"multipart body needs a file field {field!r}")
+    return parts[-1]
 
 
 async def read_image(request: Request, limit: int) -> bytes:

@@ -1,0 +1,51 @@
+# segserve: `make serve` and `make test` each do their own set-up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+REPO ?= model_repository
+HOST ?= 0.0.0.0
+PORT ?= 8000
+# pip's local mirrors print one "is ignored" line per package; hide that noise only.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: setup models serve test bench loadtest lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
+	@command -v ab >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq apache2-utils >/dev/null; } \
+		|| echo "warning: ab (apache2-utils) is not installed; the ab load tests will be skipped"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.lock 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+# The offline default repository: exported once, reused after.
+models: setup
+	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --weights auto --repository $(REPO) --skip-existing
+
+serve: models
+	$(BIN)/segserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO)
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
+bench: setup
+	$(BIN)/python -m loadtest.bench_service --out docs/bench
+
+# Rebuild requirements.lock from pyproject.toml in a scratch venv.
+lock:
+	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock
+	/tmp/segserve-lock/bin/pip install -q . 2>&1 | $(QUIET_PIP)
+	{ echo "# Full pinned environment for segserve (pip freeze of a working install). Regenerate with \`make lock\`."; \
+	  /tmp/segserve-lock/bin/pip freeze --exclude segserve; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,195 @@
+"""The HTTP API contract, against a real `segserve serve` on a free port serving a real
+exported ONNX model on ONNX Runtime CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from pycocotools import mask as mask_utils
+
+from tests.conftest import SEMANTIC, copy_model, make_image
+from tests.servers import ServerProcess
+from service.transport.http.schemas import ErrorResponse, ModelList, SemanticResponse
+
+
+def post_image(url: str, data: bytes, content_type="image/jpeg", params=None, headers=None) -> httpx.Response:
+    return httpx.post(f"{url}/segment", content=data, params=params, headers={"Content-Type": content_type, **(headers or {})}, timeout=60)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = ErrorResponse.model_validate(response.json())
+    assert body.error.code == code
+    assert body.error.message
+
+
+@pytest.mark.parametrize("h,w,fmt,ctype", [(480, 640, "JPEG", "image/jpeg"), (37, 501, "PNG", "image/png"), (300, 200, "WEBP", "image/webp")])
+def test_segment_returns_rle_masks_at_original_size(server, h, w, fmt, ctype):
+    r = post_image(server.url, make_image(h, w, fmt), ctype)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-length"] == str(len(r.content))  # ab -k needs it: no chunked bodies
+    assert r.headers["x-request-id"]
+    body = SemanticResponse.model_validate(r.json())
+    assert (body.model, body.task, body.width, body.height) == (SEMANTIC, "semantic", w, h)
+    assert len(body.classes) == 21
+    total = np.zeros((h, w), np.int32)
+    for seg in body.segments:
+        m = mask_utils.decode({"size": seg.mask.size, "counts": seg.mask.counts.encode()})
+        assert m.shape == (h, w)
+        assert m.sum() == seg.area
+        assert seg.label == body.classes[seg.class_id]
+        total += m
+    assert (total == 1).all()  # every pixel in exactly one class
+    assert body.timing_ms.total >= body.timing_ms.compute > 0
+
+
+def test_multipart_upload(server):
+    files = {"image": ("photo.jpg", make_image(64, 96), "image/jpeg")}
+    r = httpx.post(f"{server.url}/segment", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    assert (r.json()["width"], r.json()["height"]) == (96, 64)
+
+
+def test_multipart_without_image_field_is_400(server):
+    r = httpx.post(f"{server.url}/segment", files={"picture": ("x.jpg", make_image(8, 8), "image/jpeg")}, timeout=30)
+    assert_error(r, 400, "bad_parameter")
+
+
+@pytest.mark.parametrize("how", ["query", "accept"])
+def test_png_label_map_matches_the_json_masks(server, how):
+    data = make_image(90, 170, "PNG", seed=3)
+    params, headers = ({"format": "png"}, None) if how == "query" else (None, {"Accept": "image/png"})
+    r = post_image(server.url, data, "image/png", params=params, headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    label_map = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert label_map.shape == (90, 170)
+    for seg in post_image(server.url, data, "image/png").json()["segments"]:
+        m = mask_utils.decode({"size": seg["mask"]["size"], "counts": seg["mask"]["counts"].encode()})
+        assert (m.astype(bool) == (label_map == seg["class_id"])).all()
+
+
+def test_models_health_ready_docs(server):
+    models = ModelList.model_validate(httpx.get(f"{server.url}/v1/models").json())
+    assert models.default_model == SEMANTIC
+    info = models.models[0]
+    assert (info.state, info.backend, info.device) == ("READY", "onnxruntime", "CPUExecutionProvider")
+    assert info.weights.source == "random" and (info.input.height, info.input.width) == (128, 128)
+    assert httpx.get(f"{server.url}/v1/models/{SEMANTIC}").json()["name"] == SEMANTIC
+    assert_error(httpx.get(f"{server.url}/v1/models/nope"), 404, "model_not_found")
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "image/jpeg" in spec["paths"]["/segment"]["post"]["requestBody"]["content"]
+
+
+def test_request_id_is_echoed_or_generated(server):
+    r = post_image(server.url, make_image(16, 16), headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(post_image(server.url, make_image(16, 16)).headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    "params,code",
+    [({"model": "nope"}, (404, "model_not_found")), ({"format": "gif"}, (400, "bad_parameter")),
+     ({"timeout_ms": "0"}, (400, "bad_parameter")), ({"timeout_ms": "soon"}, (400, "bad_parameter")),
+     ({"bogus": "1"}, (400, "bad_parameter")), ({"score_threshold": "2"}, (400, "bad_parameter"))],
+)
+def test_bad_parameters(server, params, code):
+    assert_error(post_image(server.url, make_image(16, 16), params=params), *code)
+
+
+def test_bad_bodies(server):
+    assert_error(post_image(server.url, b"hello", "text/plain"), 415, "unsupported_media_type")
+    assert_error(post_image(server.url, b"\xff\xd8\xff garbage"), 422, "undecodable_input")
+    assert_error(post_image(server.url, b""), 422, "undecodable_input")
+    assert_error(post_image(server.url, make_image(300, 300, "PNG")[:200], "image/png"), 422, "undecodable_input")
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_deadline_exceeded_is_504(server):
+    r = post_image(server.url, make_image(400, 400), params={"timeout_ms": "1"})
+    assert_error(r, 504, "deadline_exceeded")
+
+
+def test_client_that_disconnects_does_not_hurt_the_server(server):
+    data = make_image(480, 640)
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            head = f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+            s.sendall(head.encode() + data)
+    assert post_image(server.url, make_image(32, 32)).status_code == 200
+
+
+def test_metrics_show_requests_batches_and_queue(server):
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            data = make_image(120, 160)
+            return await asyncio.gather(*(client.post(f"{server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}) for _ in range(24)))
+
+    assert {r.status_code for r in asyncio.run(burst())} == {200}
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    ok = samples[("segserve_requests_total", (("model", SEMANTIC), ("route", "segment"), ("status", "200")))]
+    assert ok >= 24
+    batches = samples[("segserve_batch_size_count", (("model", SEMANTIC),))]
+    batched = samples[("segserve_batch_size_sum", (("model", SEMANTIC),))]
+    assert batched / batches > 1  # concurrent requests were batched
+    for name in ("segserve_queue_time_seconds_count", "segserve_compute_time_seconds_count"):
+        assert samples[(name, (("model", SEMANTIC),))] >= 24
+    assert ("segserve_queue_depth", (("model", SEMANTIC),)) in samples
+
+
+@pytest.fixture(scope="module")
+def limited_server(semantic_repo, tmp_path_factory):
+    """Tiny limits: a 1-deep queue, one instance, small bodies and images."""
+    repo = tmp_path_factory.mktemp("limited")
+    copy_model(semantic_repo, repo, dynamic_batching__max_queue_size=1, max_batch_size=1)
+    env = {"SEGSERVE_MAX_BODY_BYTES": "200000", "SEGSERVE_MAX_IMAGE_PIXELS": "250000"}
+    with ServerProcess(repo, env=env) as s:
+        yield s
+
+
+def test_limits_give_413_and_422(limited_server):
+    assert_error(post_image(limited_server.url, b"\0" * 300_000), 413, "payload_too_large")
+    assert_error(post_image(limited_server.url, make_image(600, 600, "PNG"), "image/png"), 422, "too_many_pixels")
+
+
+def test_overload_gets_immediate_503_with_retry_after_and_every_request_one_answer(limited_server):
+    async def flood():
+        data = make_image(400, 400)
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+            return await asyncio.gather(
+                *(client.post(f"{limited_server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}) for _ in range(40))
+            )
+
+    responses = asyncio.run(flood())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 1
+    for r in responses:
+        if r.status_code == 503:
+            assert_error(r, 503, "queue_full")
+            assert int(r.headers["retry-after"]) >= 1
+    assert httpx.get(f"{limited_server.url}/healthz").status_code == 200
+
+
+def test_readyz_is_503_when_no_model_loads(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text("name: broken\nclasses: [a]\n")  # no version folder
+    s = ServerProcess(tmp_path).start(wait_for="/healthz")
+    try:
+        ready = httpx.get(f"{s.url}/readyz")
+        assert_error(ready, 503, "model_not_ready")
+        assert int(ready.headers["retry-after"]) >= 1
+        info = httpx.get(f"{s.url}/v1/models").json()["models"][0]
+        assert info["state"] == "UNAVAILABLE" and "version" in info["reason"]
+        assert_error(post_image(s.url, make_image(16, 16), params={"model": "broken"}), 503, "model_not_ready")
+    finally:
+        assert s.stop() == 0

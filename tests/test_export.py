@@ -1,0 +1,129 @@
+"""Export pipeline and backend parity: torch eager vs ONNX Runtime, engine-level and over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from models.export import ExportError, ParityReport, export_model, sample_images
+from models.weights import WeightsError, WeightsSpec, download, verify_sha256
+from service.engine import create_engine
+from service.repository import scan
+from tests.conftest import SEMANTIC, make_image
+from tests.servers import ServerProcess
+
+
+def test_export_writes_a_versioned_repository_entry(semantic_repo):
+    entry = scan(semantic_repo)[0]
+    assert entry.config.name == SEMANTIC and entry.version == 1 and entry.error is None
+    assert entry.config.weights.source == "random"
+    files = {p.name for p in entry.version_dir.iterdir()}
+    assert {"model.onnx", "weights.pt", "export.json"} <= files
+    provenance = json.loads((entry.version_dir / "export.json").read_text())
+    assert provenance["parity"]["label_agreement"] >= 0.999
+    graph = onnx.load(str(entry.version_dir / "model.onnx")).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 128, 128]  # dynamic batch; fixed letterbox geometry
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert not any("aux" in init.name for init in graph.initializer)  # aux head dropped
+
+
+def test_torch_and_onnxruntime_engines_agree(semantic_repo):
+    entry = scan(semantic_repo)[0]
+    images = sample_images(3, 128, 128, seed=7).numpy()  # batch 3: not the export example's batch
+    outputs = {b: create_engine(entry.config, entry.version_dir, b).infer({"images": images})["labels"] for b in ("onnxruntime", "torch")}
+    assert outputs["onnxruntime"].shape == (3, 128, 128) and outputs["onnxruntime"].dtype == np.uint8
+    assert (outputs["onnxruntime"] == outputs["torch"]).mean() >= 0.999
+
+
+def test_same_masks_over_http_from_both_backends(semantic_repo, server):
+    data = make_image(240, 320, seed=5)
+    onnx_body = httpx.post(f"{server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+    with ServerProcess(semantic_repo, args=["--backend", "torch"]) as torch_server:
+        info = httpx.get(f"{torch_server.url}/v1/models").json()["models"][0]
+        assert (info["backend"], info["device"]) == ("torch", "cpu")
+        torch_body = httpx.post(f"{torch_server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+    areas = lambda body: {s["class_id"]: s["area"] for s in body["segments"]}  # noqa: E731
+    a, b = areas(onnx_body), areas(torch_body)
+    differing = sum(abs(a.get(k, 0) - b.get(k, 0)) for k in a.keys() | b.keys()) / 2
+    assert differing / (240 * 320) <= 0.001
+
+
+def test_new_export_is_a_new_version_and_dynamic_hw_works(tmp_path):
+    for expected in (1, 2):
+        v = export_model(SEMANTIC, tmp_path, WeightsSpec("random", seed=expected), input_size=(64, 64), dynamic_hw=True, progress=False)
+        assert v.name == str(expected)
+    entry = scan(tmp_path)[0]
+    assert entry.version == 2
+    engine = create_engine(entry.config, entry.version_dir, "onnxruntime")
+    assert engine.infer({"images": sample_images(2, 96, 160).numpy()})["labels"].shape == (2, 96, 160)
+
+
+def test_parity_check_fails_loudly():
+    with pytest.raises(ExportError, match="parity check failed"):
+        ParityReport(max_abs_diff=0.5, max_abs_logit=10.0, label_agreement=0.9, batch=2, height=8, width=8).check()
+
+
+def test_local_checkpoint_file_round_trips(tmp_path, semantic_repo):
+    entry = scan(semantic_repo)[0]
+    state = {k.removeprefix("net."): v for k, v in torch.load(entry.version_dir / "weights.pt").items() if k.startswith("net.")}
+    ckpt = tmp_path / "ckpt.pth"
+    torch.save({"model": state, "classes": entry.config.classes}, ckpt)
+    v = export_model(SEMANTIC, tmp_path / "repo", WeightsSpec.parse(str(ckpt)), input_size=(128, 128), progress=False)
+    assert scan(tmp_path / "repo")[0].config.weights.source == "file"
+    a = torch.load(entry.version_dir / "weights.pt")
+    b = torch.load(v / "weights.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrained_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGSERVE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(WeightsError, match="offline|cannot download"):
+        download("http://127.0.0.1:9/lraspp-d234d4ea.pth", progress=False, timeout=2)
+
+
+def test_cached_weights_are_sha256_verified(tmp_path):
+    f = tmp_path / "w-00000000.pth"
+    f.write_bytes(b"tampered")
+    with pytest.raises(WeightsError, match="sha256"):
+        verify_sha256(f, "00000000")
+    with pytest.raises(WeightsError, match="sha256"):
+        download("http://127.0.0.1:9/w-00000000.pth", dest_dir=tmp_path, progress=False)
+
+
+class TinyUNet(nn.Module):
+    """A foreign model: float32 normalised input, logits output, not built by segserve."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.head = nn.Conv2d(8 + 3, classes, 1)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.up(self.down(x)), x], 1))
+
+
+def test_any_onnx_model_dropped_into_the_repository_is_served(tmp_path):
+    model_dir = tmp_path / "unet" / "1"
+    model_dir.mkdir(parents=True)
+    torch.onnx.export(
+        TinyUNet().eval(), (torch.randn(1, 3, 64, 64),), str(model_dir / "model.onnx"),
+        input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False,
+    )
+    (tmp_path / "unet" / "config.yaml").write_text(
+        "name: unet\nclasses: [background, road, car]\nbackends: [onnxruntime]\n"
+        "input: {name: input, height: 64, width: 64, dtype: float32}\noutput: {name: logits, kind: logits}\n"
+    )
+    with ServerProcess(tmp_path) as s:
+        r = httpx.post(f"{s.url}/segment?model=unet", content=make_image(50, 70), headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["classes"] == ["background", "road", "car"]
+    assert sum(seg["area"] for seg in body["segments"]) == 50 * 70
