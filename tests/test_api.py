@@ -4,6 +4,8 @@ exported ONNX model on ONNX Runtime CPU."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import io
 import socket
 
@@ -14,6 +16,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
+from loadtest.ab import parse_ab_output
 from tests.conftest import SEMANTIC, copy_model, make_image
 from tests.servers import ServerProcess
 from service.transport.http.schemas import ErrorResponse, ModelList, SemanticResponse
@@ -193,3 +196,19 @@ def test_readyz_is_503_when_no_model_loads(tmp_path):
         assert_error(post_image(s.url, make_image(16, 16), params={"model": "broken"}), 503, "model_not_ready")
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) not installed")
+def test_plain_ab_without_dash_l_sees_no_failures(server, tmp_path):
+    """`ab` without -l fails every body whose length differs from the first: identical
+    requests must get identical-length answers, whatever batch they ran in."""
+    body = tmp_path / "photo.jpg"
+    body.write_bytes(make_image(240, 320, seed=11))
+    out = subprocess.run(
+        ["ab", "-n", "120", "-c", "16", "-p", str(body), "-T", "image/jpeg", f"{server.url}/segment"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    report = parse_ab_output(out)
+    assert report["complete_requests"] == 120
+    assert report["failed_requests"] == 0, out
+    assert report["non_2xx_responses"] == 0

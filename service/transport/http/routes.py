@@ -70,6 +70,13 @@ async def run_unless_disconnected(request: Request, work):
     return None
 
 
+def fixed_width_ms(seconds: float) -> str:
+    """A JSON number padded with leading spaces to a constant width. Identical requests then
+    get identical-length bodies, which plain `ab` (without -l) requires: it counts every body
+    whose length differs from the first as a failed request."""
+    return f"{min(seconds * 1000, 99_999_999.999):12.3f}"
+
+
 def render(model: str, task: str, classes: list[str], result: ImageResult, total_s: float) -> Response:
     headers = {"X-Batch-Size": str(result.timing.batch_size)}
     if result.png is not None:
@@ -78,12 +85,13 @@ def render(model: str, task: str, classes: list[str], result: ImageResult, total
     if task == "semantic":
         body["classes"] = classes
     body.update(result.body)
-    body["timing_ms"] = {
-        "queue": round(result.timing.queue_s * 1000, 3),
-        "compute": round(result.timing.compute_s * 1000, 3),
-        "total": round(total_s * 1000, 3),
-    }
-    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json", headers=headers)
+    timing = result.timing
+    encoded = json.dumps(body, separators=(",", ":"))
+    encoded = (
+        f'{encoded[:-1]},"timing_ms":{{"queue":{fixed_width_ms(timing.queue_s)},'
+        f'"compute":{fixed_width_ms(timing.compute_s)},"total":{fixed_width_ms(total_s)}}}}}'
+    )
+    return Response(encoded.encode(), media_type="application/json", headers=headers)
 
 
 @router.post(
