@@ -43,7 +43,7 @@ bench: setup
 # Rebuild requirements.lock from pyproject.toml in a scratch venv.
 lock:
 	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock
-	/tmp/segserve-lock/bin/pip install -q ".[test]" 2>/tmp/segserve-lock/bin/pip install -q . 2>&11 | $(QUIET_PIP)
+	/tmp/segserve-lock/bin/pip install -q ".[test]" 2>&1 | $(QUIET_PIP)
 	{ echo "# Full pinned environment for segserve (pip freeze of a working install). Regenerate with \`make lock\`."; \
 	  /tmp/segserve-lock/bin/pip freeze --exclude segserve; } > requirements.lock
 
