@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve test bench loadtest lock clean
+.PHONY: setup models serve test bench loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -46,6 +46,17 @@ lock:
 	/tmp/segserve-lock/bin/pip install -q ".[test]" 2>&1 | $(QUIET_PIP)
 	{ echo "# Full pinned environment for segserve (pip freeze of a working install). Regenerate with \`make lock\`."; \
 	  /tmp/segserve-lock/bin/pip freeze --exclude segserve; } > requirements.lock
+
+# Regenerate the gRPC code from service/transport/grpc/inference.proto in a scratch venv:
+# grpcio-tools 1.85 needs protobuf 7, which tritonclient refuses; 1.76 generates for protobuf 6.
+GRPC_DIR := service/transport/grpc
+GRPCGEN := /tmp/segserve-grpcgen
+proto:
+	rm -rf $(GRPCGEN) && $(PYTHON) -m venv $(GRPCGEN)
+	$(GRPCGEN)/bin/pip install -q grpcio-tools==1.76.0 protobuf==6.33.6 2>&1 | $(QUIET_PIP)
+	$(GRPCGEN)/bin/python -m grpc_tools.protoc -I $(GRPC_DIR) --python_out=$(GRPC_DIR) --pyi_out=$(GRPC_DIR) \
+		--grpc_python_out=$(GRPC_DIR) $(GRPC_DIR)/inference.proto
+	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' $(GRPC_DIR)/inference_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

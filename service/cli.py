@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "host": args.host,
         "port": args.port,
+        "grpc_port": args.grpc_port,
         "model_repository": args.model_repository,
         "models": args.models.split(",") if args.models else None,
         "backend": args.backend,
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="bind address (env SEGSERVE_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (env SEGSERVE_PORT, default 8000)")
+    serve.add_argument("--grpc-port", type=int, help="KServe v2 gRPC port (env SEGSERVE_GRPC_PORT, default 8001; 0 disables)")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (env SEGSERVE_MODEL_REPOSITORY)")
     serve.add_argument("--models", help="comma-separated models to load (default: all)")
     serve.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], help="force one backend for all models")

@@ -40,5 +40,10 @@ class Settings(BaseSettings):
     # A stream idle this long is dropped; its next chunk starts afresh with a keyframe.
     video_stream_idle_s: float = Field(60.0, gt=0)
 
+    # --- gRPC: KServe v2 / Open Inference Protocol (service/transport/grpc/) -------------
+    # Port of the gRPC server that runs beside HTTP in the same process (Triton's default
+    # 8001, so tritonclient.grpc users need no change); 0 or unset disables it.
+    grpc_port: int | None = Field(8001, ge=0, le=65535)
+
     def codec_thread_count(self) -> int:
         return self.codec_threads or max(2, len(os.sched_getaffinity(0)))

@@ -27,7 +27,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.repository = repository
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.args = args or []
+        # gRPC stays off unless a test asks for it, so parallel servers never contend for 8001.
+        self.args = args if args and "--grpc-port" in args else [*(args or []), "--grpc-port", "0"]
         self.log_path = log_path or repository.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 

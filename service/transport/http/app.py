@@ -24,9 +24,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await manager.start()
+        grpc_server = None
+        if settings.grpc_port:
+            # Imported only when used: its `inference.*` protobuf messages cannot share a process
+            # with tritonclient.grpc's identically named ones (duplicate descriptor symbols).
+            from service.transport.grpc.server import start_grpc_server
+
+            grpc_server = await start_grpc_server(settings, manager, metrics)
         try:
             yield
         finally:
+            if grpc_server is not None:  # in-flight RPCs finish before the batchers drain
+                await grpc_server.stop(settings.shutdown_drain_s)
             await manager.stop()
 
     app = FastAPI(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Literal
@@ -15,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.errors import BadParameter, ModelNotFound, ModelNotReady, ServiceError
 from service.model_manager import ModelManager
 from service.pipelines import ImageResult, OutputFormat
+from service.pipelines.render import render_json
 from service.transport.http.body import read_image
 from service.transport.http.errors import service_error_response
 from service.transport.http.schemas import ErrorResponse, InstanceResponse, ModelInfo, ModelList, SemanticResponse
@@ -70,28 +70,11 @@ async def run_unless_disconnected(request: Request, work):
     return None
 
 
-def fixed_width_ms(seconds: float) -> str:
-    """A JSON number padded with leading spaces to a constant width. Identical requests then
-    get identical-length bodies, which plain `ab` (without -l) requires: it counts every body
-    whose length differs from the first as a failed request."""
-    return f"{min(seconds * 1000, 99_999_999.999):12.3f}"
-
-
 def render(model: str, task: str, classes: list[str], result: ImageResult, total_s: float) -> Response:
     headers = {"X-Batch-Size": str(result.timing.batch_size)}
     if result.png is not None:
         return Response(result.png, media_type="image/png", headers=headers)
-    body = {"model": model, "task": task, "width": result.width, "height": result.height}
-    if task == "semantic":
-        body["classes"] = classes
-    body.update(result.body)
-    timing = result.timing
-    encoded = json.dumps(body, separators=(",", ":"))
-    encoded = (
-        f'{encoded[:-1]},"timing_ms":{{"queue":{fixed_width_ms(timing.queue_s)},'
-        f'"compute":{fixed_width_ms(timing.compute_s)},"total":{fixed_width_ms(total_s)}}}}}'
-    )
-    return Response(encoded.encode(), media_type="application/json", headers=headers)
+    return Response(render_json(model, task, classes, result, total_s), media_type="application/json", headers=headers)
 
 
 @router.post(
