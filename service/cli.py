@@ -21,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service import logs
     from service.config import Settings
     from service.transport.http.app import create_app
+    from service.transport.http.keepalive import Http10KeepAliveProtocol
 
     overrides = {k: v for k, v in {
         "host": args.host,
@@ -39,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        http=Http10KeepAliveProtocol,
         access_log=False,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,

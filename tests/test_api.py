@@ -212,3 +212,26 @@ def test_plain_ab_without_dash_l_sees_no_failures(server, tmp_path):
     assert report["complete_requests"] == 120
     assert report["failed_requests"] == 0, out
     assert report["non_2xx_responses"] == 0
+
+
+@pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) not installed")
+def test_ab_keepalive_reuses_connections(server, tmp_path):
+    """ab speaks HTTP/1.0: with -k every request must ride a kept-alive connection."""
+    body = tmp_path / "photo.jpg"
+    body.write_bytes(make_image(120, 160, seed=12))
+    out = subprocess.run(
+        ["ab", "-k", "-n", "60", "-c", "4", "-p", str(body), "-T", "image/jpeg", f"{server.url}/segment"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    report = parse_ab_output(out)
+    assert (report["complete_requests"], report["failed_requests"], report["non_2xx_responses"]) == (60, 0, 0), out
+    assert report["keep_alive_requests"] == 60
+
+
+def test_http10_keepalive_is_announced_with_content_length(server):
+    """ab decides to reuse a connection from this header; HTTP/1.0 needs the Content-Length."""
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        head = s.recv(4096).lower()
+    assert b"200" in head.split(b"\r\n")[0]
+    assert b"connection: keep-alive" in head and b"content-length" in head

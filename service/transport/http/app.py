@@ -11,6 +11,7 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.model_manager import ModelManager
 from service.transport.http import errors
+from service.transport.http.keepalive import Http10KeepAliveHeader
 from service.transport.http.middleware import RequestIdMiddleware
 from service.transport.http.routes import router
 from service.transport.http.video_routes import router as video_router
@@ -51,4 +52,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(video_router)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(Http10KeepAliveHeader)
     return app
