@@ -40,6 +40,11 @@ test: setup
 bench: setup
 	$(BIN)/python -m loadtest.bench_service --out docs/bench
 
+# The standard sweep + report (docs: loadtest/README.md). Without URL it starts a server itself.
+#   make loadtest [URL=http://127.0.0.1:8000] [MODEL=name] [OUT=dir] [LOADTEST_ARGS="--levels 1,4 --duration 5"]
+loadtest: $(if $(URL),setup,models)
+	$(BIN)/python -m loadtest.run $(if $(URL),--url $(URL),--model-repository $(REPO)) $(if $(MODEL),--model $(MODEL)) --out $(or $(OUT),out/loadtest) $(LOADTEST_ARGS)
+
 # Rebuild requirements.lock from pyproject.toml in a scratch venv.
 lock:
 	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock

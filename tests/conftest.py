@@ -11,7 +11,7 @@ from PIL import Image
 from models.export import export_model
 from models.weights import WeightsSpec
 from service.repository import load_config
-from tests.servers import ServerProcess
+from loadtest.server import SegserveProcess
 
 SEMANTIC = "lraspp_mobilenet_v3_large"
 SMALL_INPUT = (128, 128)
@@ -43,7 +43,7 @@ def copy_model(src_repo: Path, dst_repo: Path, name: str = SEMANTIC, **config_up
 
 @pytest.fixture(scope="session")
 def server(semantic_repo, tmp_path_factory):
-    with ServerProcess(semantic_repo, log_path=tmp_path_factory.mktemp("logs") / "server.log") as s:
+    with SegserveProcess(semantic_repo, log_path=tmp_path_factory.mktemp("logs") / "server.log") as s:
         yield s
 
 

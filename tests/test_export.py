@@ -16,7 +16,7 @@ from models.weights import WeightsError, WeightsSpec, download, verify_sha256
 from service.engine import create_engine
 from service.repository import scan
 from tests.conftest import SEMANTIC, make_image
-from tests.servers import ServerProcess
+from loadtest.server import SegserveProcess
 
 
 def test_export_writes_a_versioned_repository_entry(semantic_repo):
@@ -45,7 +45,7 @@ def test_torch_and_onnxruntime_engines_agree(semantic_repo):
 def test_same_masks_over_http_from_both_backends(semantic_repo, server):
     data = make_image(240, 320, seed=5)
     onnx_body = httpx.post(f"{server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
-    with ServerProcess(semantic_repo, args=["--backend", "torch"]) as torch_server:
+    with SegserveProcess(semantic_repo, args=["--backend", "torch"]) as torch_server:
         info = httpx.get(f"{torch_server.url}/v1/models").json()["models"][0]
         assert (info["backend"], info["device"]) == ("torch", "cpu")
         torch_body = httpx.post(f"{torch_server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
@@ -121,7 +121,7 @@ def test_any_onnx_model_dropped_into_the_repository_is_served(tmp_path):
         "name: unet\nclasses: [background, road, car]\nbackends: [onnxruntime]\n"
         "input: {name: input, height: 64, width: 64, dtype: float32}\noutput: {name: logits, kind: logits}\n"
     )
-    with ServerProcess(tmp_path) as s:
+    with SegserveProcess(tmp_path) as s:
         r = httpx.post(f"{s.url}/segment?model=unet", content=make_image(50, 70), headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()

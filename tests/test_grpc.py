@@ -23,13 +23,13 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import SEMANTIC, make_image
-from tests.servers import ServerProcess, free_port
+from loadtest.server import SegserveProcess, free_port
 
 
 @pytest.fixture(scope="module")
 def grpc_server(semantic_repo, tmp_path_factory):
     grpc_port = free_port()
-    with ServerProcess(semantic_repo, args=["--grpc-port", str(grpc_port)], log_path=tmp_path_factory.mktemp("logs") / "grpc.log") as s:
+    with SegserveProcess(semantic_repo, args=["--grpc-port", str(grpc_port)], log_path=tmp_path_factory.mktemp("logs") / "grpc.log") as s:
         s.grpc_url = f"127.0.0.1:{grpc_port}"
         yield s
 

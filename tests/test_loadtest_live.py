@@ -1,0 +1,108 @@
+"""The load-test tools against a real segserve (subprocess on a free port, a random-weights
+LRASPP exported at 128x128 so that it loads and answers quickly on a small CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import report
+from loadtest.ab import run_ab, segment_url
+from loadtest.locust_csv import aggregated, read_failures, read_stats
+from loadtest.payloads import default_images
+from loadtest.run import main as run_main
+from loadtest.server import SegserveProcess
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL = "lraspp_mobilenet_v3_large"
+
+
+@pytest.fixture(scope="module")
+def model_repository(tmp_path_factory) -> Path:
+    from models.export import export_model
+    from models.weights import WeightsSpec
+
+    repository = tmp_path_factory.mktemp("model_repository")
+    export_model(MODEL, repository, WeightsSpec.parse("random"), input_size=(128, 128), progress=False)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(model_repository, tmp_path_factory):
+    with SegserveProcess(model_repository, tmp_path_factory.mktemp("server") / "server.log") as process:
+        yield process
+
+
+def locust(host: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless",
+               "--host", host, "--model", MODEL, "--csv", str(out / "locust"), "--only-summary", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=90)
+
+
+@pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) not installed")
+def test_ab_wrapper(server):
+    result = run_ab(segment_url(server.url, MODEL), default_images()[0], requests=200, concurrency=8, time_limit_s=60)
+    assert result["complete_requests"] == 200
+    assert result["failed_requests"] == 0
+    assert result["non_2xx_responses"] == 0
+    assert result["document_length"] == "variable"
+    assert result["requests_per_second"] > 0
+    assert set(result["percentiles_ms"]) >= {50, 90, 99, 100}
+
+
+def test_locust_headless_with_generous_slo_passes(server, tmp_path):
+    # Video weight 1: the video task runs when the server has the route and is skipped,
+    # not failed, when it answers 404.
+    proc = locust(server.url, tmp_path, "-u", "8", "-r", "8", "-t", "10s", "--video-weight", "1",
+                  "--slo-p99-ms", "60000", "--slo-error-ratio", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = read_stats(tmp_path / "locust_stats.csv")
+    total = aggregated(stats)
+    assert total.requests > 0
+    assert total.failures == 0
+    assert read_failures(tmp_path / "locust_failures.csv") == []
+    assert list(total.percentiles_ms) == ["50%", "90%", "95%", "99%", "99.9%", "100%"]
+    names = {row.name for row in stats}
+    assert "/segment [semantic]" in names
+    assert ("video task skipped" in proc.stderr) != ("/segment/video" in names)
+    assert "SLO passed" in proc.stderr
+
+
+def test_locust_impossible_slo_exits_non_zero(server, tmp_path):
+    proc = locust(server.url, tmp_path, "-u", "2", "-r", "2", "-t", "3s", "--slo-p99-ms", "0.001")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "SLO violated: p99" in proc.stderr
+    assert aggregated(read_stats(tmp_path / "locust_stats.csv")).failures == 0
+
+
+def test_sweep_via_runner_starts_its_own_server(model_repository, tmp_path):
+    out = tmp_path / "sweep"
+    code = run_main(["--model-repository", str(model_repository), "--out", str(out), "--model", MODEL,
+                     "--levels", "1,4", "--duration", "3", "--open-loop-rates", "15", "--slo-p99-ms", "2000"])
+    assert code == 0
+    for name in (report.CSV_FILE, report.JSON_FILE, report.MARKDOWN_FILE,
+                 report.THROUGHPUT_PNG, report.P99_PNG, report.SERVER_TIME_PNG):
+        assert (out / name).stat().st_size > 0, name
+    for png in (report.THROUGHPUT_PNG, report.P99_PNG, report.SERVER_TIME_PNG):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+        assert f"({png})" in (out / report.MARKDOWN_FILE).read_text()
+
+    levels = json.loads((out / report.JSON_FILE).read_text())["levels"]
+    assert [(level["mode"], level["level"]) for level in levels] == [("closed", 1), ("closed", 4), ("open", 15)]
+    for level in levels:
+        assert level["ok"] > 0 and level["errors"] == 0
+        assert level["latency_ms"]["p50"] <= level["latency_ms"]["p99"]
+        server = level["server"]
+        # every request the client counted, the server counted too (same model, fresh server)
+        assert server["requests_by_status"] == {"200": level["ok"]}
+        assert server["queue_ms"] is not None and server["compute_ms"] > 0 and server["batch_size"] >= 1
+    open_level = levels[2]
+    assert open_level["offered_rps"] == pytest.approx(15, rel=0.2)
+    assert len((out / report.CSV_FILE).read_text().strip().splitlines()) == 1 + len(levels)
