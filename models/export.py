@@ -25,7 +25,7 @@ import torch
 
 from models import zoo
 from models.serving import SemanticServingModule
-from models.weights import WeightsError, WeightsSpec, download, load_checkpoint
+from models.weights import WeightsError, WeightsSpec, download, load_checkpoint, verify_bundled
 from service.repository import (
     CONFIG_FILE,
     DynamicBatching,
@@ -74,9 +74,11 @@ def resolve_weights(arch: zoo.Architecture, spec: WeightsSpec, progress: bool = 
         path = download(arch.weights.url, progress=progress)
         return load_checkpoint(path), arch.pretrained_classes, f"pretrained {arch.weights.url}"
     assert spec.path is not None
+    if spec.source == "bundled":
+        verify_bundled(spec.path)
     raw = torch.load(spec.path, map_location="cpu", weights_only=True) if spec.path.is_file() else None
     classes = raw.get("classes") if isinstance(raw, dict) else None
-    return load_checkpoint(spec.path), classes, f"file {spec.path}"
+    return load_checkpoint(spec.path), classes, spec.describe()
 
 
 def sample_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -22,6 +22,8 @@ import torch
 from tqdm import tqdm
 
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
+# Small models trained here on synthetic data (models/train.py), committed with their sha256s.
+BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 class WeightsError(RuntimeError):
@@ -30,22 +32,28 @@ class WeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    source: str  # "pretrained" | "file" | "random"
+    source: str  # "pretrained" | "file" | "bundled" | "random"
     path: Path | None = None
     seed: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "WeightsSpec":
-        """'pretrained', 'random', 'random:SEED' or a path ('file:PATH' or just PATH)."""
+        """'pretrained', 'random', 'random:SEED', 'bundled:NAME' or a path ('file:PATH' or just PATH)."""
         if text == "pretrained":
             return cls("pretrained")
         if text == "random" or text.startswith("random:"):
             return cls("random", seed=int(text.partition(":")[2] or 0))
+        if text.startswith("bundled:"):
+            return cls("bundled", path=BUNDLED_DIR / f"{text.partition(':')[2]}.pth")
         path = Path(text.removeprefix("file:")).expanduser()
         return cls("file", path=path)
 
     def describe(self) -> str:
-        return {"pretrained": "pretrained", "random": f"random (seed {self.seed})"}.get(self.source, f"file {self.path}")
+        if self.source == "random":
+            return f"random (seed {self.seed})"
+        if self.source == "bundled":
+            return f"bundled {self.path.name} (sha256 {sha256_of(self.path)[:12]}, trained on synthetic shapes)"
+        return "pretrained" if self.source == "pretrained" else f"file {self.path}"
 
 
 def cache_dir() -> Path:
@@ -104,6 +112,15 @@ def download(url: str, dest_dir: Path | None = None, progress: bool = True, time
             raise
     shutil.move(tmp_path, dest)
     return dest
+
+
+def verify_bundled(path: Path) -> None:
+    """A bundled checkpoint must match its line in checkpoints/SHA256SUMS."""
+    sums = dict(reversed(line.split()) for line in (BUNDLED_DIR / "SHA256SUMS").read_text().splitlines() if line.strip())
+    if path.name not in sums:
+        known = sorted(n.removesuffix(".pth") for n in sums)
+        raise WeightsError(f"no bundled checkpoint {path.stem!r}; bundled: {known}")
+    verify_sha256(path, sums[path.name])
 
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:

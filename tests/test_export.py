@@ -127,3 +127,23 @@ def test_any_onnx_model_dropped_into_the_repository_is_served(tmp_path):
     body = r.json()
     assert body["classes"] == ["background", "road", "car"]
     assert sum(seg["area"] for seg in body["segments"]) == 50 * 70
+
+
+def test_bundled_weights_are_checked_against_sha256sums(tmp_path, monkeypatch):
+    import models.weights as weights
+
+    v = export_model(SEMANTIC, tmp_path / "repo", WeightsSpec.parse("bundled:shapes_lraspp"), input_size=(64, 64), progress=False)
+    config = scan(tmp_path / "repo")[0].config
+    assert config.weights.source == "bundled" and "sha256" in config.weights.detail
+    assert config.classes[0] == "background" and len(config.classes) == 6
+    assert (v / "model.onnx").is_file()
+
+    fake = tmp_path / "checkpoints"
+    fake.mkdir()
+    (fake / "shapes_lraspp.pth").write_bytes(b"not the committed file")
+    (fake / "SHA256SUMS").write_text((weights.BUNDLED_DIR / "SHA256SUMS").read_text())
+    monkeypatch.setattr(weights, "BUNDLED_DIR", fake)
+    with pytest.raises(WeightsError, match="sha256"):
+        export_model(SEMANTIC, tmp_path / "repo2", WeightsSpec.parse("bundled:shapes_lraspp"), input_size=(64, 64), progress=False)
+    with pytest.raises(WeightsError, match="no bundled checkpoint"):
+        export_model(SEMANTIC, tmp_path / "repo3", WeightsSpec.parse("bundled:nope"), input_size=(64, 64), progress=False)
