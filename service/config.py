@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # --- video: POST /segment/video (service/pipelines/video.py) ----------------------
     # Frames one chunk may hold (after frame_stride); a request's max_frames can only lower it.
     video_max_frames: int = Field(64, ge=1, le=10_000)
-    # Streams whose keyframe state (~1 MB each at 512x512) is kept between chunks; a new
+    # Streams whose keyframe state (~0.7 MB each at 512x512) is kept between chunks; a new
     # stream evicts the least recently used idle one.
     video_max_streams: int = Field(64, ge=1)
     # A stream idle this long is dropped; its next chunk starts afresh with a keyframe.

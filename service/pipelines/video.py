@@ -32,7 +32,7 @@ from service.codecs.image import decode_image
 from service.codecs.masks import encode_label_png, semantic_segments
 from service.codecs.video import TooManyFrames, decode_video
 from service.config import Settings
-from service.engine import Engine, EngineUnavailable, create_engine
+from service.engine import Engine, create_engine
 from service.errors import BadParameter, ModelNotReady, UndecodableInput
 from service.metrics import Metrics
 from service.pipelines.base import OutputFormat, ServedModel
@@ -196,7 +196,7 @@ class VideoModel:
         self.split = parts is not None
         params = self.config.parameters.get("video", {})
         if self.split:
-            self.default_max_interval = int(params.get("max_keyframe_interval", 8))
+            self.default_max_interval = int(params.get("max_keyframe_interval", 16))
             threshold = params.get("keyframe_threshold")
             self.default_policy = KeyframePolicy(self.default_max_interval, None if threshold is None else float(threshold))
         else:
@@ -230,11 +230,12 @@ class VideoModel:
         if warmup and self.split:
             loop = asyncio.get_running_loop()
             spec = self.config.input
-            images = np.zeros((1, 3, spec.height, spec.width), np.uint8)
             for shallow, deep, fuse in zip(self._engines["shallow"], self._engines["deep"], self._engines["fuse"]):
-                low = (await loop.run_in_executor(None, shallow.infer, {"images": images}))["low"]
-                cached = (await loop.run_in_executor(None, deep.infer, {"low": low}))["deep"]
-                await loop.run_in_executor(None, fuse.infer, {"low": low, "deep": cached})
+                for n in sorted({1, self.config.max_batch_size}):  # first runs allocate arenas / build kernels
+                    images = np.zeros((n, 3, spec.height, spec.width), np.uint8)
+                    low = (await loop.run_in_executor(None, shallow.infer, {"images": images}))["low"]
+                    cached = (await loop.run_in_executor(None, deep.infer, {"low": low}))["deep"]
+                    await loop.run_in_executor(None, fuse.infer, {"low": low, "deep": cached})
         for batcher in self._parts.values():
             batcher.start()
 
@@ -256,7 +257,6 @@ class VideoModel:
             async for result in _in_order((run.frame(t) for t in chunk.tensors), self._window):
                 yield result
             tracker.deep = np.array(await run.latest_deep())  # a copy: not a view into a whole batch
-            tracker.reference = np.array(tracker.reference)
         finally:
             run.cancel()
 
@@ -363,11 +363,8 @@ class VideoService:
         for name, status in self._statuses.items():
             if status.state != "READY" or status.entry.config.task != Task.semantic:
                 continue
-            parts = await asyncio.to_thread(self._load_split, status.entry)
-            model = VideoModel(status.served, parts, self._app_metrics)
-            await model.start(self.settings.warmup)
-            self._models[name] = model
-            log.info("model %s: video %s", name, "with keyframe feature reuse" if parts else "frame by frame (no video split)")
+            self._models[name] = model = await self._start_model(status.served)
+            log.info("model %s: video %s", name, "with keyframe feature reuse" if model.split else "frame by frame (no video split)")
         self._sweeper = asyncio.create_task(self._sweep_idle_streams(), name="video-stream-sweeper")
 
     async def stop(self) -> None:
@@ -376,20 +373,29 @@ class VideoService:
         self.streams.clear()
         await asyncio.gather(*(m.stop(self.settings.shutdown_drain_s) for m in self._models.values()), return_exceptions=True)
 
-    def _load_split(self, entry) -> dict[str, list[Engine]] | None:
+    async def _start_model(self, served: ServedModel) -> VideoModel:
+        """The model with its video split, or frame by frame when it has none or the split
+        fails to load: a broken split must not take the model's video, or the server, down."""
+        entry = served.entry
         video = entry.config.parameters.get("video")
-        if not video:
-            return None
-        root = entry.version_dir / video.get("dir", "video")
-        try:
-            # The parts are ONNX graphs only (no architecture for the torch backend to rebuild).
-            return {
-                part: [create_engine(entry.config, root / part, backend="onnxruntime") for _ in range(entry.config.instances)]
-                for part in SPLIT_PARTS
-            }
-        except EngineUnavailable as exc:
-            log.error("model %s: video split unavailable, video runs frame by frame: %s", entry.config.name, exc)
-            return None
+        if video:
+            root = entry.version_dir / video.get("dir", "video")
+            try:
+                # The parts are ONNX graphs only (no architecture for the torch backend to rebuild).
+                parts = await asyncio.to_thread(
+                    lambda: {
+                        part: [create_engine(entry.config, root / part, backend="onnxruntime") for _ in range(entry.config.instances)]
+                        for part in SPLIT_PARTS
+                    }
+                )
+                model = VideoModel(served, parts, self._app_metrics)
+                await model.start(self.settings.warmup)
+                return model
+            except Exception:  # noqa: BLE001 - logged; the model still serves video frame by frame
+                log.exception("model %s: video split unavailable, video runs frame by frame", entry.config.name)
+        model = VideoModel(served, None, self._app_metrics)
+        await model.start(self.settings.warmup)
+        return model
 
     async def _sweep_idle_streams(self) -> None:
         period = min(self.settings.video_stream_idle_s / 2, 10.0)
@@ -400,7 +406,7 @@ class VideoService:
     def model(self, name: str, task: str) -> VideoModel:
         model = self._models.get(name)
         if model is None:
-            raise BadParameter(f"model {name} is a {task} model; /segment/video serves semantic models")
+            raise BadParameter(f"model {name} is an {task} model; /segment/video serves semantic models only (for now)")
         return model
 
     async def start_chunk(

@@ -43,6 +43,16 @@ class KeyframePolicy:
             raise ValueError("keyframe threshold must not be negative")
 
 
+def signature(features: np.ndarray) -> np.ndarray:
+    """(C, H, W) shallow features averaged over 2x2 cells: per-frame sensor noise averages
+    out, moving edges do not. On the synthetic video benchmark this needed about a third
+    fewer keyframes than comparing the raw features, at the same accuracy; it also makes
+    the state a stream keeps 4x smaller."""
+    c, h, w = features.shape
+    h, w = h // 2 * 2, w // 2 * 2
+    return features[:, :h, :w].reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+
 def feature_change(features: np.ndarray, reference: np.ndarray) -> float:
     """Mean absolute difference relative to the reference's mean magnitude: scale-free, so
     one threshold fits any layer and any weights."""
@@ -53,7 +63,7 @@ def feature_change(features: np.ndarray, reference: np.ndarray) -> float:
 class KeyframeState:
     """What a stream carries from one chunk to the next."""
 
-    reference: np.ndarray | None = None  # shallow features of the last keyframe
+    reference: np.ndarray | None = None  # signature() of the last keyframe's shallow features
     deep: Any = None  # the last keyframe's deep features (the model's cache)
     since_keyframe: int = 0  # frames after the last keyframe
     geometry: Hashable = None  # how frames were mapped to the model input; a change forces a keyframe
@@ -71,14 +81,15 @@ class KeyframeTracker:
         self.geometry = geometry
 
     def observe(self, features: np.ndarray) -> bool:
-        """Is the frame with these shallow features a keyframe? Frames must come in order."""
+        """Is the frame with these (C, H, W) shallow features a keyframe? Frames must come in order."""
+        current = signature(features)
         keyframe = (
             self.reference is None
             or self.since_keyframe + 1 >= self.policy.interval
-            or (self.policy.threshold is not None and feature_change(features, self.reference) > self.policy.threshold)
+            or (self.policy.threshold is not None and feature_change(current, self.reference) > self.policy.threshold)
         )
         if keyframe:
-            self.reference, self.since_keyframe = features, 0
+            self.reference, self.since_keyframe = current, 0
         else:
             self.since_keyframe += 1
         return keyframe

@@ -1,0 +1,184 @@
+"""Keyframe feature reuse on synthetic video: accuracy, flicker and speed per keyframe policy.
+
+    python -m models.video_bench --repository model_repository --model shapes_lraspp
+
+Engine level, no HTTP and no batching: one stream at a time, one frame at a time, on the
+model's exported ONNX graphs under ONNX Runtime, with the server's own keyframe code
+(``KeyframeTracker``). "per-frame" runs the full ``model.onnx`` on every frame; the other
+rows run the video split (shallow every frame, deep on keyframes, fuse every frame).
+
+Frames are letterboxed like the server does and predictions are scored at the original
+frame size against the synthetic ground truth (models/synthetic):
+
+* mIoU: over all frames of all clips, mean over classes present in truth or prediction;
+* flicker: share of pixels whose predicted label changes between consecutive frames where
+  the true label does not;
+* frames/s: engine time only (decode, letterbox and scoring excluded), best of --repeats
+  passes interleaved across the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.synthetic import make_video
+from service.codecs.geometry import Letterbox
+from service.engine import Engine, create_engine
+from service.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker
+from service.repository import ModelConfig, latest_version, load_config
+
+HELD_OUT_SEED_BASE = 2_000_000_000  # far from the seeds models/train.py trains on
+
+
+@dataclass
+class Clip:
+    tensors: list[np.ndarray]  # (1, 3, H, W) uint8 model inputs
+    truth: list[np.ndarray]  # (h, w) uint8 labels at the original size
+    box: Letterbox
+
+
+def make_clips(config: ModelConfig, count: int, frames: int, height: int, width: int, first_seed: int = HELD_OUT_SEED_BASE) -> list[Clip]:
+    clips = []
+    for seed in range(first_seed, first_seed + count):
+        video = make_video(seed, frames, height, width)
+        box = Letterbox.fit(height, width, config.input)
+        tensors = [box.apply(scene.image, config.input.pad_value)[None] for scene in video.frames]
+        clips.append(Clip(tensors, [scene.labels for scene in video.frames], box))
+    return clips
+
+
+class Engines:
+    """The model's full graph and its video split, as the server loads them."""
+
+    def __init__(self, repository: Path, name: str):
+        model_dir = repository / name
+        self.config = load_config(model_dir)
+        version_dir = model_dir / str(latest_version(model_dir))
+        video = self.config.parameters.get("video")
+        if not video:
+            raise SystemExit(f"{name} has no video split: run python -m models.video_split --model {name} first")
+        self.default_policy = KeyframePolicy(int(video["max_keyframe_interval"]), float(video["keyframe_threshold"]))
+        self.full: Engine = create_engine(self.config, version_dir, backend="onnxruntime")
+        self.parts: dict[str, Engine] = {
+            part: create_engine(self.config, version_dir / video["dir"] / part, backend="onnxruntime")
+            for part in ("shallow", "deep", "fuse")
+        }
+
+    def per_frame(self, clip: Clip) -> tuple[list[np.ndarray], int]:
+        name = self.config.input.name
+        return [self.full.infer({name: t})[self.config.output.name][0] for t in clip.tensors], len(clip.tensors)
+
+    def keyframed(self, clip: Clip, policy: KeyframePolicy) -> tuple[list[np.ndarray], int]:
+        tracker = KeyframeTracker(policy, KeyframeState(), clip.box)
+        shallow, deep, fuse = self.parts["shallow"], self.parts["deep"], self.parts["fuse"]
+        labels, keyframes = [], 0
+        for tensor in clip.tensors:
+            low = shallow.infer({"images": tensor})["low"]
+            if tracker.observe(low[0]):
+                tracker.deep = deep.infer({"low": low})["deep"]
+                keyframes += 1
+            labels.append(fuse.infer({"low": low, "deep": tracker.deep})["labels"][0])
+        return labels, keyframes
+
+
+def scores(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: int) -> tuple[float, float]:
+    """(mIoU, flicker) over all clips; predictions at model input size."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    changed = stable = 0
+    for labels, clip in zip(predictions, clips):
+        previous_pred = previous_truth = None
+        for pred, truth in zip(labels, clip.truth):
+            pred = clip.box.restore(pred)
+            confusion += np.bincount(truth.ravel() * num_classes + pred.ravel(), minlength=num_classes**2).reshape(num_classes, -1)
+            if previous_pred is not None:
+                same_truth = truth == previous_truth
+                stable += int(same_truth.sum())
+                changed += int((same_truth & (pred != previous_pred)).sum())
+            previous_pred, previous_truth = pred, truth
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    return float((intersection[present] / union[present]).mean()), changed / max(stable, 1)
+
+
+def segment(engines: Engines, clips: list[Clip], policy: KeyframePolicy | None) -> tuple[list[list[np.ndarray]], int, float]:
+    """(labels per clip, keyframes, engine seconds) for one pass over the clips."""
+    started = time.perf_counter()
+    results = [engines.per_frame(c) if policy is None else engines.keyframed(c, policy) for c in clips]
+    return [labels for labels, _ in results], sum(k for _, k in results), time.perf_counter() - started
+
+
+def measure(engines: Engines, clips: list[Clip], policies: list[KeyframePolicy | None], repeats: int) -> list[dict]:
+    """One row per policy. Timing passes are interleaved across policies and the best pass
+    counts, so a burst of load from other processes cannot favour one row."""
+    rows, best = [], []
+    for policy in policies:
+        predictions, keyframes, seconds = segment(engines, clips, policy)
+        miou, flicker = scores(predictions, clips, len(engines.config.classes))
+        rows.append({"policy": policy, "miou": miou, "flicker": flicker, "keyframes": keyframes})
+        best.append(seconds)
+    for _ in range(repeats - 1):
+        for i, policy in enumerate(policies):
+            best[i] = min(best[i], segment(engines, clips, policy)[2])
+    frames = sum(len(c.tensors) for c in clips)
+    for row, seconds in zip(rows, best):
+        row["fps"], row["keyframes"] = frames / seconds, row["keyframes"] / frames
+    return rows
+
+
+def describe(policy: KeyframePolicy | None) -> str:
+    if policy is None:
+        return "per-frame (full model)"
+    if policy.threshold is None:
+        return f"k = {policy.interval}" + (" (split, deep on every frame)" if policy.interval == 1 else "")
+    return f"adaptive (threshold {policy.threshold:g}, max interval {policy.interval})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--model", required=True, help="a model exported with models.video_split")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=48, help="frames per clip")
+    parser.add_argument("--size", default="240x320", help="clip frame size HxW")
+    parser.add_argument("--intervals", default="1,2,4,8", help="fixed keyframe intervals to compare (1: the split, deep on every frame)")
+    parser.add_argument("--thresholds", default="", help="adaptive thresholds to compare (default: the model's)")
+    parser.add_argument("--max-interval", type=int, default=None, help="adaptive: longest gap (default: the model's)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing passes per row; the best counts")
+    parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE,
+                        help="clip seeds start here (calibrate thresholds on other seeds than you report)")
+    args = parser.parse_args(argv)
+
+    engines = Engines(args.repository, args.model)
+    height, _, width = args.size.partition("x")
+    clips = make_clips(engines.config, args.clips, args.frames, int(height), int(width), args.first_seed)
+    default = engines.default_policy
+    max_interval = args.max_interval or default.interval
+    thresholds = [float(t) for t in args.thresholds.split(",") if t] or [default.threshold]
+    policies: list[KeyframePolicy | None] = [None] + [KeyframePolicy(int(k)) for k in args.intervals.split(",") if k]
+    policies += [KeyframePolicy(max_interval, t) for t in thresholds]
+    measure(engines, clips[:1], [None, KeyframePolicy(2)], 1)  # warm-up: arenas, kernels
+
+    frames = args.clips * args.frames
+    print(f"{args.model} ({engines.config.weights.source} weights), input {engines.config.input.height}x{engines.config.input.width}, "
+          f"{args.clips} synthetic clips (seeds {args.first_seed}+) x {args.frames} frames of {args.size}, {engines.full.info.device}, batch 1\n")
+    print("| policy | keyframes | mIoU | ΔmIoU | flicker | frames/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = measure(engines, clips, policies, args.repeats)
+    baseline = rows[0]
+    for row in rows:
+        print(
+            f"| {describe(row['policy'])} | {row['keyframes']:.0%} | {100 * row['miou']:.2f} | {100 * (row['miou'] - baseline['miou']):+.2f} "
+            f"| {100 * row['flicker']:.2f}% | {row['fps']:.1f} | {row['fps'] / baseline['fps']:.2f}x |"
+        )
+    print(f"\n{frames} frames per row; mIoU in points; frames/s = engine time only, best of {args.repeats} interleaved passes.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

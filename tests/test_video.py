@@ -1,0 +1,350 @@
+"""Video: the LRASPP split, keyframe policy, streams, and POST /segment/video against real
+`segserve serve` processes serving a real exported model (random weights, 128x128 input)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+
+import av
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from pycocotools import mask as mask_utils
+
+from models.export import sample_images
+from models.synthetic import make_video
+from models.video_split import export_video_split
+from service.errors import QueueFull
+from service.pipelines.video_streams import (
+    KeyframePolicy,
+    KeyframeState,
+    KeyframeTracker,
+    SequenceConflict,
+    StreamRegistry,
+    feature_change,
+)
+from tests.conftest import copy_model
+from loadtest.server import SegserveProcess
+
+SPLIT, PLAIN, BROKEN = "lraspp_video", "lraspp_plain", "lraspp_broken_split"
+HEIGHT, WIDTH = 96, 128
+
+
+# -- fixtures ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def video_repo(semantic_repo, tmp_path_factory):
+    """The session's exported LRASPP with the video split, without, and with a config that
+    names split files that are not there."""
+    repo = tmp_path_factory.mktemp("video_repo")
+    copy_model(semantic_repo, repo, SPLIT)
+    export_video_split(repo, SPLIT)
+    copy_model(semantic_repo, repo, PLAIN)
+    copy_model(semantic_repo, repo, BROKEN, parameters={"video": {"dir": "missing", "keyframe_threshold": 0.2, "max_keyframe_interval": 4}})
+    return repo
+
+
+@pytest.fixture(scope="module")
+def video_server(video_repo, tmp_path_factory):
+    env = {"SEGSERVE_VIDEO_MAX_STREAMS": "3", "SEGSERVE_VIDEO_MAX_FRAMES": "16", "SEGSERVE_MAX_BODY_BYTES": "262144"}
+    with SegserveProcess(video_repo, env=env, log_path=tmp_path_factory.mktemp("logs") / "video.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def idle_server(video_repo, tmp_path_factory):
+    env = {"SEGSERVE_VIDEO_STREAM_IDLE_S": "0.5", "SEGSERVE_WARMUP": "false"}
+    args = ["--models", SPLIT]
+    with SegserveProcess(video_repo, env=env, args=args, log_path=tmp_path_factory.mktemp("logs") / "idle.log") as server:
+        yield server
+
+
+def frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    return [scene.image for scene in make_video(seed, count, HEIGHT, WIDTH).frames]
+
+
+def encode(images: list[np.ndarray], codec: str = "libx264", container: str = "mp4") -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for image in images:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
+def post_video(server, data: bytes, content_type: str = "video/mp4", headers=None, **params) -> httpx.Response:
+    params.setdefault("model", SPLIT)
+    return httpx.post(
+        f"{server.url}/segment/video", content=data, params=params,
+        headers={"Content-Type": content_type, **(headers or {})}, timeout=60,
+    )
+
+
+def keyframes(response: httpx.Response) -> list[bool]:
+    assert response.status_code == 200, response.text
+    return [f["keyframe"] for f in response.json()["frames"]]
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+
+
+def label_map(segments: list[dict], height: int, width: int) -> np.ndarray:
+    labels = np.full((height, width), -1)
+    for seg in segments:
+        labels[mask_utils.decode({"size": seg["mask"]["size"], "counts": seg["mask"]["counts"].encode()}) == 1] = seg["class_id"]
+    return labels
+
+
+def metric(server, name: str, **labels) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+# -- the split ---------------------------------------------------------------------------
+def test_keyframe_path_matches_the_full_model(video_repo):
+    import onnxruntime as ort
+
+    version = video_repo / SPLIT / "1"
+    run = {p: ort.InferenceSession(str(version / "video" / p / "model.onnx")).run for p in ("shallow", "deep", "fuse")}
+    full = ort.InferenceSession(str(version / "model.onnx")).run
+    images = sample_images(3, 128, 128, seed=5).numpy()
+    (low,) = run["shallow"](None, {"images": images})
+    (deep,) = run["deep"](None, {"low": low})
+    (split_labels,) = run["fuse"](None, {"low": low, "deep": deep})
+    (full_labels,) = full(None, {"images": images})
+    assert split_labels.dtype == np.uint8 and split_labels.shape == full_labels.shape == (3, 128, 128)
+    assert (split_labels == full_labels).mean() >= 0.999
+    parity = json.loads((version / "video" / "export.json").read_text())["parity_keyframe_vs_full"]
+    assert parity["label_agreement"] >= 0.999 and parity["max_abs_diff"] <= 1e-3 * max(1.0, parity["max_abs_logit"])
+
+
+# -- keyframe policy ---------------------------------------------------------------------
+def decisions(policy: KeyframePolicy, features: list[np.ndarray], state: KeyframeState | None = None, geometry="g") -> list[bool]:
+    tracker = KeyframeTracker(policy, state or KeyframeState(), geometry)
+    return [tracker.observe(f) for f in features]
+
+
+def still(count: int) -> list[np.ndarray]:
+    return [np.ones((4, 8, 8), np.float32)] * count
+
+
+def test_fixed_interval_and_every_frame():
+    assert decisions(KeyframePolicy(3), still(7)) == [True, False, False, True, False, False, True]
+    assert decisions(KeyframePolicy(1), still(3)) == [True, True, True]
+
+
+def test_adaptive_keyframe_on_change_and_at_the_longest_gap():
+    moving = still(3) + [np.full((4, 8, 8), 2.0, np.float32)] * 3
+    assert decisions(KeyframePolicy(100, threshold=0.5), moving) == [True, False, False, True, False, False]
+    assert decisions(KeyframePolicy(4, threshold=0.5), still(6)) == [True, False, False, False, True, False]
+
+
+def test_feature_change_is_scale_free():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 8, 8)), rng.normal(size=(40, 8, 8))
+    assert feature_change(a, a) == 0
+    assert feature_change(10 * b, 10 * a) == pytest.approx(feature_change(b, a), rel=1e-5)
+
+
+def test_tracker_continues_a_stream_and_restarts_on_new_geometry():
+    tracker = KeyframeTracker(KeyframePolicy(4), KeyframeState(), "g")
+    assert [tracker.observe(f) for f in still(3)] == [True, False, False]
+    tracker.deep = "cached"
+    state = tracker.state()
+    assert decisions(KeyframePolicy(4), still(3), state) == [False, True, False]
+    assert decisions(KeyframePolicy(4), still(2), state, geometry="other") == [True, False]
+
+
+# -- stream registry ---------------------------------------------------------------------
+class RecordingObserver:
+    def __init__(self):
+        self.count, self.evictions = 0, []
+
+    def live(self, count):
+        self.count = count
+
+    def evicted(self, reason):
+        self.evictions.append(reason)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+async def test_registry_orders_chunks_and_checks_sequences():
+    registry = StreamRegistry(4, 60, RecordingObserver())
+    stream = await registry.acquire("s", 0)
+    assert stream.new
+    waiting = asyncio.ensure_future(registry.acquire("s", 1))  # the next chunk waits for this one
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    registry.release(stream, KeyframeState(), 0)
+    assert (await waiting) is stream and not stream.new
+    registry.release(stream)  # failed chunk: sequence 1 not consumed
+    for wrong in (0, 2):
+        with pytest.raises(SequenceConflict):
+            await registry.acquire("s", wrong)
+    registry.release(await registry.acquire("s", 1), KeyframeState(), 1)
+    registry.release(await registry.acquire("s", None), KeyframeState())  # no sequence: the next one
+    assert stream.last_sequence == 2
+
+
+async def test_registry_evicts_least_recently_used_idle_streams():
+    observer, clock = RecordingObserver(), FakeClock()
+    registry = StreamRegistry(2, 10, observer, clock)
+    registry.release(await registry.acquire("a", 0), KeyframeState(), 0)
+    busy = await registry.acquire("b", 0)
+    registry.release(await registry.acquire("c", 0), KeyframeState(), 0)  # evicts a (b is busy)
+    assert observer.evictions == ["capacity"] and observer.count == 2
+    other = await registry.acquire("c", 1)
+    with pytest.raises(QueueFull):  # both slots busy
+        await registry.acquire("d", 0)
+    registry.release(other)
+    registry.release(busy)
+    clock.now = 11
+    registry.evict_idle()
+    assert observer.evictions == ["capacity", "idle", "idle"] and len(registry) == 0
+
+
+# -- POST /segment/video -----------------------------------------------------------------
+def test_mp4_chunk_gives_masks_per_frame(video_server):
+    r = post_video(video_server, encode(frames(6)), keyframe_interval=2)
+    assert keyframes(r) == [True, False] * 3
+    body = r.json()
+    assert (body["model"], body["task"], body["width"], body["height"]) == (SPLIT, "semantic", WIDTH, HEIGHT)
+    assert body["keyframes"] == 3 and body["new_stream"] and body["stream_id"] is None
+    assert [f["index"] for f in body["frames"]] == list(range(6))
+    assert [f["pts"] for f in body["frames"]] == pytest.approx([i / 10 for i in range(6)])
+    for frame in body["frames"]:
+        assert (label_map(frame["segments"], HEIGHT, WIDTH) >= 0).all()  # every pixel in exactly one mask
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["segment"] > 0
+    # the chunk's frames went through the shallow engine in batches, not one by one
+    shallow = {"model": f"{SPLIT}/shallow"}
+    assert metric(video_server, "segserve_batch_size_sum", **shallow) > metric(video_server, "segserve_batch_size_count", **shallow)
+
+
+def test_keyframes_equal_the_model_without_split(video_server):
+    data = encode(frames(4, seed=3))
+    split = post_video(video_server, data, keyframe_interval=2).json()["frames"]
+    plain = post_video(video_server, data, model=PLAIN, keyframe_interval=2)
+    assert keyframes(plain) == [True] * 4  # no split: every frame through the full model
+    for i in (0, 2):
+        ours = label_map(split[i]["segments"], HEIGHT, WIDTH)
+        full = label_map(plain.json()["frames"][i]["segments"], HEIGHT, WIDTH)
+        assert (ours == full).mean() >= 0.999
+
+
+def test_a_broken_split_falls_back_to_frame_by_frame(video_server):
+    r = post_video(video_server, encode(frames(3)), model=BROKEN, keyframe_interval=3)
+    assert keyframes(r) == [True] * 3 and not r.json()["keyframe_policy"]["split"]
+    assert "video split unavailable" in video_server.log()
+
+
+@pytest.mark.skipif("libvpx-vp9" not in av.codecs_available, reason="this PyAV build has no VP9 encoder")
+def test_webm_chunk(video_server):
+    r = post_video(video_server, encode(frames(3), "libvpx-vp9", "webm"), "video/webm", keyframe_interval=1)
+    assert keyframes(r) == [True] * 3
+
+
+def test_truncated_or_garbage_video_is_422(video_server):
+    data = encode(frames(4))
+    assert_error(post_video(video_server, data[: len(data) // 2]), 422, "undecodable_input")
+    assert_error(post_video(video_server, b"\x00garbage" * 100, "video/webm"), 422, "undecodable_input")
+    assert_error(post_video(video_server, b""), 422, "undecodable_input")
+
+
+def png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_multipart_frames(video_server):
+    files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(frames(5))]
+    r = httpx.post(f"{video_server.url}/segment/video", params={"model": SPLIT, "frame_stride": 2}, files=files, timeout=60)
+    assert keyframes(r)[0]
+    assert [(f["index"], f["pts"]) for f in r.json()["frames"]] == [(0, None), (2, None), (4, None)]
+    r = httpx.post(f"{video_server.url}/segment/video", params={"model": SPLIT}, files={"image": ("a.png", png(frames(1)[0]))}, timeout=60)
+    assert_error(r, 400, "bad_parameter")
+
+
+def test_stream_continues_across_chunks(video_server):
+    clip = frames(6)
+    first = post_video(video_server, encode(clip[:3]), stream_id="cont", sequence=0, keyframe_interval=4)
+    assert keyframes(first) == [True, False, False] and first.json()["new_stream"]
+    second = post_video(video_server, encode(clip[3:]), stream_id="cont", sequence=1, keyframe_interval=4)
+    # frame 3 of the stream reuses frame 0's deep features from the first chunk
+    assert keyframes(second) == [False, True, False] and not second.json()["new_stream"]
+    assert second.json()["sequence"] == 1
+    for sequence in (1, 5):  # repeated, skipped ahead
+        r = post_video(video_server, encode(clip[:2]), stream_id="cont", sequence=sequence)
+        assert_error(r, 409, "sequence_conflict")
+        assert "expects sequence 2" in r.json()["error"]["message"]
+    assert_error(post_video(video_server, encode(clip[:2]), sequence=0), 400, "bad_parameter")
+
+
+def test_stream_cap_evicts_the_least_recently_used(video_server):
+    data = encode(frames(2))
+    for name in ("cap-a", "cap-b", "cap-c", "cap-d"):  # the server keeps 3 streams
+        assert post_video(video_server, data, stream_id=name, sequence=0).status_code == 200
+    assert metric(video_server, "segserve_video_streams") == 3
+    assert metric(video_server, "segserve_video_stream_evictions_total", reason="capacity") >= 1
+    assert not post_video(video_server, data, stream_id="cap-d", sequence=1).json()["new_stream"]
+    restarted = post_video(video_server, data, stream_id="cap-a", sequence=1, keyframe_interval=8)
+    assert restarted.json()["new_stream"] and keyframes(restarted) == [True, False]
+
+
+def test_idle_stream_is_dropped(idle_server):
+    data = encode(frames(2))
+    assert keyframes(post_video(idle_server, data, stream_id="idle", sequence=0, keyframe_interval=8)) == [True, False]
+    time.sleep(1.5)  # idle timeout 0.5 s; the sweeper runs every 0.25 s
+    assert metric(idle_server, "segserve_video_streams") == 0
+    assert metric(idle_server, "segserve_video_stream_evictions_total", reason="idle") == 1
+    r = post_video(idle_server, data, stream_id="idle", sequence=1, keyframe_interval=8)
+    assert r.json()["new_stream"] and keyframes(r) == [True, False]
+
+
+def test_limits(video_server):
+    data = encode(frames(4))
+    assert_error(post_video(video_server, data, max_frames=3), 422, "too_many_frames")
+    strided = post_video(video_server, data, max_frames=3, frame_stride=2, keyframe_interval=1)
+    assert keyframes(strided) == [True, True] and [f["index"] for f in strided.json()["frames"]] == [0, 2]
+    assert_error(post_video(video_server, encode(frames(17))), 422, "too_many_frames")  # server limit: 16
+    assert_error(post_video(video_server, b"\x00" * 300_000), 413, "payload_too_large")
+    assert_error(post_video(video_server, data, "text/plain"), 415, "unsupported_media_type")
+    assert_error(post_video(video_server, data, keyframe_interval=0), 400, "bad_parameter")
+    assert_error(post_video(video_server, data, stream_id="no spaces"), 400, "bad_parameter")
+
+
+def test_ndjson_streams_one_line_per_frame(video_server):
+    r = post_video(video_server, encode(frames(5)), headers={"Accept": "application/x-ndjson"}, keyframe_interval=3)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    *lines, summary = [json.loads(line) for line in r.text.splitlines()]
+    assert [(f["index"], f["keyframe"]) for f in lines] == [(0, True), (1, False), (2, False), (3, True), (4, False)]
+    assert all("segments" in f for f in lines)
+    assert summary["keyframes"] == 2 and summary["model"] == SPLIT and "frames" not in summary
+
+
+def test_png_format(video_server):
+    r = post_video(video_server, encode(frames(2)), format="png")
+    for frame in r.json()["frames"]:
+        labels = np.asarray(Image.open(io.BytesIO(base64.b64decode(frame["png"]))))
+        assert labels.shape == (HEIGHT, WIDTH)
