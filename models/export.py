@@ -55,6 +55,19 @@ class ParityReport:
     height: int
     width: int
 
+    @classmethod
+    def compare(cls, got: np.ndarray, ref: np.ndarray) -> "ParityReport":
+        """Logits (N, C, H, W) from the exported graph vs torch eager."""
+        n, _, h, w = ref.shape
+        return cls(
+            max_abs_diff=float(np.abs(got - ref).max()),
+            max_abs_logit=float(np.abs(ref).max()),
+            label_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
+            batch=n,
+            height=h,
+            width=w,
+        )
+
     def check(self, rtol: float = 1e-3, min_agreement: float = 0.999) -> None:
         tol = rtol * max(1.0, self.max_abs_logit)
         if not (self.max_abs_diff <= tol and self.label_agreement >= min_agreement):
@@ -133,15 +146,7 @@ def parity(net: torch.nn.Module, height: int, width: int, workdir: Path, batch: 
     images = sample_images(batch, height, width, seed=1)
     with torch.no_grad():
         ref = logits_module(images).numpy()
-    got = onnx_run(path, images.numpy())
-    return ParityReport(
-        max_abs_diff=float(np.abs(got - ref).max()),
-        max_abs_logit=float(np.abs(ref).max()),
-        label_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
-        batch=batch,
-        height=height,
-        width=width,
-    )
+    return ParityReport.compare(onnx_run(path, images.numpy()), ref)
 
 
 def export_model(

@@ -190,15 +190,7 @@ def keyframe_parity(net: nn.Module, workdir: Path, height: int, width: int, batc
         ref = SemanticServingModule(net, "logits").eval()(images).numpy()
     low_np = _Session(workdir / "shallow" / "model.onnx")(images=images.numpy())
     deep_np = _Session(workdir / "deep" / "model.onnx")(low=low_np)
-    got = _Session(workdir / "fuse_logits.onnx")(low=low_np, deep=deep_np)
-    return ParityReport(
-        max_abs_diff=float(np.abs(got - ref).max()),
-        max_abs_logit=float(np.abs(ref).max()),
-        label_agreement=float((got.argmax(1) == ref.argmax(1)).mean()),
-        batch=batch,
-        height=height,
-        width=width,
-    )
+    return ParityReport.compare(_Session(workdir / "fuse_logits.onnx")(low=low_np, deep=deep_np), ref)
 
 
 def load_served_net(config: ModelConfig, version_dir: Path) -> nn.Module:

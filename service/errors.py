@@ -19,6 +19,12 @@ class BadParameter(ServiceError):
     code = "bad_parameter"
 
 
+class SequenceConflict(ServiceError):
+    """A video chunk's ``sequence`` is not the one its stream expects (repeated or out of order)."""
+
+    code = "sequence_conflict"
+
+
 class ModelNotFound(ServiceError):
     code = "model_not_found"
 

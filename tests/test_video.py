@@ -20,12 +20,11 @@ from pycocotools import mask as mask_utils
 from models.export import sample_images
 from models.synthetic import make_video
 from models.video_split import export_video_split
-from service.errors import QueueFull
+from service.errors import QueueFull, SequenceConflict
 from service.pipelines.video_streams import (
     KeyframePolicy,
     KeyframeState,
     KeyframeTracker,
-    SequenceConflict,
     StreamRegistry,
     feature_change,
 )

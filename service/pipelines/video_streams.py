@@ -18,14 +18,7 @@ from typing import Any, Callable, Hashable, Protocol
 
 import numpy as np
 
-from service.errors import BadParameter, QueueFull
-
-
-class SequenceConflict(BadParameter):
-    """A chunk's ``sequence`` is not the one its stream expects (repeated or out of order).
-    HTTP answers 409; it is a BadParameter so any other transport answers 400."""
-
-    code = "sequence_conflict"
+from service.errors import QueueFull, SequenceConflict
 
 
 @dataclass(frozen=True)

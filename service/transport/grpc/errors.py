@@ -16,6 +16,7 @@ STATUS = {
     errors.QueueFull: grpc.StatusCode.UNAVAILABLE,
     errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.SequenceConflict: grpc.StatusCode.ABORTED,
 }
 
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     errors.BadParameter: 400,
     errors.ModelNotFound: 404,
+    errors.SequenceConflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.UndecodableInput: 422,

@@ -24,10 +24,9 @@ from service.config import Settings
 from service.errors import BadParameter, ServiceError, UnsupportedMediaType
 from service.pipelines import OutputFormat
 from service.pipelines.video import ChunkRun, FrameResult, PreparedChunk, VideoService, prepare_images, prepare_video
-from service.pipelines.video_streams import SequenceConflict
 from service.repository import InputSpec
 from service.transport.http.body import media_type, multipart_files, read_limited
-from service.transport.http.errors import error_response, service_error_response
+from service.transport.http.errors import service_error_response
 from service.transport.http.routes import CLIENT_CLOSED, ERRORS, manager_of, run_unless_disconnected
 from service.transport.http.schemas import ErrorResponse
 
@@ -198,9 +197,6 @@ async def segment_video(
         }
         status = 200
         return Response(dumps(body), media_type="application/json")
-    except SequenceConflict as exc:
-        status = 409
-        return error_response(409, exc.code, exc.message)
     except ServiceError as exc:
         response = service_error_response(exc)
         status = response.status_code
