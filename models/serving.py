@@ -63,4 +63,8 @@ def build_serving_module(config) -> nn.Module:
     net = arch.build(len(config.classes))
     if arch.task == "semantic":
         return SemanticServingModule(net, config.output.kind)
+    if arch.task == "instance":  # the engine half of the split path; heads run in models.instance
+        from models.instance.split import MaskRCNNBackbone  # here: it imports this module
+
+        return MaskRCNNBackbone(net)
     raise NotImplementedError(f"no serving wrapper for task {arch.task}")

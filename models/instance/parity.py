@@ -1,0 +1,197 @@
+"""Serving paths vs torchvision eager: the issue's "same instances" criterion.
+
+Same weights, same images: every eager instance has a served twin with the same label,
+box corners within 1 px, score within 1e-3 and mask IoU >= 0.98 -- and vice versa.
+Masks that miss the IoU still pass if they agree within one pixel (each inside the other
+grown by one pixel): torchvision pastes each mask into its box truncated to integers, so a
+box that moves 0.004 px across an integer (float noise between engines) moves the mask's
+edge by a whole pixel, and a small mask's IoU with it. That is the mask twin of "boxes
+within 1 px", not a different mask. An
+instance may lack a twin only when its score is within the score tolerance of the cut it
+sits at (the score threshold -- the detector's box_score_thresh or the served one,
+whichever is higher -- or the lowest kept score when max_instances was reached): there a
+1e-5 wobble legitimately decides whether it makes the list.
+
+Two references: torchvision eager as is, and torchvision eager whose resized image is
+rounded to uint8 (``uint8_resize``) like a uint8 split-path canvas. A float32 canvas must
+match the first; a uint8 one cannot (the rounding moves scores by ~1e-3, see
+``models.instance.preprocess``), so it is held to the second, which still pins down
+everything else -- padding, the split, heads, mapping back, paste, RLE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.image_list import ImageList
+
+from models.instance.preprocess import resize, resize_scale
+
+
+@dataclass
+class Tolerances:
+    box_px: float = 1.0
+    score: float = 1e-3
+    mask_iou: float = 0.98
+
+
+@dataclass
+class ParityResult:
+    reference: int  # eager instances
+    matched: int
+    unmatched_at_cut: int  # unmatched, but within tolerance of the score cut (allowed)
+    unmatched: int  # unmatched anywhere else, or masks that disagree (a failure)
+    max_box_diff: float
+    max_score_diff: float
+    min_mask_iou: float  # over matched pairs, including those passing by the 1-pixel rule
+
+    @property
+    def ok(self) -> bool:
+        return self.unmatched == 0
+
+    def merge(self, other: "ParityResult") -> "ParityResult":
+        return ParityResult(
+            self.reference + other.reference,
+            self.matched + other.matched,
+            self.unmatched_at_cut + other.unmatched_at_cut,
+            self.unmatched + other.unmatched,
+            max(self.max_box_diff, other.max_box_diff),
+            max(self.max_score_diff, other.max_score_diff),
+            min(self.min_mask_iou, other.min_mask_iou),
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _detect_uint8_resize(detector: MaskRCNN, images: list[np.ndarray]) -> list[dict]:
+    """``detector(images)`` step by step, with the resize swapped for the split path's."""
+    t = detector.transform
+    size = t.min_size[-1], t.max_size
+    resized = [resize(img, resize_scale(*img.shape[:2], *size), "uint8").float() / 255 for img in images]
+    normalised = [t.normalize(r) for r in resized]
+    batch = ImageList(t.batch_images(normalised, t.size_divisible), [tuple(r.shape[-2:]) for r in resized])
+    features = detector.backbone(batch.tensors)
+    proposals, _ = detector.rpn(batch, features)
+    detections, _ = detector.roi_heads(features, proposals, batch.image_sizes)
+    return t.postprocess(detections, batch.image_sizes, [img.shape[:2] for img in images])
+
+
+def eager_instances(
+    detector: MaskRCNN,
+    images: list[np.ndarray],
+    score_threshold: float,
+    mask_threshold: float = 0.5,
+    uint8_resize: bool = False,
+) -> list[list[dict]]:
+    """torchvision's own answer, as instances: float images /255 in, pasted masks thresholded
+    and RLE-encoded by pycocotools. Images go in one call, so they are batched (padded) the
+    way torchvision batches them."""
+    detector.eval()
+    with torch.no_grad():
+        if uint8_resize:
+            outputs = _detect_uint8_resize(detector, images)
+        else:
+            outputs = detector([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1).float() / 255 for i in images])
+    result = []
+    for out in outputs:
+        keep = out["scores"] >= score_threshold
+        masks = (out["masks"][keep, 0] > mask_threshold).numpy().astype(np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+        result.append(
+            [
+                {"class_id": int(label), "score": float(score), "box": [float(v) for v in box], "rle": rle}
+                for label, score, box, rle in zip(out["labels"][keep], out["scores"][keep], out["boxes"][keep], rles)
+            ]
+        )
+    return result
+
+
+def mask_iou(a: dict, b: dict) -> float:
+    """IoU of two RLEs; two empty masks agree (pycocotools says 0)."""
+    if mask_utils.area(a) == 0 and mask_utils.area(b) == 0:
+        return 1.0
+    return float(mask_utils.iou([a], [b], [0])[0][0])
+
+
+def _grow_one_pixel(mask: np.ndarray) -> np.ndarray:
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return grown
+
+
+def within_one_pixel(a: dict, b: dict) -> bool:
+    ma, mb = mask_utils.decode(a).astype(bool), mask_utils.decode(b).astype(bool)
+    return bool(not (ma & ~_grow_one_pixel(mb)).any() and not (mb & ~_grow_one_pixel(ma)).any())
+
+
+def _cut(instances: list[dict], score_threshold: float, max_instances: int) -> float:
+    return instances[-1]["score"] if len(instances) >= max_instances else score_threshold
+
+
+def compare(
+    reference: list[dict],
+    served: list[dict],
+    score_threshold: float,
+    max_instances: int,
+    tol: Tolerances = Tolerances(),
+) -> ParityResult:
+    """Greedy one-to-one matching, best eager score first; see the module docstring."""
+    ref_boxes = np.array([r["box"] for r in reference], dtype=np.float64).reshape(-1, 4)
+    got_boxes = np.array([g["box"] for g in served], dtype=np.float64).reshape(-1, 4)
+    ref_scores = np.array([r["score"] for r in reference])
+    got_scores = np.array([g["score"] for g in served])
+    got_labels = np.array([g["class_id"] for g in served])
+    taken = np.zeros(len(served), dtype=bool)
+    pairs = []
+    for i, r in enumerate(reference):
+        box_diff = np.abs(got_boxes - ref_boxes[i]).max(axis=1) if len(served) else np.empty(0)
+        ok = (
+            ~taken
+            & (got_labels == r["class_id"])
+            & (box_diff <= tol.box_px)
+            & (np.abs(got_scores - ref_scores[i]) <= tol.score)
+        )
+        if ok.any():
+            j = int(np.flatnonzero(ok)[np.argmin(box_diff[ok])])
+            taken[j] = True
+            pairs.append((i, j, float(box_diff[j])))
+
+    matched_ref = {i for i, _, _ in pairs}
+    cut_ref = _cut(reference, score_threshold, max_instances)
+    cut_got = _cut(served, score_threshold, max_instances)
+    at_cut = sum(abs(r["score"] - cut_ref) <= tol.score for i, r in enumerate(reference) if i not in matched_ref)
+    at_cut += sum(abs(g["score"] - cut_got) <= tol.score for j, g in enumerate(served) if not taken[j])
+    lonely = (len(reference) - len(pairs)) + (len(served) - len(pairs)) - at_cut
+
+    ious = [mask_iou(served[j]["rle"], reference[i]["rle"]) for i, j, _ in pairs]
+    bad_masks = sum(
+        iou < tol.mask_iou and not within_one_pixel(served[j]["rle"], reference[i]["rle"])
+        for iou, (i, j, _) in zip(ious, pairs)
+    )
+    return ParityResult(
+        reference=len(reference),
+        matched=int(len(pairs) - bad_masks),
+        unmatched_at_cut=int(at_cut),
+        unmatched=int(lonely + bad_masks),
+        max_box_diff=max((d for _, _, d in pairs), default=0.0),
+        max_score_diff=float(max((abs(ref_scores[i] - got_scores[j]) for i, j, _ in pairs), default=0.0)),
+        min_mask_iou=float(min(ious, default=1.0)),
+    )
+
+
+def compare_all(
+    references: list[list[dict]], served: list[list[dict]], score_threshold: float, max_instances: int
+) -> ParityResult:
+    results = [compare(r, s, score_threshold, max_instances) for r, s in zip(references, served, strict=True)]
+    total = results[0]
+    for r in results[1:]:
+        total = total.merge(r)
+    return total

@@ -1,0 +1,82 @@
+"""The two serving paths end to end: the steps the serving pipeline runs around its
+dynamic batcher, composed once here for the exporter's parity check, the tests and the
+benchmark.
+
+    split:       preprocess each -> collate -> backbone engine (batched) -> MaskRCNNHeads -> to_instances
+    whole graph: per image: engine on model_full.onnx -> to_instances
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import zoo
+from models.instance.paste import to_instances
+from models.instance.params import WEIGHTS_ARTIFACT, InstanceParameters
+from models.instance.preprocess import ImageMeta, collate, preprocess
+from models.instance.split import Detections, MaskRCNNHeads
+from service.engine.base import Engine
+from service.repository import ModelConfig
+
+
+def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> MaskRCNNHeads:
+    """The torch half of the split path, from the version's weights.pt (on CUDA when there)."""
+    params = InstanceParameters.model_validate(config.parameters)
+    detector = zoo.get(config.architecture).build(len(config.classes))
+    detector.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, map_location="cpu", weights_only=True))
+    heads = MaskRCNNHeads(detector, params.box_score_thresh, params.max_instances).eval()
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return heads.to("cuda" if use_cuda else "cpu")
+
+
+class SplitRunner:
+    """The split path in the three steps a dynamic-batching pipeline runs apart:
+    ``prepare`` per request (codec pool), ``run_batch`` per batch (engine thread),
+    ``finish`` per request (codec pool)."""
+
+    def __init__(self, backbone: Engine, heads: MaskRCNNHeads, params: InstanceParameters, canvas: tuple[int, int]):
+        self.backbone, self.heads, self.params, self.canvas = backbone, heads, params, canvas
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, ImageMeta]:
+        p = self.params
+        return preprocess(image, p.min_size, p.max_size, self.canvas, p.canvas_dtype)
+
+    def run_batch(self, prepared: list[tuple[np.ndarray, ImageMeta]]) -> list[Detections]:
+        """``prepared``: what ``prepare`` returned for each image of the batch."""
+        metas = [meta for _, meta in prepared]
+        batch = collate([resized for resized, _ in prepared], metas)
+        features = self.backbone.infer(batch)
+        return self.heads(features, [m.resized_size for m in metas], batch["images"].shape[-2:])
+
+    def finish(self, detections: Detections, meta: ImageMeta, score_threshold: float | None = None) -> list[dict]:
+        p = self.params
+        threshold = p.score_threshold if score_threshold is None else score_threshold
+        return to_instances(detections, meta, threshold, p.max_instances, p.mask_threshold)
+
+    def __call__(self, images: list[np.ndarray], score_threshold: float | None = None) -> list[list[dict]]:
+        prepared = [self.prepare(image) for image in images]
+        detections = self.run_batch(prepared)
+        return [self.finish(d, meta, score_threshold) for d, (_, meta) in zip(detections, prepared)]
+
+
+class WholeGraphRunner:
+    """The whole-graph path: one engine run per image (the graph holds batch 1)."""
+
+    def __init__(self, engine: Engine, params: InstanceParameters):
+        self.engine, self.params = engine, params
+
+    def run_batch(self, images: list[np.ndarray]) -> list[tuple[Detections, ImageMeta]]:
+        return [self._detect(image) for image in images]
+
+    def _detect(self, image: np.ndarray) -> tuple[Detections, ImageMeta]:
+        out = self.engine.infer({"images": np.ascontiguousarray(image.transpose(2, 0, 1)[None])})
+        meta = ImageMeta(original_size=image.shape[:2], resized_size=tuple(int(s) for s in out["resized_size"]))
+        return Detections(out["boxes"], out["labels"], out["scores"], out["masks"]), meta
+
+    def __call__(self, images: list[np.ndarray], score_threshold: float | None = None) -> list[list[dict]]:
+        p = self.params
+        threshold = p.score_threshold if score_threshold is None else score_threshold
+        return [to_instances(d, meta, threshold, p.max_instances, p.mask_threshold) for d, meta in self.run_batch(images)]
