@@ -1,0 +1,95 @@
+"""The standard metrics: a confusion matrix for semantic segmentation, pycocotools'
+COCOeval for instance masks."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+IGNORE = 255  # VOC's "void" label: not counted
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)  # [truth, prediction]
+
+    def update(self, prediction: np.ndarray, truth: np.ndarray) -> None:
+        if prediction.shape != truth.shape:
+            raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in size")
+        valid = truth != IGNORE
+        t = truth[valid].astype(np.int64)
+        p = np.clip(prediction[valid].astype(np.int64), 0, self.num_classes - 1)
+        self.matrix += np.bincount(t * self.num_classes + p, minlength=self.num_classes**2).reshape(self.num_classes, -1)
+
+    def results(self, class_names: list[str]) -> dict:
+        m = self.matrix.astype(np.float64)
+        truth_pixels = m.sum(1)
+        predicted_pixels = m.sum(0)
+        hits = np.diag(m)
+        present = truth_pixels > 0  # classes absent from the truth do not count in the means
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recall = hits / truth_pixels
+            iou = hits / (truth_pixels + predicted_pixels - hits)
+        return {
+            "pixel_accuracy": float(hits.sum() / max(1.0, m.sum())),
+            "mean_pixel_accuracy": float(np.mean(recall[present])) if present.any() else 0.0,
+            "mean_iou": float(np.mean(iou[present])) if present.any() else 0.0,
+            "iou_per_class": {class_names[c]: float(iou[c]) for c in np.flatnonzero(present)},
+        }
+
+
+@dataclass
+class InstanceAccumulator:
+    """Collects truth and predictions image by image, then runs COCOeval (segm)."""
+
+    images: list[dict] = field(default_factory=list)
+    truth: list[dict] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
+
+    def add(self, height: int, width: int, truth: list[tuple[int, dict]], predicted: list[tuple[int, float, dict]]) -> None:
+        """``truth``: (class_id, rle); ``predicted``: (class_id, score, rle); RLE counts as str."""
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "height": height, "width": width})
+        for class_id, rle in truth:
+            coco_rle = _coco_rle(rle)
+            self.truth.append({
+                "id": len(self.truth) + 1, "image_id": image_id, "category_id": int(class_id), "iscrowd": 0,
+                "segmentation": coco_rle, "area": float(mask_utils.area(coco_rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(coco_rle)],
+            })
+        for class_id, score, rle in predicted:
+            self.predictions.append({"image_id": image_id, "category_id": int(class_id), "score": float(score), "segmentation": _coco_rle(rle)})
+
+    def results(self, class_names: list[str]) -> dict:
+        categories = [{"id": i, "name": n} for i, n in enumerate(class_names) if i > 0]
+        gt = COCO()
+        gt.dataset = {"images": self.images, "annotations": self.truth, "categories": categories}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            gt.createIndex()
+            if not self.predictions:
+                return {"mask_ap": 0.0, "mask_ap50": 0.0, "mask_ap75": 0.0, "images": len(self.images)}
+            dt = gt.loadRes(self.predictions)
+            evaluation = COCOeval(gt, dt, "segm")
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+        stats = evaluation.stats
+        return {"mask_ap": float(max(0.0, stats[0])), "mask_ap50": float(max(0.0, stats[1])),
+                "mask_ap75": float(max(0.0, stats[2])), "images": len(self.images)}
+
+
+def _coco_rle(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def encode_instance_mask(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}

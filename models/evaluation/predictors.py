@@ -1,0 +1,97 @@
+"""Where predictions come from: a running server over HTTP (the whole stack: decode,
+letterbox, batching, engine, restore, RLE, JSON), or an engine in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from models.evaluation.datasets import Sample
+
+# COCO mAP ranks every detection: ask for low-score ones too.
+EVAL_SCORE_THRESHOLD = 0.05
+EVAL_MAX_INSTANCES = 100
+
+
+def _decode(rle: dict) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+
+
+class HttpPredictor:
+    def __init__(self, url: str, model: str, timeout_s: float = 120.0):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.client = httpx.Client(timeout=timeout_s)
+        info = self.client.get(f"{self.url}/v1/models/{model}")
+        info.raise_for_status()
+        self.task = info.json()["task"]
+        self.classes = info.json()["classes"]
+
+    def _post(self, sample: Sample, **params) -> dict:
+        response = self.client.post(
+            f"{self.url}/segment", content=sample.data, params={"model": self.model, **params},
+            headers={"Content-Type": sample.content_type},
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"{sample.name}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def semantic(self, sample: Sample) -> np.ndarray:
+        labels = np.zeros((sample.height, sample.width), dtype=np.int32)
+        for segment in self._post(sample)["segments"]:
+            labels[_decode(segment["mask"]).astype(bool)] = segment["class_id"]
+        return labels
+
+    def instances(self, sample: Sample) -> list[tuple[int, float, dict]]:
+        body = self._post(sample, score_threshold=EVAL_SCORE_THRESHOLD, max_instances=EVAL_MAX_INSTANCES)
+        return [(i["class_id"], i["score"], i["mask"]) for i in body["instances"]]
+
+
+class EnginePredictor:
+    """The exported model run in-process: the same codecs, no server, no batcher."""
+
+    def __init__(self, repository: Path, model: str, backend: str | None = None):
+        from service.engine import create_engine
+        from service.repository import scan
+
+        entries = {e.config.name: e for e in scan(repository)}
+        if model not in entries:
+            raise KeyError(f"model {model!r} not in {repository}; has {sorted(entries)}")
+        self.entry = entries[model]
+        self.config = self.entry.config
+        self.task = self.config.task.value
+        self.classes = self.config.classes
+        self.engine = create_engine(self.config, self.entry.version_dir, backend)
+        if self.task == "instance":
+            from models.instance.params import InstanceParameters
+            from models.instance.runner import SplitRunner, load_heads
+
+            canvas = (self.config.input.height, self.config.input.width)
+            params = InstanceParameters.model_validate(self.config.parameters).model_copy(update={"max_instances": EVAL_MAX_INSTANCES})
+            self.runner = SplitRunner(self.engine, load_heads(self.config, self.entry.version_dir), params, canvas)
+
+    def _image(self, sample: Sample) -> np.ndarray:
+        from service.codecs.image import decode_image
+
+        return decode_image(sample.data, max_pixels=10**9).rgb
+
+    def semantic(self, sample: Sample) -> np.ndarray:
+        from service.codecs.geometry import Letterbox
+
+        spec = self.config.input
+        image = self._image(sample)
+        box = Letterbox.fit(image.shape[0], image.shape[1], spec)
+        tensor = box.apply(image, spec.pad_value)[None]
+        if spec.dtype == "float32":
+            mean, std = np.asarray(spec.mean, np.float32)[:, None, None], np.asarray(spec.std, np.float32)[:, None, None]
+            tensor = (tensor.astype(np.float32) / 255.0 - mean) / std
+        out = self.engine.infer({spec.name: tensor})[self.config.output.name][0]
+        labels = out.argmax(0) if self.config.output.kind == "logits" else out
+        return box.restore(labels)
+
+    def instances(self, sample: Sample) -> list[tuple[int, float, dict]]:
+        [found] = self.runner([self._image(sample)], score_threshold=EVAL_SCORE_THRESHOLD)
+        return [(i["class_id"], i["score"], i["rle"]) for i in found]

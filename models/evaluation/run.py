@@ -1,0 +1,52 @@
+"""`segserve eval`: accuracy of a model, engine-direct or through a running server.
+
+    segserve eval --model shapes_lraspp --url http://127.0.0.1:8000            # the whole stack
+    segserve eval --model shapes_lraspp --repository model_repository           # engine in-process
+    segserve eval --model deeplabv3_resnet50 --url ... --data voc:/data/VOCdevkit/VOC2012
+    segserve eval --model maskrcnn_resnet50_fpn --url ... --data coco:/data/val2017:/data/annotations/instances_val2017.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models.evaluation import datasets
+from models.evaluation.metrics import ConfusionMatrix, InstanceAccumulator
+from models.evaluation.predictors import EnginePredictor, HttpPredictor
+
+
+def evaluate(predictor, samples) -> dict:
+    if predictor.task == "semantic":
+        matrix = ConfusionMatrix(len(predictor.classes))
+        count = 0
+        for sample in samples:
+            matrix.update(predictor.semantic(sample), sample.labels)
+            count += 1
+        return {"task": "semantic", "images": count, **matrix.results(predictor.classes)}
+    accumulator = InstanceAccumulator()
+    for sample in samples:
+        accumulator.add(sample.height, sample.width, sample.instances, predictor.instances(sample))
+    return {"task": "instance", **accumulator.results(predictor.classes)}
+
+
+def table(result: dict) -> str:
+    if result["task"] == "semantic":
+        rows = [("PA", result["pixel_accuracy"]), ("MPA", result["mean_pixel_accuracy"]), ("mIoU", result["mean_iou"])]
+        rows += [(f"IoU {name}", value) for name, value in result["iou_per_class"].items()]
+    else:
+        rows = [("mask AP", result["mask_ap"]), ("mask AP50", result["mask_ap50"]), ("mask AP75", result["mask_ap75"])]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{result['images']} images", *(f"{name:<{width}}  {100 * value:6.2f}" for name, value in rows)]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    if args.url:
+        predictor = HttpPredictor(args.url, args.model)
+    else:
+        predictor = EnginePredictor(Path(args.repository), args.model, args.backend)
+    result = evaluate(predictor, datasets.load(args.data, args.limit))
+    result.update(model=args.model, data=args.data, via=args.url or f"engine ({args.backend or 'config default'})")
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
