@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def ensure_model(repository: Path, architecture: str, input_size: tuple[int, int
 
 
 def bench_engine(repository: Path, name: str, image: np.ndarray, min_seconds: float) -> list[dict]:
+    """Raw engine throughput per batch size, with as many engine instances running in
+    parallel as the model's config gives the service (so both use the same engines)."""
     from service.codecs.geometry import Letterbox
     from service.engine import create_engine
     from service.repository import scan
@@ -49,20 +52,33 @@ def bench_engine(repository: Path, name: str, image: np.ndarray, min_seconds: fl
     spec = entry.config.input
     box = Letterbox.fit(image.shape[0], image.shape[1], spec)
     tensor = box.apply(image, spec.pad_value)
-    engine = create_engine(entry.config, entry.version_dir, "onnxruntime")
+    engines = [create_engine(entry.config, entry.version_dir, "onnxruntime") for _ in range(entry.config.instances)]
     rows = []
     size = 1
     while size <= entry.config.max_batch_size:
         batch = {spec.name: np.stack([tensor] * size)}
-        engine.infer(batch)  # warm-up for this shape
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < min_seconds or runs < 3:
-            engine.infer(batch)
-            runs += 1
+        for engine in engines:
+            engine.infer(batch)  # warm-up for this shape
+        runs = [0] * len(engines)
+        stop_at = time.perf_counter() + min_seconds
+
+        def loop(i: int) -> None:
+            while time.perf_counter() < stop_at or runs[i] < 3:
+                engines[i].infer(batch)
+                runs[i] += 1
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(engines))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         elapsed = time.perf_counter() - started
-        rows.append({"batch_size": size, "images_per_s": runs * size / elapsed, "ms_per_batch": 1000 * elapsed / runs})
+        rows.append({"batch_size": size, "instances": len(engines), "images_per_s": sum(runs) * size / elapsed,
+                     "ms_per_batch": 1000 * elapsed * len(engines) / sum(runs)})
         size *= 2
-    engine.close()
+    for engine in engines:
+        engine.close()
     return rows
 
 
@@ -96,9 +112,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"Model `{result['model']}` input {result['input']} on {result['machine']}, image {result['image']}.",
         "",
-        "| raw engine batch | images/s | ms/batch |",
-        "|---:|---:|---:|",
-        *[f"| {r['batch_size']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.1f} |" for r in result["engine"]],
+        "| raw engine batch | instances | images/s | ms/batch |",
+        "|---:|---:|---:|---:|",
+        *[f"| {r['batch_size']} | {r['instances']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.1f} |" for r in result["engine"]],
         "",
         "| concurrency | req/s | p50 ms | p95 ms | p99 ms | failed | non-2xx | mean batch | queue ms | compute ms | service/engine |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
