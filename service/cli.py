@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 log = logging.getLogger("segserve")
@@ -52,7 +53,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from service import logs
 
     logs.configure("info")
+    from models import zoo
     from models.export import export_model
+    from models.instance.export import export_instance_model
     from models.weights import WeightsError, WeightsSpec
     from service.repository import CONFIG_FILE, latest_version
 
@@ -63,19 +66,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
         return 0
     specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
+    size = _size(args.input_size) if args.input_size else None
+    common = {"name": name, "classes": args.classes.split(",") if args.classes else None, "max_batch_size": args.max_batch_size}
+    if zoo.get(args.model).task == "instance":  # Mask R-CNN resizes by itself: the size is its canvas
+        export = partial(export_instance_model, canvas=size, **common)
+    else:
+        export = partial(export_model, input_size=size, output=args.output, dynamic_hw=args.dynamic_hw, **common)
     for i, spec in enumerate(specs):
         try:
-            version_dir = export_model(
-                args.model,
-                repository,
-                spec,
-                name=name,
-                classes=args.classes.split(",") if args.classes else None,
-                input_size=_size(args.input_size) if args.input_size else None,
-                max_batch_size=args.max_batch_size,
-                output=args.output,
-                dynamic_hw=args.dynamic_hw,
-            )
+            version_dir = export(args.model, repository, spec)
         except WeightsError as exc:
             if i + 1 < len(specs):
                 log.warning("%s; --weights auto falls back to RANDOM weights (masks will be meaningless)", exc)
@@ -85,6 +84,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         log.info("exported %s -> %s", args.model, version_dir)
         return 0
     return 2
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from models.evaluation.run import main
+
+    return main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,20 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     export = sub.add_parser("export", help="export a torchvision model into the model repository")
-    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large")
+    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large or maskrcnn_resnet50_fpn")
     export.add_argument("--name", help="model name in the repository (default: the architecture)")
     export.add_argument(
         "--weights", default="pretrained",
-        help="pretrained | random[:SEED] | PATH to a checkpoint | auto (pretrained, else random with a warning)",
+        help="pretrained | random[:SEED] | bundled:NAME | PATH to a checkpoint | auto (pretrained, else random with a warning)",
     )
     export.add_argument("--repository", default="model_repository", help="model repository folder")
     export.add_argument("--classes", help="comma-separated class names (default: from the weights)")
-    export.add_argument("--input-size", help="model input HxW, e.g. 512x512")
+    export.add_argument("--input-size", help="model input HxW, e.g. 512x512 (instance models: the canvas, multiples of 32)")
     export.add_argument("--max-batch-size", type=int)
     export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
     export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
     export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
     export.set_defaults(func=cmd_export)
+    evaluate = sub.add_parser("eval", help="accuracy (PA/MPA/mIoU or mask AP) engine-direct or through a server")
+    evaluate.add_argument("--model", required=True, help="model name in the repository / on the server")
+    evaluate.add_argument("--url", help="evaluate through this running server (the whole stack)")
+    evaluate.add_argument("--repository", default="model_repository", help="without --url: run the engine in-process")
+    evaluate.add_argument("--backend", choices=["onnxruntime", "torch"], help="without --url: force a backend")
+    evaluate.add_argument("--data", default="synthetic:64", help="synthetic[:N[:SEED]] | voc:ROOT[:SPLIT] | coco:IMAGES:ANNOTATIONS.json")
+    evaluate.add_argument("--limit", type=int, help="at most this many images")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

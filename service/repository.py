@@ -67,6 +67,10 @@ class DynamicBatching(BaseModel):
 
 
 class OnnxRuntimeOptions(BaseModel):
+    # The graph in the version folder that ONNX Runtime runs: a model with several graphs
+    # (Mask R-CNN: backbone.onnx for the split path, model_full.onnx for the whole graph)
+    # names the one it serves. A plain file name, never a path out of the version folder.
+    model_file: str = Field("model.onnx", pattern=r"^[\w.-]+\.onnx$")
     # "auto" = TensorRT EP, then CUDA EP, then CPU, whichever this onnxruntime build has.
     providers: list[str] | Literal["auto"] = "auto"
     # 0 = derive from the CPU count and the number of instances.

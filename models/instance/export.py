@@ -169,6 +169,7 @@ def export_instance_model(
     whole_graph: bool = True,
     version: int | None = None,
     max_queue_delay_ms: float = 4.0,
+    instances: int = 2,
     progress: bool = True,
 ) -> Path:
     """Export one Mask R-CNN into ``repository``; returns the version folder written.
@@ -239,6 +240,9 @@ def export_instance_model(
             input=InputSpec(height=canvas[0], width=canvas[1]),
             max_batch_size=max_batch_size or arch.default_max_batch,
             dynamic_batching=DynamicBatching(max_queue_delay_ms=max_queue_delay_ms),
+            # Two instances (backbone + heads each, one thread each on CPU) served 2.2x the
+            # requests/s of one on 2 CPU cores (docs/instance.md): the heads do not batch.
+            instances=instances,
             # the split path's graph; model_full.onnx with parameters.default_path: whole_graph
             onnxruntime=OnnxRuntimeOptions(model_file=BACKBONE_ARTIFACT),
             # the heads run in torch on either backend; on CPU, 2+ intra-op threads made them

@@ -1,4 +1,5 @@
-"""Pick and build an engine for a model version: the only place that knows every backend."""
+"""Pick and build an engine for a model version: the only place that knows every backend.
+The ONNX graph is the config's ``onnxruntime.model_file`` (model.onnx unless it says otherwise)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from service.repository import ModelConfig
 
 log = logging.getLogger(__name__)
 
-ONNX_ARTIFACT = "model.onnx"
 TORCH_ARTIFACT = "weights.pt"
 TENSORRT_ARTIFACT = "model.plan"
 
@@ -19,7 +19,7 @@ def _build(backend: str, config: ModelConfig, version_dir: Path) -> Engine:
     if backend == "onnxruntime":
         from service.engine.onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(version_dir / ONNX_ARTIFACT, config.onnxruntime, instances=config.instances)
+        return OnnxRuntimeEngine(version_dir / config.onnxruntime.model_file, config.onnxruntime, instances=config.instances)
     if backend == "torch":
         from service.engine.torch import TorchEngine
 

@@ -2,8 +2,9 @@
 A new task registers its class here; transports never change."""
 
 from service.pipelines.base import ImageResult, OutputFormat, ServedModel, Timing
+from service.pipelines.instance import InstanceModel
 from service.pipelines.semantic import SemanticModel
 
-PIPELINES = {"semantic": SemanticModel}
+PIPELINES = {"semantic": SemanticModel, "instance": InstanceModel}
 
-__all__ = ["ImageResult", "OutputFormat", "PIPELINES", "SemanticModel", "ServedModel", "Timing"]
+__all__ = ["ImageResult", "InstanceModel", "OutputFormat", "PIPELINES", "SemanticModel", "ServedModel", "Timing"]
