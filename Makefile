@@ -26,9 +26,17 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# The offline default repository: exported once, reused after.
+# The default repository, exported once and reused after: the bundled models trained here
+# (offline), plus torchvision's COCO/VOC LRASPP and Mask R-CNN whenever their weights can be had.
 models: setup
-	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --weights auto --repository $(REPO) --skip-existing
+	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --name shapes_lraspp --weights bundled:shapes_lraspp \
+		--input-size 256x256 --video-split --repository $(REPO) --skip-existing
+	$(BIN)/segserve export --model maskrcnn_mobilenet_v3_large_fpn --name shapes_maskrcnn --weights bundled:shapes_maskrcnn \
+		--repository $(REPO) --skip-existing
+	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --weights pretrained --video-split --repository $(REPO) --skip-existing \
+		|| echo "note: pretrained LRASPP weights unavailable (offline?): serving the bundled models"
+	$(BIN)/segserve export --model maskrcnn_resnet50_fpn --weights pretrained --repository $(REPO) --skip-existing \
+		|| echo "note: pretrained Mask R-CNN weights unavailable (offline?): serving the bundled models"
 
 serve: models
 	$(BIN)/segserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO)

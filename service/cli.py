@@ -82,6 +82,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             log.error("%s", exc)
             return 2
         log.info("exported %s -> %s", args.model, version_dir)
+        if args.video_split:
+            from models.video_split import export_video_split
+
+            log.info("video split -> %s", export_video_split(repository, name))
         return 0
     return 2
 
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-batch-size", type=int)
     export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
     export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
+    export.add_argument("--video-split", action="store_true",
+                        help="LRASPP: also export the shallow/deep/fuse parts for keyframe feature reuse on /segment/video")
     export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
     export.set_defaults(func=cmd_export)
     evaluate = sub.add_parser("eval", help="accuracy (PA/MPA/mIoU or mask AP) engine-direct or through a server")
