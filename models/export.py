@@ -103,31 +103,44 @@ def sample_images(batch: int, height: int, width: int, seed: int = 0) -> torch.T
     return ((smooth + noise).clamp(0, 1) * 255).to(torch.uint8)
 
 
+def onnx_export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, dynamic_axes: dict) -> None:
+    """torch -> ONNX with the legacy (TorchScript) exporter, names from the module's
+    ``input_names``/``output_names``; the graph is checked before anyone loads it."""
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python ints in torchvision
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(path),
+            input_names=list(module.input_names),
+            output_names=list(module.output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+
+
 def export_onnx(module: torch.nn.Module, path: Path, height: int, width: int, dynamic_hw: bool = False) -> None:
-    """Batch is always dynamic. Height/width are fixed unless asked: the service letterboxes
-    every image to the model's input size, and ONNX Runtime CPU plans static shapes better
-    (measured ~20-30% faster for LRASPP at 512x512)."""
-    module.eval()
-    example = sample_images(1, height, width)
+    """A semantic serving module. Batch is always dynamic. Height/width are fixed unless asked:
+    the service letterboxes every image to the model's input size, and ONNX Runtime CPU plans
+    static shapes better (docs/benchmarks.md)."""
     out_name = module.output_names[0]
     in_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     if out_name == "labels":
         out_axes = {0: "batch", 1: "height", 2: "width"} if dynamic_hw else {0: "batch"}
     else:
         out_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=list(module.input_names),
-            output_names=[out_name],
-            dynamic_axes={"images": in_axes, out_name: out_axes},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path))
+    onnx_export(module, (sample_images(1, height, width),), path, {"images": in_axes, out_name: out_axes})
+
+
+def new_version_dir(repository: Path, name: str, version: int | None = None) -> Path:
+    """``<repository>/<name>/<N>/``, created empty: N = ``version``, else one past the latest."""
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version_dir = model_dir / str(version or ((latest_version(model_dir) or 0) + 1))
+    version_dir.mkdir(parents=True, exist_ok=False)
+    return version_dir
 
 
 def onnx_run(path: Path, images: np.ndarray) -> np.ndarray:
@@ -183,11 +196,8 @@ def export_model(
             raise ExportError(f"weights do not fit {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
     name = name or architecture
-    model_dir = repository / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = version or ((latest_version(model_dir) or 0) + 1)
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=False)
+    version_dir = new_version_dir(repository, name, version)
+    model_dir = version_dir.parent
 
     with tempfile.TemporaryDirectory() as tmp:
         report = parity(net, height, width, Path(tmp), dynamic_hw=dynamic_hw)

@@ -29,18 +29,16 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models import zoo
-from models.export import OPSET, ExportError, ParityReport, sample_images
+from models.export import ExportError, ParityReport, onnx_export, sample_images
 from models.serving import Normalize, SemanticServingModule
 from service.repository import CONFIG_FILE, ModelConfig, load_config, latest_version
 
@@ -153,19 +151,7 @@ def export_part(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path
         dynamic = {n: {0: "batch"} for n in names}
     else:
         dynamic = {n: _SPATIAL_AXES[n] for n in names}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(path),
-            input_names=list(module.input_names),
-            output_names=list(module.output_names),
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path))
+    onnx_export(module, example, path, dynamic)
 
 
 class _Session:

@@ -26,15 +26,13 @@ import datetime as dt
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from models import zoo
-from models.export import ExportError, resolve_weights, sample_images
+from models.export import OPSET, ExportError, new_version_dir, onnx_export, resolve_weights, sample_images
 from models.instance.params import (
     BACKBONE_ARTIFACT,
     WEIGHTS_ARTIFACT,
@@ -59,28 +57,10 @@ from service.repository import (
     Task,
     TorchOptions,
     WeightsInfo,
-    latest_version,
 )
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
-
-
-def _onnx_export(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, dynamic_axes: dict) -> None:
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the tracer's warnings about Python ints in torchvision
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            input_names=list(module.input_names),
-            output_names=list(module.output_names),
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path))
 
 
 def export_backbone(detector: torch.nn.Module, path: Path, canvas: tuple[int, int], dtype: str = "float32") -> None:
@@ -89,14 +69,14 @@ def export_backbone(detector: torch.nn.Module, path: Path, canvas: tuple[int, in
     axes["images"] = {0: "batch", 2: "height", 3: "width"}
     axes["image_sizes"] = {0: "batch"}
     sizes = torch.tensor([canvas, (canvas[0] - 37, canvas[1] - 61)], dtype=torch.int32)
-    _onnx_export(module, (sample_images(2, *canvas).to(getattr(torch, dtype)), sizes), path, axes)
+    onnx_export(module, (sample_images(2, *canvas).to(getattr(torch, dtype)), sizes), path, axes)
 
 
 def export_whole_graph(detector: torch.nn.Module, path: Path, example_size: tuple[int, int]) -> None:
     module = MaskRCNNWholeGraph(detector).eval()
     axes = {name: {0: "instances"} for name in ("boxes", "labels", "scores", "masks")}
     axes["images"] = {2: "height", 3: "width"}
-    _onnx_export(module, (sample_images(1, *example_size),), path, axes)
+    onnx_export(module, (sample_images(1, *example_size),), path, axes)
 
 
 def parity_images(params: InstanceParameters, seed: int = 11) -> list[np.ndarray]:
@@ -215,11 +195,8 @@ def export_instance_model(
         raise ExportError(f"canvas {canvas} must be multiples of 32")
 
     name = name or architecture
-    model_dir = repository / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = version or ((latest_version(model_dir) or 0) + 1)
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=False)
+    version_dir = new_version_dir(repository, name, version)
+    model_dir = version_dir.parent
     try:
         torch.save(detector.state_dict(), version_dir / WEIGHTS_ARTIFACT)
         export_backbone(detector, version_dir / BACKBONE_ARTIFACT, canvas, params.canvas_dtype)
