@@ -89,8 +89,9 @@ def parity_images(params: InstanceParameters, seed: int = 11) -> list[np.ndarray
 
 
 def check_parity(detector, config: ModelConfig, version_dir: Path, whole_graph: bool) -> dict[str, dict]:
-    """Every serving path in ``version_dir`` vs torchvision eager (``models.instance.parity``);
-    raises ExportError on a miss."""
+    """Every serving path in ``version_dir`` vs torchvision eager (``models.instance.parity``).
+    A miss on the served split path raises ExportError; a miss on the optional whole graph is
+    reported (``ok: False``) for the caller to drop that artifact."""
     params = InstanceParameters.model_validate(config.parameters)
     canvas = (config.input.height, config.input.width)
     images = parity_images(params)
@@ -126,8 +127,8 @@ def check_parity(detector, config: ModelConfig, version_dir: Path, whole_graph: 
     for name, ref, served in checks:
         result = compare_all(ref, served, cut, params.max_instances)
         log.info("parity %s: %s", name, result)
-        report[name] = result.as_dict()
-        if not result.ok:
+        report[name] = {**result.as_dict(), "ok": result.ok}
+        if not result.ok and not name.startswith("whole_graph"):
             raise ExportError(f"parity check failed: {name}: {result}")
     return report
 
@@ -229,6 +230,12 @@ def export_instance_model(
             parameters=params.model_dump(),
         )
         parity = check_parity(detector, config, version_dir, has_whole_graph)
+        whole_graph_parity = parity.get("whole_graph_onnxruntime_vs_eager", {"ok": True})
+        if not whole_graph_parity["ok"]:  # seen once: random ResNet-50 weights, an NMS near-tie at IoU 0.5
+            whole_graph_error = f"parity check failed: {whole_graph_parity}"
+            log.warning("%s: whole graph dropped, split path only: %s", name, whole_graph_error)
+            (version_dir / WHOLE_GRAPH_ARTIFACT).unlink()
+            has_whole_graph = False
     except Exception:
         shutil.rmtree(version_dir)
         raise
