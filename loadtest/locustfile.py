@@ -22,6 +22,7 @@ import math
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlencode
 
 import gevent
 import locust.stats
@@ -48,8 +49,8 @@ def add_options(parser) -> None:
         env_var = "SEGSERVE_LT_" + name.lstrip("-").upper().replace("-", "_")
         parser.add_argument(name, env_var=env_var, **kwargs)
 
-    option("--model", default="lraspp_mobilenet_v3_large", help="semantic model name")
-    option("--instance-model", default="maskrcnn_mobilenet_v3_large_fpn", help="instance model name")
+    option("--model", default="", help="semantic model name (default: the server's default model)")
+    option("--instance-model", default="shapes_maskrcnn", help="instance model name")
     option("--video-model", default="", help="model for video chunks (default: --model)")
     option("--semantic-weight", type=int, default=1, help="weight of the semantic image task")
     option("--instance-weight", type=int, default=0, help="weight of the instance image task")
@@ -81,7 +82,7 @@ class SegmentationUser(FastHttpUser):
     def post_image(self, model: str, label: str, expected_task: str) -> None:
         options = self.environment.parsed_options
         payload: Payload = next(self.images)
-        query = f"model={model}" + ("&format=png" if options.response_format == "png" else "")
+        query = urlencode({k: v for k, v in {"model": model, "format": options.response_format}.items() if v})
         with self.client.post(f"/segment?{query}", data=payload.body, headers={"Content-Type": payload.content_type},
                               name=f"/segment [{label}]", catch_response=True) as response:
             if response.status_code != 200:
@@ -98,7 +99,8 @@ class SegmentationUser(FastHttpUser):
     def video_chunk(self) -> None:
         options = self.environment.parsed_options
         payload: Payload = next(self.videos)
-        with self.client.post(f"/segment/video?model={options.video_model or options.model}", data=payload.body,
+        query = urlencode({"model": model} if (model := options.video_model or options.model) else {})
+        with self.client.post(f"/segment/video?{query}", data=payload.body,
                               headers={"Content-Type": payload.content_type}, name="/segment/video",
                               catch_response=True) as response:
             if response.status_code != 200:
