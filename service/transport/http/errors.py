@@ -41,7 +41,10 @@ def error_response(status: int, code: str, message: str, retry_after_s: float | 
 
 
 def service_error_response(exc: errors.ServiceError) -> JSONResponse:
-    return error_response(status_of(exc), exc.code, exc.message, exc.retry_after_s)
+    status = status_of(exc)
+    if status >= 500:  # overload, not-ready, deadlines: worth a line in the server log; 4xx are the client's
+        log.warning("%s: %s", exc.code, exc.message)
+    return error_response(status, exc.code, exc.message, exc.retry_after_s)
 
 
 def install(app: FastAPI) -> None:

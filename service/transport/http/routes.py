@@ -122,8 +122,6 @@ async def segment(
     except ServiceError as exc:
         response = service_error_response(exc)
         status = response.status_code
-        if status >= 500:
-            log.warning("%s: %s", exc.code, exc.message)
         return response
     except ValueError as exc:  # e.g. an OutputFormat that is not one
         status = 400

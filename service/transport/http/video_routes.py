@@ -200,8 +200,6 @@ async def segment_video(
     except ServiceError as exc:
         response = service_error_response(exc)
         status = response.status_code
-        if status >= 500:
-            log.warning("%s: %s", exc.code, exc.message)
         return response
     finally:
         metrics.requests.labels(name, "segment_video", str(status)).inc()
