@@ -37,6 +37,7 @@ from service.engine import Engine
 from service.errors import BadParameter
 from service.metrics import BatcherMetrics
 from service.pipelines.base import ImageResult, OutputFormat, Timing
+from service.pipelines.options import parse_number
 from service.repository import ModelConfig, ModelEntry
 from service.scheduler import BatchPolicy, DynamicBatcher
 
@@ -63,19 +64,6 @@ class Pending:
 # The batcher's runner: a batch of prepared items -> each image's detections and the sizes
 # they refer to.
 DetectBatch = Callable[[list], list[tuple[Detections, ImageMeta]]]
-
-
-def _number(query: dict[str, str], name: str, parse: type, low: float, high: float, default):
-    text = query.get(name)
-    if text is None:
-        return default
-    try:
-        value = parse(text)
-    except ValueError:
-        raise BadParameter(f"{name} must be a{'n integer' if parse is int else ' number'}, got {text!r}") from None
-    if not (low <= value <= high) or (parse is float and not math.isfinite(value)):
-        raise BadParameter(f"{name} must be in [{low}, {high}], got {text}")
-    return value
 
 
 def instance_id_map(instances: list[dict], height: int, width: int) -> np.ndarray:
@@ -181,9 +169,9 @@ class InstanceModel:
             raise BadParameter(f"unknown query parameter(s) for an instance model: {sorted(unknown)}")
         d = self._defaults
         return InstanceOptions(
-            score_threshold=_number(query, "score_threshold", float, 0.0, 1.0, d.score_threshold),
-            max_instances=_number(query, "max_instances", int, 1, MAX_INSTANCES_LIMIT, d.max_instances),
-            mask_threshold=_number(query, "mask_threshold", float, 0.0, 1.0, d.mask_threshold),
+            score_threshold=parse_number(query, "score_threshold", float, 0.0, 1.0, d.score_threshold),
+            max_instances=parse_number(query, "max_instances", int, 1, MAX_INSTANCES_LIMIT, d.max_instances),
+            mask_threshold=parse_number(query, "mask_threshold", float, 0.0, 1.0, d.mask_threshold),
         )
 
     def _draft_size(self, height: int, width: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from service.errors import BadParameter, PayloadTooLarge
+from service.pipelines.options import parse_number
 from service.pipelines import ImageResult
 from service.transport.grpc import inference_pb2 as pb
 
@@ -90,17 +91,8 @@ def request_options(request: pb.ModelInferRequest) -> dict[str, str]:
 
 
 def timeout_ms_of(options: dict[str, str]) -> int | None:
-    """The ``timeout_ms`` parameter, checked the way HTTP's query validation checks it."""
-    text = options.get("timeout_ms")
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadParameter(f"timeout_ms must be an integer, got {text!r}") from None
-    if not 1 <= value <= MAX_TIMEOUT_MS:
-        raise BadParameter(f"timeout_ms must be in [1, {MAX_TIMEOUT_MS}], got {value}")
-    return value
+    """The ``timeout_ms`` parameter, within the bound HTTP's query validation gives it."""
+    return parse_number(options, "timeout_ms", int, 1, MAX_TIMEOUT_MS, None)
 
 
 def check_format(options: dict[str, str]) -> None:
