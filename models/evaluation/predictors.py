@@ -80,17 +80,12 @@ class EnginePredictor:
 
     def semantic(self, sample: Sample) -> np.ndarray:
         from service.codecs.geometry import Letterbox
+        from service.pipelines.semantic import infer_labels
 
         spec = self.config.input
         image = self._image(sample)
         box = Letterbox.fit(image.shape[0], image.shape[1], spec)
-        tensor = box.apply(image, spec.pad_value)[None]
-        if spec.dtype == "float32":
-            mean, std = np.asarray(spec.mean, np.float32)[:, None, None], np.asarray(spec.std, np.float32)[:, None, None]
-            tensor = (tensor.astype(np.float32) / 255.0 - mean) / std
-        out = self.engine.infer({spec.name: tensor})[self.config.output.name][0]
-        labels = out.argmax(0) if self.config.output.kind == "logits" else out
-        return box.restore(labels)
+        return box.restore(infer_labels(self.engine, self.config, box.apply(image, spec.pad_value)[None])[0])
 
     def instances(self, sample: Sample) -> list[tuple[int, float, dict]]:
         [found] = self.runner([self._image(sample)], score_threshold=EVAL_SCORE_THRESHOLD)

@@ -16,7 +16,7 @@ from service.engine import Engine
 from service.errors import BadParameter
 from service.metrics import BatcherMetrics
 from service.pipelines.base import ImageResult, OutputFormat, Timing
-from service.repository import ModelEntry
+from service.repository import ModelConfig, ModelEntry
 from service.scheduler import BatchPolicy, DynamicBatcher
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,8 @@ class SemanticModel:
 
     # -- engine side (runs on the instance thread) ------------------------------------
     def _runner(self, engine: Engine):
-        spec = self.config.input
-        output_name = self.config.output.name
-        logits = self.config.output.kind == "logits"
-        if spec.dtype == "float32":
-            scale = (1.0 / (255.0 * np.asarray(spec.std, np.float32)))[:, None, None]
-            shift = (-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32))[:, None, None]
-
         def run(batch: list[np.ndarray]) -> list[np.ndarray]:
-            images = np.stack(batch)
-            if spec.dtype == "float32":
-                images = images.astype(np.float32) * scale + shift
-            out = engine.infer({spec.name: images})[output_name]
-            if logits:
-                out = out.argmax(axis=1).astype(np.uint8 if out.shape[1] <= 256 else np.int32)
-            return list(out)
+            return list(infer_labels(engine, self.config, np.stack(batch)))
 
         return run
 
@@ -108,3 +95,15 @@ class SemanticModel:
         box = prepared.letterbox
         return ImageResult(box.src_w, box.src_h, Timing(done.queue_s, done.compute_s, done.batch_size), body, png)
 
+
+def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) uint8 letterboxed images -> (N, H, W) class ids at model resolution,
+    whatever the graph wants in (uint8, or float32 normalised here) and gives out (labels or logits)."""
+    spec = config.input
+    if spec.dtype == "float32":
+        std = np.asarray(spec.std, np.float32)[:, None, None]
+        images = images.astype(np.float32) * (1.0 / (255.0 * std)) - np.asarray(spec.mean, np.float32)[:, None, None] / std
+    out = engine.infer({spec.name: images})[config.output.name]
+    if config.output.kind == "logits":
+        out = out.argmax(axis=1).astype(np.uint8 if out.shape[1] <= 256 else np.int32)
+    return out
