@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+import numpy as np
+
 from service.engine import EngineInfo
 from service.repository import ModelEntry
 
@@ -31,6 +33,7 @@ class ImageResult:
     timing: Timing
     body: dict[str, Any] = field(default_factory=dict)  # task-specific fields ("segments" / "instances")
     png: bytes | None = None
+    label_map: np.ndarray | None = None  # semantic: (height, width) class ids the masks were made from
 
 
 class ServedModel(Protocol):

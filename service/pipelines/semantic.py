@@ -81,19 +81,19 @@ class SemanticModel:
         box = Letterbox.fit(decoded.height, decoded.width, spec)
         return Prepared(box.apply(decoded.rgb, spec.pad_value), box)
 
-    def _finish(self, labels: np.ndarray, box: Letterbox, fmt: OutputFormat) -> tuple[dict, bytes | None]:
+    def _finish(self, labels: np.ndarray, box: Letterbox, fmt: OutputFormat) -> tuple[np.ndarray, dict, bytes | None]:
         full = box.restore(labels)
         if fmt == OutputFormat.png:
-            return {}, encode_label_png(full)
-        return {"segments": semantic_segments(full, self.config.classes)}, None
+            return full, {}, encode_label_png(full)
+        return full, {"segments": semantic_segments(full, self.config.classes)}, None
 
     async def segment_image(self, data: bytes, options: None, fmt: OutputFormat, deadline: float) -> ImageResult:
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._pool, self._prepare, data)
         done = await self.batcher.submit(prepared.tensor, deadline)
-        body, png = await loop.run_in_executor(self._pool, self._finish, done.value, prepared.letterbox, fmt)
+        full, body, png = await loop.run_in_executor(self._pool, self._finish, done.value, prepared.letterbox, fmt)
         box = prepared.letterbox
-        return ImageResult(box.src_w, box.src_h, Timing(done.queue_s, done.compute_s, done.batch_size), body, png)
+        return ImageResult(box.src_w, box.src_h, Timing(done.queue_s, done.compute_s, done.batch_size), body, png, full)
 
 
 def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:

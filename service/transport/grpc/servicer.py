@@ -8,6 +8,7 @@ import logging
 import time
 
 import grpc
+import numpy as np
 
 from service import __version__
 from service.errors import BadParameter, ModelNotFound, ServiceError
@@ -19,7 +20,7 @@ from service.transport.grpc import inference_pb2 as pb
 from service.transport.grpc import inference_pb2_grpc as pb_grpc
 from service.transport.grpc.errors import details_of, status_of
 from service.transport.grpc.tensors import (
-    IMAGE, LABELS, MASKS_JSON, check_format, input_images, join_bytes_tensor, label_map, request_options,
+    IMAGE, LABELS, MASKS_JSON, check_format, input_images, join_bytes_tensor, request_options,
     requested_outputs, timeout_ms_of,
 )
 
@@ -145,8 +146,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response.outputs.add(name=MASKS_JSON, datatype="BYTES", shape=[len(bodies)])
                 response.raw_output_contents.append(join_bytes_tensor(bodies))
             else:
-                loop = asyncio.get_running_loop()
-                labels = await loop.run_in_executor(self._manager.codec_pool, label_map, results[0])
+                labels = results[0].label_map.astype(np.uint8, copy=False)
                 response.outputs.add(name=LABELS, datatype="UINT8", shape=[1, *labels.shape])
                 response.raw_output_contents.append(labels.tobytes())
         return response

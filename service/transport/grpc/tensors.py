@@ -9,7 +9,6 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from service.errors import BadParameter, PayloadTooLarge
 from service.pipelines.options import parse_number
@@ -100,14 +99,3 @@ def check_format(options: dict[str, str]) -> None:
     fmt = options.get("format", "json")
     if fmt != "json":
         raise BadParameter(f"format must be json over gRPC (got {fmt!r}); request the {LABELS} output for the label map")
-
-
-def label_map(result: ImageResult) -> np.ndarray:
-    """A semantic answer's (H, W) uint8 label map, rebuilt from its per-class RLE masks: the
-    pipeline answers JSON or PNG per run, and this way one engine run serves both outputs.
-    The masks partition the image, so every pixel is written once."""
-    labels = np.zeros((result.height, result.width), np.uint8)
-    for segment in result.body["segments"]:
-        rle = {"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode()}
-        labels[mask_utils.decode(rle).astype(bool)] = segment["class_id"]
-    return labels
