@@ -1,9 +1,13 @@
 """Train the bundled shape models on synthetic scenes, from random init, on CPU.
 
+    python -m models.train all                  # what `make train` runs: both, ~26 min on 2 cores
     python -m models.train semantic|instance [--out DIR] [--steps N] [--budget-s S] [--seed S]
 
-Train `semantic` first: `instance` starts its backbone from the semantic checkpoint in
---out when there is one (see ``backbone_from_semantic``).
+`all` trains `semantic`, then `instance`, whose backbone starts from the semantic
+checkpoint in --out (see ``backbone_from_semantic``). With the default fixed step counts
+the run is exactly reproducible: same seed, same bytes, same sha256 (the checkpoint
+records no timings; they are printed instead). ``--budget-s`` stops by wall clock instead,
+which is not reproducible and is meant for experiments only.
 
 Every batch is freshly generated from seeds derived from ``--seed`` (training seeds are
 below HELD_OUT_SEED_BASE, evaluation seeds at or above it, so the two never overlap).
@@ -49,6 +53,10 @@ PAD_VALUE = (124, 116, 104)  # service.repository.InputSpec.pad_value: the Image
 # Checkpoints larger than this in float32 are stored as float16 (halves the file; the
 # models run in float32, and load_state_dict casts on copy).
 FP32_LIMIT_BYTES = 15_000_000
+# Fixed step counts of `make train`: sized so both runs, with their held-out evaluations,
+# take under 30 minutes on 2 quiet CPU cores (measured: docs/accuracy.md).
+SEMANTIC_STEPS = 1000
+INSTANCE_STEPS = 340
 
 
 def _torch_setup(seed: int) -> None:
@@ -129,9 +137,9 @@ def evaluate_semantic(net: nn.Module, seeds, size: int, batch: int = 8) -> dict:
 
 
 def train_semantic(
-    steps: int, budget_s: float, seed: int, size: int = SEMANTIC_INPUT, batch: int = 8, lr: float = 3e-3,
+    steps: int, budget_s: float | None, seed: int, size: int = SEMANTIC_INPUT, batch: int = 8, lr: float = 3e-3,
     init_checkpoint: Path | None = None,
-) -> tuple[nn.Module, dict]:
+) -> tuple[nn.Module, tuple[dict, dict]]:
     net = zoo.get("lraspp_mobilenet_v3_large").build(len(CLASSES))
     hyper = {"input_size": size, "batch": batch, "peak_lr": lr, "optimizer": "AdamW", "weight_decay": 1e-4}
     if init_checkpoint is not None:
@@ -226,7 +234,7 @@ def _continue_from(net: nn.Module, checkpoint: Path) -> dict:
     """
     previous = torch.load(checkpoint, map_location="cpu", weights_only=True)
     net.load_state_dict(previous["model"], strict=True)
-    recorded = ("steps", "seed", "peak_lr", "train_wall_s", "train_cpu_s", "held_out", "init_from")
+    recorded = ("steps", "seed", "peak_lr", "held_out", "init_from")
     return {
         "file": checkpoint.name,
         "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
@@ -247,9 +255,9 @@ def backbone_from_semantic(model: nn.Module, semantic_checkpoint: Path) -> None:
 
 
 def train_instance(
-    steps: int, budget_s: float, seed: int, batch: int = 4, lr: float = 1e-3,
+    steps: int, budget_s: float | None, seed: int, batch: int = 4, lr: float = 1e-3,
     semantic_checkpoint: Path | None = None,
-) -> tuple[nn.Module, dict]:
+) -> tuple[nn.Module, tuple[dict, dict]]:
     model = zoo.get("maskrcnn_mobilenet_v3_large_fpn").build(len(CLASSES))
     backbone_init = "random"
     if semantic_checkpoint is not None and semantic_checkpoint.is_file():
@@ -273,9 +281,12 @@ def train_instance(
 # --- shared ----------------------------------------------------------------------------
 
 def _run_training(
-    net: nn.Module, optimizer, step_loss, steps: int, budget_s: float, peak_lr: float, hyper: dict
-) -> dict:
-    """Train until `steps` or `budget_s` seconds, whichever comes first.
+    net: nn.Module, optimizer, step_loss, steps: int, budget_s: float | None, peak_lr: float, hyper: dict
+) -> tuple[dict, dict]:
+    """Train until `steps` or `budget_s` seconds (if given), whichever comes first.
+
+    Returns (what the checkpoint records, timings): timings vary from run to run, so they
+    stay out of the checkpoint to keep its bytes reproducible.
 
     The CPU is shared, so a step's cost varies; the LR schedule follows whichever limit is
     closer (progress = max(step / steps, elapsed / budget)), so a run cut short by the
@@ -289,7 +300,7 @@ def _run_training(
     step = 0
     while True:
         elapsed = time.perf_counter() - started
-        progress = max(step / steps, elapsed / budget_s)
+        progress = max(step / steps, elapsed / budget_s if budget_s else 0.0)
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
@@ -304,14 +315,17 @@ def _run_training(
         if step % 20 == 0:
             print(f"step {step:5d}  loss {np.mean(recent):.4f}  {elapsed:7.1f}s", flush=True)
         step += 1
-    return {
+    recorded = {
         **hyper, "max_steps": steps, "budget_s": budget_s, "steps": step, "warmup_steps": warmup,
         "stopped_by": "steps" if step >= steps else "budget",
+        "final_loss": round(float(np.mean(recent)), 4),
+    }
+    timings = {
         "train_wall_s": round(time.perf_counter() - started, 1),
         # CPU seconds over all threads: on a shared machine wall time overstates the cost
         "train_cpu_s": round(time.process_time() - cpu_started, 1),
-        "final_loss": round(float(np.mean(recent)), 4),
     }
+    return recorded, timings
 
 
 def save_checkpoint(path: Path, net: nn.Module, architecture: str, train_info: dict) -> None:
@@ -340,7 +354,7 @@ TASKS = {
     "semantic": (
         "lraspp_mobilenet_v3_large", "shapes_lraspp.pth",
         lambda args: train_semantic(
-            args.steps, args.budget_s, args.seed, lr=args.lr or 3e-3, init_checkpoint=args.init
+            args.steps or SEMANTIC_STEPS, args.budget_s, args.seed, lr=args.lr or 3e-3, init_checkpoint=args.init
         ),
         lambda net: evaluate_semantic(net, held_out_seeds(64), SEMANTIC_INPUT),
     ),
@@ -348,7 +362,7 @@ TASKS = {
         "maskrcnn_mobilenet_v3_large_fpn", "shapes_maskrcnn.pth",
         # starts from the semantic model's backbone when that was trained first
         lambda args: train_instance(
-            args.steps, args.budget_s, args.seed, lr=args.lr or 1e-3,
+            args.steps or INSTANCE_STEPS, args.budget_s, args.seed, lr=args.lr or 1e-3,
             semantic_checkpoint=args.out / "shapes_lraspp.pth",
         ),
         lambda net: evaluate_instance(net, held_out_seeds(50)),
@@ -356,29 +370,38 @@ TASKS = {
 }
 
 
+def train_task(task: str, args: argparse.Namespace) -> dict:
+    """Train, evaluate on held-out scenes, save the checkpoint; returns the run's timings."""
+    architecture, filename, train, evaluate = TASKS[task]
+    _torch_setup(args.seed)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    net, (info, timings) = train(args)
+    metrics = evaluate(net)
+    info.update(seed=args.seed, held_out=metrics)
+    timings.update(wall_s=round(time.perf_counter() - started, 1), cpu_s=round(time.process_time() - cpu_started, 1))
+    print(f"{task}: {metrics}  {timings}", flush=True)
+    save_checkpoint(args.out / filename, net, architecture, info)
+    write_sha256sums(args.out)
+    return timings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("task", choices=["all", *sorted(TASKS)])
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
-    parser.add_argument("--steps", type=int, default=5000, help="optimizer steps at most")
-    parser.add_argument(
-        "--budget-s", type=float, default=780.0, help="training wall-clock seconds at most (evaluation excluded)"
-    )
+    parser.add_argument("--steps", type=int, help=f"optimizer steps (default: semantic {SEMANTIC_STEPS}, instance {INSTANCE_STEPS})")
+    parser.add_argument("--budget-s", type=float, help="also stop after this many training seconds (not reproducible)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: per task)")
     parser.add_argument("--init", type=Path, help="semantic only: continue training from this checkpoint")
     args = parser.parse_args(argv)
-
-    architecture, filename, train, evaluate = TASKS[args.task]
-    _torch_setup(args.seed)
+    if args.task == "all" and (args.steps or args.lr or args.init):
+        parser.error("--steps, --lr and --init apply to one task; `all` uses each task's defaults")
     started = time.perf_counter()
-    net, info = train(args)
-    metrics = evaluate(net)
-    info.update(seed=args.seed, wall_s=round(time.perf_counter() - started, 1), cpu_s=round(time.process_time(), 1),
-                held_out=metrics)
-    print(f"{args.task}: {metrics}  wall {info['wall_s']}s", flush=True)
-    save_checkpoint(args.out / filename, net, architecture, info)
-    write_sha256sums(args.out)
+    for task in ("semantic", "instance") if args.task == "all" else (args.task,):
+        train_task(task, args)
+    print(f"total wall {time.perf_counter() - started:.0f}s", flush=True)
+    print((args.out / "SHA256SUMS").read_text(), end="")
 
 
 if __name__ == "__main__":
