@@ -1,6 +1,6 @@
 """Train the bundled shape models on synthetic scenes, from random init, on CPU.
 
-    python -m models.train all                  # what `make train` runs: both, ~26 min on 2 cores
+    python -m models.train all                  # what `make train` runs: both, ~27 min on 2 cores
     python -m models.train semantic|instance [--out DIR] [--steps N] [--budget-s S] [--seed S]
 
 `all` trains `semantic`, then `instance`, whose backbone starts from the semantic
@@ -22,12 +22,15 @@ import hashlib
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# OpenMP threads that spin while waiting for each other waste most of their time on a
-# shared, oversubscribed CPU (measured here: 5-10x slower steps); sleeping threads do not.
-# libgomp reads this once, so it must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# On a quiet machine OpenMP threads that spin between parallel regions make a step ~1.4x
+# faster than the default or sleeping threads (measured on 2 cores: 0.82 vs 1.14 s per
+# semantic step). On a CPU shared with other jobs spinning wastes it instead (5-10x slower
+# steps measured): run with OMP_WAIT_POLICY=PASSIVE there. libgomp reads this once, so it
+# must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -55,8 +58,8 @@ PAD_VALUE = (124, 116, 104)  # service.repository.InputSpec.pad_value: the Image
 FP32_LIMIT_BYTES = 15_000_000
 # Fixed step counts of `make train`: sized so both runs, with their held-out evaluations,
 # take under 30 minutes on 2 quiet CPU cores (measured: docs/accuracy.md).
-SEMANTIC_STEPS = 1000
-INSTANCE_STEPS = 340
+SEMANTIC_STEPS = 1200
+INSTANCE_STEPS = 320
 
 
 def _torch_setup(seed: int) -> None:
@@ -147,12 +150,15 @@ def train_semantic(
     normalize = Normalize()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
 
-    def step_loss(step: int) -> torch.Tensor:
-        images, labels = semantic_batch(_train_seeds(seed, step, batch), size)
+    def make_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return semantic_batch(_train_seeds(seed, step, batch), size)
+
+    def batch_loss(data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, labels = data
         logits = net(normalize(images))["out"]
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
 
-    return net, _run_training(net, optimizer, step_loss, steps, budget_s, lr, hyper)
+    return net, _run_training(net, optimizer, make_batch, batch_loss, steps, budget_s, lr, hyper)
 
 
 # --- instance --------------------------------------------------------------------------
@@ -270,18 +276,21 @@ def train_instance(
         "batch": batch, "peak_lr": lr, "optimizer": "AdamW", "weight_decay": 1e-4, "backbone_init": backbone_init
     }
 
-    def step_loss(step: int) -> torch.Tensor:
-        images, targets = zip(*(instance_sample(make_scene(s)) for s in _train_seeds(seed, step, batch)))
+    def make_batch(step: int) -> list[tuple[torch.Tensor, dict]]:
+        return [instance_sample(make_scene(s)) for s in _train_seeds(seed, step, batch)]
+
+    def batch_loss(samples: list[tuple[torch.Tensor, dict]]) -> torch.Tensor:
+        images, targets = zip(*samples)
         losses = model(list(images), list(targets))
         return sum(losses.values())
 
-    return model, _run_training(model, optimizer, step_loss, steps, budget_s, lr, hyper)
+    return model, _run_training(model, optimizer, make_batch, batch_loss, steps, budget_s, lr, hyper)
 
 
 # --- shared ----------------------------------------------------------------------------
 
 def _run_training(
-    net: nn.Module, optimizer, step_loss, steps: int, budget_s: float | None, peak_lr: float, hyper: dict
+    net: nn.Module, optimizer, make_batch, batch_loss, steps: int, budget_s: float | None, peak_lr: float, hyper: dict
 ) -> tuple[dict, dict]:
     """Train until `steps` or `budget_s` seconds (if given), whichever comes first.
 
@@ -292,12 +301,19 @@ def _run_training(
     closer (progress = max(step / steps, elapsed / budget)), so a run cut short by the
     clock still ends with a fully decayed learning rate. Runs that finish by step count
     are exactly reproducible.
+
+    The next step's batch is generated in a thread while this step computes: scene
+    rendering is single-threaded numpy/PIL, and torch leaves the second core partly idle
+    on these small convolutions. Batches depend only on the step number, so prefetching
+    changes nothing in the result.
     """
     net.train()
     warmup = min(50, steps // 10 + 1)
     started, cpu_started = time.perf_counter(), time.process_time()
     recent: list[float] = []
     step = 0
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="batches")
+    upcoming = prefetch.submit(make_batch, 0)
     while True:
         elapsed = time.perf_counter() - started
         progress = max(step / steps, elapsed / budget_s if budget_s else 0.0)
@@ -305,7 +321,9 @@ def _run_training(
             break
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, progress, peak_lr, warmup)
-        loss = step_loss(step)
+        data = upcoming.result()
+        upcoming = prefetch.submit(make_batch, step + 1)
+        loss = batch_loss(data)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # from-scratch losses spike early on; clipping keeps AdamW stable
@@ -315,6 +333,8 @@ def _run_training(
         if step % 20 == 0:
             print(f"step {step:5d}  loss {np.mean(recent):.4f}  {elapsed:7.1f}s", flush=True)
         step += 1
+    upcoming.cancel()
+    prefetch.shutdown(wait=True)
     recorded = {
         **hyper, "max_steps": steps, "budget_s": budget_s, "steps": step, "warmup_steps": warmup,
         "stopped_by": "steps" if step >= steps else "budget",
