@@ -10,6 +10,7 @@ results are compared with torchvision eager.
 
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +30,14 @@ from models import zoo
 from models.instance.export import export_instance_model
 from models.instance.params import WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT, InstanceParameters
 from models.instance.parity import compare_all, eager_instances
-from models.synthetic import make_scene
+from models.synthetic import make_scene, make_video
 from models.train import held_out_seeds
 from models.weights import WeightsSpec
 from service.repository import CONFIG_FILE, load_config
 from service.transport.http.schemas import InstanceResponse
 from tests.test_api import assert_error, post_image
 from tests.test_grpc import infer, masks_json, status_of, without_timing
+from tests.test_video import encode
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -223,3 +225,46 @@ def test_concurrent_requests_are_batched(server):
     assert all(r.status_code == 200 for r in responses)
     assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
     assert delta(before, after, SPLIT).batch_size > 1
+
+
+# -- video ----------------------------------------------------------------------------
+def post_video(server, **kwargs) -> httpx.Response:
+    with httpx.Client(timeout=120) as client:
+        return client.post(f"{server.url}/segment/video", **kwargs)
+
+
+def test_video_frames_go_through_the_batched_detector_like_images(server):
+    """Every frame of a chunk is detected (each a keyframe), batched with its neighbours,
+    and gives what /segment gives for that frame alone."""
+    images = [scene.image for scene in make_video(held_out_seeds(1)[0], 6, 240, 320).frames]
+    files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
+    with httpx.Client(timeout=60) as client:
+        before = scrape(client, server.url)
+    body = r_json(post_video(server, params={"model": SPLIT, "score_threshold": "0.3"}, files=files))
+    with httpx.Client(timeout=60) as client:
+        after = scrape(client, server.url)
+    assert (body["task"], body["width"], body["height"], body["keyframes"]) == ("instance", 320, 240, 6)
+    assert [f["index"] for f in body["frames"]] == list(range(6)) and all(f["keyframe"] for f in body["frames"])
+    assert delta(before, after, SPLIT).batch_size > 1  # the chunk's frames shared batches
+    alone = [served_instances(r_json(segment(server, png(image), score_threshold="0.3"))) for image in images]
+    result = compare_all(alone, [served_instances(f) for f in body["frames"]], 0.3, 100)
+    assert result.ok and result.matched == sum(map(len, alone)) > 0, result
+
+
+def test_mp4_chunk_gives_instances_per_frame_and_png_maps(server):
+    video = make_video(held_out_seeds(2)[1], 4, 240, 320)
+    data = encode([scene.image for scene in video.frames])
+    body = r_json(post_video(server, params={"model": SPLIT}, content=data, headers={"Content-Type": "video/mp4"}))
+    assert len(body["frames"]) == 4 and all("instances" in f for f in body["frames"])
+    for frame in body["frames"]:
+        assert all(decode(i).shape == (240, 320) for i in frame["instances"])
+    assert sum(len(f["instances"]) for f in body["frames"]) > 0
+    pngs = r_json(post_video(server, params={"model": SPLIT, "format": "png"}, content=data, headers={"Content-Type": "video/mp4"}))
+    for frame, json_frame in zip(pngs["frames"], body["frames"]):
+        ids = np.asarray(Image.open(io.BytesIO(base64.b64decode(frame["png"]))))
+        assert ids.shape == (240, 320) and ids.max() == len(json_frame["instances"])
+
+
+def test_video_options_are_validated_per_task(server, repo):
+    frame = [("frame", ("0.png", png(make_scene(1, 64, 64).image), "image/png"))]
+    assert_error(post_video(server, params={"model": SPLIT, "max_instances": "0"}, files=frame), 400, "bad_parameter")

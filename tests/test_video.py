@@ -71,7 +71,8 @@ def encode(images: list[np.ndarray], codec: str = "libx264", container: str = "m
     buf = io.BytesIO()
     with av.open(buf, "w", format=container) as out:
         stream = out.add_stream(codec, rate=10)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.height, stream.width = images[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
         for image in images:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         out.mux(stream.encode())
@@ -331,6 +332,7 @@ def test_limits(video_server):
     assert_error(post_video(video_server, data, "text/plain"), 415, "unsupported_media_type")
     assert_error(post_video(video_server, data, keyframe_interval=0), 400, "bad_parameter")
     assert_error(post_video(video_server, data, stream_id="no spaces"), 400, "bad_parameter")
+    assert_error(post_video(video_server, data, score_threshold=0.5), 400, "bad_parameter")  # instance models only
 
 
 def test_ndjson_streams_one_line_per_frame(video_server):

@@ -52,8 +52,10 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int, canvas: 
 def resize(image: np.ndarray, scale: float, dtype: str = "float32") -> torch.Tensor:
     """HWC uint8 -> CHW resized the way torchvision does (float bilinear, no antialias,
     size = floor(side * scale)), values 0..255: float32 as computed, or uint8 rounded."""
-    # decoded images can be read-only numpy views of PIL memory; torch wants a writable array
-    chw = torch.from_numpy(np.array(image, copy=not image.flags.writeable, order="C")).permute(2, 0, 1)
+    # decoded images can be read-only numpy views of PIL memory, or padded rows of a video
+    # frame; torch wants a writable, contiguous array (copied only when it is neither)
+    array = np.ascontiguousarray(image) if image.flags.writeable else image.copy(order="C")
+    chw = torch.from_numpy(array).permute(2, 0, 1)
     if scale != 1.0:
         chw = F.interpolate(
             chw[None].float(), scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False

@@ -119,12 +119,13 @@ class InstanceModel:
             canvas = (config.input.height, config.input.width)
             runners = [SplitRunner(e, load_heads(config, entry.version_dir, config.torch.device), self.params, canvas) for e in engines]
             _limit_torch_threads(config, runners[0].heads.device.type == "cpu")
-            self._prepare_item = runners[0].prepare  # stateless: any runner's will do
+            # (h, w, 3) uint8 RGB -> what the batcher takes; stateless: any runner's will do
+            self.model_input = runners[0].prepare
             self._draft_canvas: tuple[int, int] | None = canvas
             self._detect = [_split_detect(r) for r in runners]
         else:
             _limit_torch_threads(config, True)  # only the paste runs in torch here, on CPU
-            self._prepare_item = lambda rgb: rgb  # the graph resizes by itself
+            self.model_input = lambda rgb: rgb  # the graph resizes by itself
             self._draft_canvas = None
             self._detect = [WholeGraphRunner(e, self.params).run_batch for e in engines]
         policy = BatchPolicy(
@@ -154,7 +155,7 @@ class InstanceModel:
             blank = np.full((side, side, 3), 128, np.uint8)
             for detect in self._detect:
                 for n in sorted({1, self.config.max_batch_size}):
-                    await loop.run_in_executor(None, detect, [self._prepare_item(blank)] * n)
+                    await loop.run_in_executor(None, detect, [self.model_input(blank)] * n)
         self.batcher.start()
 
     async def stop(self, drain_timeout_s: float) -> None:
@@ -174,19 +175,20 @@ class InstanceModel:
             mask_threshold=parse_number(query, "mask_threshold", float, 0.0, 1.0, d.mask_threshold),
         )
 
-    def _draft_size(self, height: int, width: int) -> tuple[int, int]:
+    def draft_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the detector resizes to: a JPEG decodes at 1/2..1/8 scale down to it."""
         p = self.params
         scale = resize_scale(height, width, p.min_size, p.max_size, self._draft_canvas)
         return math.floor(height * scale), math.floor(width * scale)
 
     def _prepare(self, data: bytes) -> Pending:
-        decoded = decode_image(data, self._max_pixels, self._draft_size)
-        return Pending(self._prepare_item(decoded.rgb), (decoded.height, decoded.width))
+        decoded = decode_image(data, self._max_pixels, self.draft_size)
+        return Pending(self.model_input(decoded.rgb), (decoded.height, decoded.width))
 
-    def _finish(
+    def finish(
         self, found: tuple[Detections, ImageMeta], original_size: tuple[int, int], options: InstanceOptions, fmt: OutputFormat
     ) -> tuple[dict, bytes | None]:
+        """Detections -> body fields, or an instance-id PNG (blocking: codec pool)."""
         detections, meta = found
         # boxes and masks go back to the image as received, not to a smaller JPEG draft
         meta = ImageMeta(original_size=original_size, resized_size=meta.resized_size)
@@ -199,7 +201,7 @@ class InstanceModel:
         loop = asyncio.get_running_loop()
         pending = await loop.run_in_executor(self._pool, self._prepare, data)
         done = await self.batcher.submit(pending.item, deadline)
-        body, png = await loop.run_in_executor(self._pool, self._finish, done.value, pending.original_size, options, fmt)
+        body, png = await loop.run_in_executor(self._pool, self.finish, done.value, pending.original_size, options, fmt)
         height, width = pending.original_size
         return ImageResult(width, height, Timing(done.queue_s, done.compute_s, done.batch_size), body, png)
 

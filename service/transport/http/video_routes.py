@@ -23,8 +23,8 @@ from service.codecs.video import VIDEO_TYPES
 from service.config import Settings
 from service.errors import BadParameter, ServiceError, UnsupportedMediaType
 from service.pipelines import OutputFormat
-from service.pipelines.video import ChunkRun, FrameResult, PreparedChunk, VideoService, prepare_images, prepare_video
-from service.repository import InputSpec
+from service.pipelines.video import ChunkRun, FrameResult, VideoService
+from service.pipelines.video_chunks import FrameMapper, PreparedChunk, prepare_images, prepare_video
 from service.transport.http.body import media_type, multipart_files, read_limited
 from service.transport.http.errors import service_error_response
 from service.transport.http.routes import CLIENT_CLOSED, ERRORS, manager_of, run_unless_disconnected
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# validated by the model (semantic models take none), exactly as /segment validates them
+INSTANCE_OPTIONS = ("score_threshold", "max_instances", "mask_threshold")
 
 
 @asynccontextmanager
@@ -68,7 +70,9 @@ VIDEO_BODY = {
 }
 
 
-async def read_chunk(request: Request, spec: InputSpec, settings: Settings, pool, frame_limit: int, frame_stride: int) -> PreparedChunk:
+async def read_chunk(
+    request: Request, mapper: FrameMapper, settings: Settings, pool, frame_limit: int, frame_stride: int
+) -> PreparedChunk:
     kind = media_type(request)
     if kind not in VIDEO_TYPES and kind != "multipart/form-data":
         raise UnsupportedMediaType(
@@ -80,8 +84,8 @@ async def read_chunk(request: Request, spec: InputSpec, settings: Settings, pool
     limits = {"max_frames": frame_limit, "frame_stride": frame_stride, "max_pixels": settings.max_image_pixels}
     if kind == "multipart/form-data":
         parts = await multipart_files(request, body, "frame", max_files=frame_limit * frame_stride)
-        return await loop.run_in_executor(pool, partial(prepare_images, [data for data, _ in parts], spec, **limits))
-    return await loop.run_in_executor(pool, partial(prepare_video, body, spec, **limits))
+        return await loop.run_in_executor(pool, partial(prepare_images, [data for data, _ in parts], mapper, **limits))
+    return await loop.run_in_executor(pool, partial(prepare_video, body, mapper, **limits))
 
 
 def frame_json(frame: FrameResult) -> dict:
@@ -130,7 +134,10 @@ async def ndjson_lines(run: ChunkRun, summary: dict, decode_s: float, segment_st
     "`stream_id` + `sequence` (0, 1, 2, ...) continue a stream's keyframe state across chunks; a repeated or "
     "out-of-order sequence is 409, and a stream the server dropped (idle, or evicted for a newer one) starts "
     f"afresh (`new_stream: true`). With `Accept: {NDJSON}` one JSON line per frame is streamed as frames "
-    "complete, then a summary line. `format=png` gives each frame's label map as a base64 PNG in `png`.",
+    "complete, then a summary line. `format=png` gives each frame's label map as a base64 PNG in `png`. "
+    "Instance models run every frame (each is a keyframe) through their batcher, take /segment's "
+    "`score_threshold`, `max_instances` and `mask_threshold`, and give each frame's `instances` as /segment does "
+    "(`png`: the instance-id map).",
     responses={200: {"content": {NDJSON: {}}}, 409: {"model": ErrorResponse}, **ERRORS},
     openapi_extra=VIDEO_BODY,
 )
@@ -145,6 +152,9 @@ async def segment_video(
     frame_stride: int = Query(1, ge=1, le=1000, description="segment every N-th frame"),
     stream_id: str | None = Query(None, pattern=STREAM_ID_PATTERN, description="continue this stream's keyframe state"),
     sequence: int | None = Query(None, ge=0, description="chunk number within the stream: 0, 1, 2, ..."),
+    score_threshold: float | None = Query(None, description="instance models: as for /segment"),
+    max_instances: int | None = Query(None, description="instance models: as for /segment"),
+    mask_threshold: float | None = Query(None, description="instance models: as for /segment"),
 ) -> Response:
     started = time.perf_counter()
     manager = manager_of(request)
@@ -158,21 +168,22 @@ async def segment_video(
         served = manager.get(model)
         config = served.entry.config
         name = config.name
-        video_model = request.app.state.video.model(name, config.task.value)
+        video_model = request.app.state.video.model(name)
+        options = video_model.parse_options({k: v for k, v in request.query_params.items() if k in INSTANCE_OPTIONS})
         policy = video_model.policy(keyframe_interval, keyframe_threshold)
         frame_limit = min(max_frames or settings.video_max_frames, settings.video_max_frames)
-        chunk = await read_chunk(request, config.input, settings, manager.codec_pool, frame_limit, frame_stride)
+        chunk = await read_chunk(request, video_model.mapper, settings, manager.codec_pool, frame_limit, frame_stride)
         decode_s = time.perf_counter() - started
         deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else settings.request_timeout_s)
         segment_started = time.perf_counter()
         run, new_stream = await request.app.state.video.start_chunk(
-            video_model, chunk, policy, OutputFormat(format), deadline, stream_id, sequence
+            video_model, chunk, policy, OutputFormat(format), options, deadline, stream_id, sequence
         )
         summary = {
             "model": name,
             "task": config.task.value,
-            "width": chunk.box.src_w,
-            "height": chunk.box.src_h,
+            "width": chunk.width,
+            "height": chunk.height,
             "classes": config.classes,
             "stream_id": stream_id,
             "sequence": sequence,

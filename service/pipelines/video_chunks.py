@@ -1,0 +1,118 @@
+"""A video chunk in: decoded frames mapped to a model's input, and the order frames run in.
+
+Each video model says how a frame of a given size becomes its input (a ``FrameMapper``):
+semantic models letterbox to their fixed input; instance models resize like their image
+path does. Decoding asks the mapper for the smallest size worth decoding at, so large
+frames are scaled down once, by the decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Hashable, Iterable, Protocol
+
+import numpy as np
+
+from service.codecs.geometry import Letterbox
+from service.codecs.image import decode_image
+from service.codecs.video import TooManyFrames, decode_video
+from service.errors import BadParameter, UndecodableInput
+from service.repository import InputSpec
+
+
+class FrameMapper(Protocol):
+    def geometry(self, height: int, width: int) -> Hashable:
+        """How frames of this size map to the model input (a change forces a keyframe)."""
+        ...
+
+    def decode_size(self, geometry: Hashable) -> tuple[int, int]:
+        """The smallest (h, w) frames may be decoded at without losing model-input detail."""
+        ...
+
+    def to_input(self, geometry: Hashable, rgb: np.ndarray) -> Any:
+        """A decoded (h, w, 3) uint8 frame -> what the model's frame runner takes."""
+        ...
+
+
+@dataclass(frozen=True)
+class LetterboxFrames:
+    """Semantic models: frames letterboxed to the fixed input, (3, H, W) uint8."""
+
+    spec: InputSpec
+
+    def geometry(self, height: int, width: int) -> Letterbox:
+        return Letterbox.fit(height, width, self.spec)
+
+    def decode_size(self, geometry: Letterbox) -> tuple[int, int]:
+        return geometry.min_decode_size()
+
+    def to_input(self, geometry: Letterbox, rgb: np.ndarray) -> np.ndarray:
+        return geometry.apply(rgb, self.spec.pad_value)
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    inputs: list[Any]  # per frame, in order: the mapper's model inputs
+    indices: list[int]  # each frame's position in the chunk (before frame_stride)
+    pts: list[float | None]  # presentation times, seconds (None for still images)
+    height: int  # frames as received
+    width: int
+    geometry: Hashable  # one for the whole chunk
+
+
+def prepare_video(data: bytes, mapper: FrameMapper, *, max_frames: int, frame_stride: int, max_pixels: int) -> PreparedChunk:
+    """Decode a video chunk straight to model inputs (blocking: codec pool)."""
+    video = decode_video(
+        data,
+        max_frames=max_frames,
+        frame_stride=frame_stride,
+        max_pixels=max_pixels,
+        scale_to=lambda h, w: mapper.decode_size(mapper.geometry(h, w)),
+    )
+    geometry = mapper.geometry(video.height, video.width)
+    return PreparedChunk(
+        [mapper.to_input(geometry, f.rgb) for f in video.frames],
+        [f.index for f in video.frames],
+        [f.pts for f in video.frames],
+        video.height,
+        video.width,
+        geometry,
+    )
+
+
+def prepare_images(
+    images: list[bytes], mapper: FrameMapper, *, max_frames: int, frame_stride: int, max_pixels: int
+) -> PreparedChunk:
+    """Every ``frame_stride``-th of ordered still frames (JPEG/PNG/WebP) to model inputs;
+    all must be one size."""
+    if not images:
+        raise BadParameter("multipart body needs at least one file field 'frame'")
+    indices = list(range(0, len(images), frame_stride))
+    if len(indices) > max_frames:
+        raise TooManyFrames(f"{len(indices)} frames (after frame_stride={frame_stride}); at most {max_frames} per chunk")
+    inputs, size = [], None
+    for index in indices:
+        decoded = decode_image(images[index], max_pixels, lambda h, w: mapper.decode_size(mapper.geometry(h, w)))
+        if size is not None and (decoded.height, decoded.width) != size:
+            raise UndecodableInput(f"frames differ in size ({size[1]}x{size[0]} vs {decoded.width}x{decoded.height})")
+        size = decoded.height, decoded.width
+        inputs.append(mapper.to_input(mapper.geometry(*size), decoded.rgb))
+    return PreparedChunk(inputs, indices, [None] * len(inputs), *size, mapper.geometry(*size))
+
+
+async def in_order(work: Iterable[Awaitable], window: int) -> AsyncIterator:
+    """Results of ``work`` in order, with at most ``window`` items in flight: enough to fill
+    batches, few enough that one long chunk cannot fill a batcher's queue by itself."""
+    pending: deque[asyncio.Future] = deque()
+    try:
+        for item in work:
+            if len(pending) >= window:
+                yield await pending.popleft()
+            pending.append(asyncio.ensure_future(item))
+        while pending:
+            yield await pending.popleft()
+    finally:
+        for task in pending:
+            task.cancel()
