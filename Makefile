@@ -44,7 +44,7 @@ serve: models
 test: setup
 	$(BIN)/python -m pytest
 
-# Retrain the bundled models from scratch (fixed seed and steps, ~27 min on 2 quiet CPU cores):
+# Retrain the bundled models from scratch (fixed seed and steps, ~29 min on 2 quiet CPU cores):
 # rewrites models/checkpoints/*.pth + SHA256SUMS byte for byte; `git diff` shows nothing when reproduced.
 # Delete model_repository/shapes_* afterwards to re-export them.
 train: setup

@@ -1,6 +1,6 @@
 """Train the bundled shape models on synthetic scenes, from random init, on CPU.
 
-    python -m models.train all                  # what `make train` runs: both, ~27 min on 2 cores
+    python -m models.train all                  # what `make train` runs: both, ~29 min on 2 cores
     python -m models.train semantic|instance [--out DIR] [--steps N] [--budget-s S] [--seed S]
 
 `all` trains `semantic`, then `instance`, whose backbone starts from the semantic
@@ -59,7 +59,7 @@ FP32_LIMIT_BYTES = 15_000_000
 # Fixed step counts of `make train`: sized so both runs, with their held-out evaluations,
 # take under 30 minutes on 2 quiet CPU cores (measured: docs/accuracy.md).
 SEMANTIC_STEPS = 1200
-INSTANCE_STEPS = 320
+INSTANCE_STEPS = 250
 
 
 def _torch_setup(seed: int) -> None:

@@ -160,6 +160,14 @@ def test_feature_change_is_scale_free():
     assert feature_change(10 * b, 10 * a) == pytest.approx(feature_change(b, a), rel=1e-5)
 
 
+def test_feature_change_sees_a_local_change_the_frame_mean_would_dilute():
+    reference = np.ones((40, 16, 16), np.float32)
+    entered = reference.copy()
+    entered[:, 3:5, 7:9] = 3.0  # a small object appears: 4 of 256 cells
+    assert feature_change(entered, reference) > 1.5
+    assert np.abs(entered - reference).mean() / np.abs(reference).mean() < 0.05  # what the frame mean sees
+
+
 def test_tracker_continues_a_stream_and_restarts_on_new_geometry():
     tracker = KeyframeTracker(KeyframePolicy(4), KeyframeState(), "g")
     assert [tracker.observe(f) for f in still(3)] == [True, False, False]

