@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SPLIT_ARCHITECTURES = ("lraspp_mobilenet_v3_large",)
 VIDEO_DIR = "video"  # inside the version folder
 PARTS = ("shallow", "deep", "fuse")
-DEFAULT_KEYFRAME_THRESHOLD = 0.18  # calibrated with models/video_bench.py on seeds apart from the reported ones
+DEFAULT_KEYFRAME_THRESHOLD = 1.0  # calibrated with models/video_bench.py on seeds apart from the reported ones
 DEFAULT_MAX_KEYFRAME_INTERVAL = 16
 
 

@@ -57,14 +57,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from models.export import export_model
     from models.instance.export import export_instance_model
     from models.weights import WeightsError, WeightsSpec
-    from service.repository import CONFIG_FILE, latest_version
+    from service.repository import CONFIG_FILE, latest_version, load_config
 
     repository = Path(args.repository)
     name = args.name or args.model
     model_dir = repository / name
     if args.skip_existing and (model_dir / CONFIG_FILE).is_file() and latest_version(model_dir) is not None:
-        log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
-        return 0
+        # bundled checkpoints change with `make train`: a stale export gets a new version instead
+        exported = load_config(model_dir).weights.detail
+        if not args.weights.startswith("bundled:") or exported == WeightsSpec.parse(args.weights).describe():
+            log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
+            return 0
+        log.info("%s: the bundled checkpoint changed since version %s; exporting a new version", name, latest_version(model_dir))
     specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
     size = _size(args.input_size) if args.input_size else None
     common = {"name": name, "classes": args.classes.split(",") if args.classes else None, "max_batch_size": args.max_batch_size}

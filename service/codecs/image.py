@@ -47,7 +47,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: DraftSize | None = No
             if draft_size is not None and image.format == "JPEG":
                 min_h, min_w = draft_size(height, width)
                 image.draft("RGB", (min_w, min_h))
-            rgb = np.asarray(image.convert("RGB"))
+            rgb = np.array(image.convert("RGB"))  # writable (np.asarray's is not): torch can take it as is
     except (TooManyPixels, UndecodableInput):
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
