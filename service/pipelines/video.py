@@ -61,7 +61,7 @@ class FrameResult:
     index: int
     pts: float | None
     keyframe: bool
-    body: dict  # "segments" or "png"
+    body: dict  # "segments" (semantic), "instances" (instance) or "png"
 
 
 # -- chunks and streams ------------------------------------------------------------------
