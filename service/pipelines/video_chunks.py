@@ -92,14 +92,16 @@ def prepare_images(
     indices = list(range(0, len(images), frame_stride))
     if len(indices) > max_frames:
         raise TooManyFrames(f"{len(indices)} frames (after frame_stride={frame_stride}); at most {max_frames} per chunk")
-    inputs, size = [], None
+    inputs, size, geometry = [], None, None
     for index in indices:
         decoded = decode_image(images[index], max_pixels, lambda h, w: mapper.decode_size(mapper.geometry(h, w)))
-        if size is not None and (decoded.height, decoded.width) != size:
+        if size is None:  # the first frame fixes the chunk's size and geometry
+            size = decoded.height, decoded.width
+            geometry = mapper.geometry(*size)
+        elif (decoded.height, decoded.width) != size:
             raise UndecodableInput(f"frames differ in size ({size[1]}x{size[0]} vs {decoded.width}x{decoded.height})")
-        size = decoded.height, decoded.width
-        inputs.append(mapper.to_input(mapper.geometry(*size), decoded.rgb))
-    return PreparedChunk(inputs, indices, [None] * len(inputs), *size, mapper.geometry(*size))
+        inputs.append(mapper.to_input(geometry, decoded.rgb))
+    return PreparedChunk(inputs, indices, [None] * len(inputs), *size, geometry)
 
 
 async def in_order(work: Iterable[Awaitable], window: int) -> AsyncIterator:
