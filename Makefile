@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve test train bench loadtest lock proto clean
+.PHONY: setup models serve test train train-video bench loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -49,6 +49,12 @@ test: setup
 # Delete model_repository/shapes_* afterwards to re-export them.
 train: setup
 	$(BIN)/python -m models.train all
+
+# Retrain the bundled LRASPP's video correction (stale keyframe features, /segment/video) on
+# synthetic clips, reproducibly: rewrites models/checkpoints/shapes_lraspp_video.pth + SHA256SUMS.
+# It is trained for the committed shapes_lraspp.pth (which `make train` reproduces byte for byte).
+train-video: setup
+	$(BIN)/python -m models.video_correction
 
 # Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
 bench: setup

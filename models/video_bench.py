@@ -5,7 +5,9 @@
 Engine level, no HTTP and no batching: one stream at a time, one frame at a time, on the
 model's exported ONNX graphs under ONNX Runtime, with the server's own keyframe code
 (``KeyframeTracker``). "per-frame" runs the full ``model.onnx`` on every frame; the other
-rows run the video split (shallow every frame, deep on keyframes, fuse every frame).
+rows run the video split as the server does: shallow on every frame, deep + fuse on
+keyframes, and on other frames the trained correction when the model has one (else fuse
+with the keyframe's deep features). ``--no-correction`` adds the rows without it.
 
 Frames are letterboxed like the server does and predictions are scored at the original
 frame size against the synthetic ground truth (models/synthetic):
@@ -29,6 +31,7 @@ import numpy as np
 from models.synthetic import make_video
 from service.codecs.geometry import Letterbox
 from service.engine import Engine, create_engine
+from service.pipelines.video_semantic import split_parts
 from service.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker
 from service.repository import ModelConfig, latest_version, load_config
 
@@ -66,23 +69,28 @@ class Engines:
         self.full: Engine = create_engine(self.config, version_dir, backend="onnxruntime")
         self.parts: dict[str, Engine] = {
             part: create_engine(self.config, version_dir / video["dir"] / part, backend="onnxruntime")
-            for part in ("shallow", "deep", "fuse")
+            for part in split_parts(video)
         }
 
     def per_frame(self, clip: Clip) -> tuple[list[np.ndarray], int]:
         name = self.config.input.name
         return [self.full.infer({name: t})[self.config.output.name][0] for t in clip.tensors], len(clip.tensors)
 
-    def keyframed(self, clip: Clip, policy: KeyframePolicy) -> tuple[list[np.ndarray], int]:
+    def keyframed(self, clip: Clip, policy: KeyframePolicy, corrected: bool) -> tuple[list[np.ndarray], int]:
         tracker = KeyframeTracker(policy, KeyframeState(), clip.box)
-        shallow, deep, fuse = self.parts["shallow"], self.parts["deep"], self.parts["fuse"]
+        shallow, deep, fuse, correct = (self.parts.get(p) for p in ("shallow", "deep", "fuse", "correct"))
         labels, keyframes = [], 0
         for tensor in clip.tensors:
             low = shallow.infer({"images": tensor})["low"]
             if tracker.observe(low[0]):
-                tracker.deep = deep.infer({"low": low})["deep"]
+                key_low, key_deep = low, deep.infer({"low": low})["deep"]
                 keyframes += 1
-            labels.append(fuse.infer({"low": low, "deep": tracker.deep})["labels"][0])
+                out = fuse.infer({"low": low, "deep": key_deep})
+            elif corrected:
+                out = correct.infer({"low": low, "deep": key_deep, "key_low": key_low})
+            else:
+                out = fuse.infer({"low": low, "deep": key_deep})
+            labels.append(out["labels"][0])
         return labels, keyframes
 
 
@@ -106,37 +114,53 @@ def scores(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: 
     return float((intersection[present] / union[present]).mean()), changed / max(stable, 1)
 
 
-def segment(engines: Engines, clips: list[Clip], policy: KeyframePolicy | None) -> tuple[list[list[np.ndarray]], int, float]:
+@dataclass(frozen=True)
+class Setting:
+    """One row: a keyframe policy (None: the full model on every frame), and whether
+    non-keyframes use the model's correction."""
+
+    policy: KeyframePolicy | None
+    corrected: bool = False
+
+    def describe(self, has_correction: bool) -> str:
+        policy = self.policy
+        if policy is None:
+            return "per-frame (full model)"
+        if policy.threshold is None:
+            text = f"k = {policy.interval}" + (" (split, deep on every frame)" if policy.interval == 1 else "")
+        else:
+            text = f"adaptive (threshold {policy.threshold:g}, max interval {policy.interval})"
+        if has_correction and policy.interval > 1:
+            text += ", corrected" if self.corrected else ", no correction"
+        return text
+
+
+def segment(engines: Engines, clips: list[Clip], setting: Setting) -> tuple[list[list[np.ndarray]], int, float]:
     """(labels per clip, keyframes, engine seconds) for one pass over the clips."""
     started = time.perf_counter()
-    results = [engines.per_frame(c) if policy is None else engines.keyframed(c, policy) for c in clips]
+    if setting.policy is None:
+        results = [engines.per_frame(c) for c in clips]
+    else:
+        results = [engines.keyframed(c, setting.policy, setting.corrected) for c in clips]
     return [labels for labels, _ in results], sum(k for _, k in results), time.perf_counter() - started
 
 
-def measure(engines: Engines, clips: list[Clip], policies: list[KeyframePolicy | None], repeats: int) -> list[dict]:
-    """One row per policy. Timing passes are interleaved across policies and the best pass
+def measure(engines: Engines, clips: list[Clip], settings: list[Setting], repeats: int) -> list[dict]:
+    """One row per setting. Timing passes are interleaved across settings and the best pass
     counts, so a burst of load from other processes cannot favour one row."""
     rows, best = [], []
-    for policy in policies:
-        predictions, keyframes, seconds = segment(engines, clips, policy)
+    for setting in settings:
+        predictions, keyframes, seconds = segment(engines, clips, setting)
         miou, flicker = scores(predictions, clips, len(engines.config.classes))
-        rows.append({"policy": policy, "miou": miou, "flicker": flicker, "keyframes": keyframes})
+        rows.append({"setting": setting, "miou": miou, "flicker": flicker, "keyframes": keyframes})
         best.append(seconds)
     for _ in range(repeats - 1):
-        for i, policy in enumerate(policies):
-            best[i] = min(best[i], segment(engines, clips, policy)[2])
+        for i, setting in enumerate(settings):
+            best[i] = min(best[i], segment(engines, clips, setting)[2])
     frames = sum(len(c.tensors) for c in clips)
     for row, seconds in zip(rows, best):
         row["fps"], row["keyframes"] = frames / seconds, row["keyframes"] / frames
     return rows
-
-
-def describe(policy: KeyframePolicy | None) -> str:
-    if policy is None:
-        return "per-frame (full model)"
-    if policy.threshold is None:
-        return f"k = {policy.interval}" + (" (split, deep on every frame)" if policy.interval == 1 else "")
-    return f"adaptive (threshold {policy.threshold:g}, max interval {policy.interval})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", default="", help="adaptive thresholds to compare (default: the model's)")
     parser.add_argument("--max-interval", type=int, default=None, help="adaptive: longest gap (default: the model's)")
     parser.add_argument("--repeats", type=int, default=3, help="timing passes per row; the best counts")
+    parser.add_argument("--no-correction", action="store_true",
+                        help="a model with a correction: also the rows without it (plain stale features)")
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE,
                         help="clip seeds start here (calibrate thresholds on other seeds than you report)")
     args = parser.parse_args(argv)
@@ -160,20 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     default = engines.default_policy
     max_interval = args.max_interval or default.interval
     thresholds = [float(t) for t in args.thresholds.split(",") if t] or [default.threshold]
-    policies: list[KeyframePolicy | None] = [None] + [KeyframePolicy(int(k)) for k in args.intervals.split(",") if k]
+    policies = [KeyframePolicy(int(k)) for k in args.intervals.split(",") if k]
     policies += [KeyframePolicy(max_interval, t) for t in thresholds]
-    measure(engines, clips[:1], [None, KeyframePolicy(2)], 1)  # warm-up: arenas, kernels
+    corrected = "correct" in engines.parts
+    settings = [Setting(None)]
+    for policy in policies:
+        settings += [Setting(policy, corrected)] + ([Setting(policy)] if corrected and args.no_correction and policy.interval > 1 else [])
+    measure(engines, clips[:1], [Setting(None), Setting(KeyframePolicy(2), corrected)], 1)  # warm-up: arenas, kernels
 
     frames = args.clips * args.frames
     print(f"{args.model} ({engines.config.weights.source} weights), input {engines.config.input.height}x{engines.config.input.width}, "
           f"{args.clips} synthetic clips (seeds {args.first_seed}+) x {args.frames} frames of {args.size}, {engines.full.info.device}, batch 1\n")
     print("| policy | keyframes | mIoU | ΔmIoU | flicker | frames/s | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    rows = measure(engines, clips, policies, args.repeats)
+    rows = measure(engines, clips, settings, args.repeats)
     baseline = rows[0]
     for row in rows:
         print(
-            f"| {describe(row['policy'])} | {row['keyframes']:.0%} | {100 * row['miou']:.2f} | {100 * (row['miou'] - baseline['miou']):+.2f} "
+            f"| {row['setting'].describe(corrected)} | {row['keyframes']:.0%} | {100 * row['miou']:.2f} | {100 * (row['miou'] - baseline['miou']):+.2f} "
             f"| {100 * row['flicker']:.2f}% | {row['fps']:.1f} | {row['fps'] / baseline['fps']:.2f}x |"
         )
     print(f"\n{frames} frames per row; mIoU in points; frames/s = engine time only, best of {args.repeats} interleaved passes.")

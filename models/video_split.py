@@ -11,20 +11,27 @@ The split keeps that arithmetic (up to float rounding; see ``Fuse``), in three g
 * **shallow** (every frame): uint8 frame -> ``low``. About a seventh of the model's MACs.
 * **deep** (keyframes): ``low`` -> ``deep``. It starts from the shallow output, so a
   keyframe costs shallow + deep = one full model, not shallow + full model.
-* **fuse** (every frame): ``low`` of the current frame + ``deep`` of the last keyframe ->
-  per-pixel labels. On a keyframe the result is the full model's output.
+* **fuse** (keyframes): ``low`` + ``deep`` of the same frame -> per-pixel labels: the full
+  model's output.
+* **correct** (other frames, when the model has a trained correction): ``low`` of the current
+  frame + ``deep`` and ``low`` of the last keyframe -> labels. A small head trained on
+  synthetic video (models/video_correction.py) corrects the stale deep features where the
+  frame moved on since the keyframe (Accel's idea, at a fraction of the cost). Without a
+  correction, other frames go through **fuse** with the keyframe's ``deep``.
 
 Each part is exported like a served model (uint8 in, normalisation in graph, dynamic
 batch) into ``<version>/video/<part>/model.onnx`` of an already exported LRASPP model,
 with a parity check of the keyframe path against the full model, and the model's
 config.yaml gains ``parameters.video``.
 
-    python -m models.video_split --repository model_repository --model shapes_lraspp
+    python -m models.video_split --repository model_repository --model shapes_lraspp \
+        [--correction models/checkpoints/shapes_lraspp_video.pth]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -39,6 +46,7 @@ from torch import nn
 
 from models import zoo
 from models.export import ExportError, ParityReport, onnx_export, sample_images
+from models.weights import BUNDLED_DIR, sha256_of, verify_bundled
 from models.serving import Normalize, SemanticServingModule
 from service.repository import CONFIG_FILE, ModelConfig, load_config, latest_version
 
@@ -46,9 +54,11 @@ log = logging.getLogger(__name__)
 
 SPLIT_ARCHITECTURES = ("lraspp_mobilenet_v3_large",)
 VIDEO_DIR = "video"  # inside the version folder
-PARTS = ("shallow", "deep", "fuse")
-DEFAULT_KEYFRAME_THRESHOLD = 1.0  # calibrated with models/video_bench.py on seeds apart from the reported ones
-DEFAULT_MAX_KEYFRAME_INTERVAL = 16
+# Adaptive keyframe policies (threshold, longest interval), calibrated with models/video_bench.py
+# on seeds apart from the reported ones (docs/benchmarks.md). Corrected non-keyframes tolerate
+# larger changes than plain stale ones, but not the longest gaps.
+DEFAULT_KEYFRAME_THRESHOLD, DEFAULT_MAX_KEYFRAME_INTERVAL = 1.0, 16
+CORRECTED_KEYFRAME_THRESHOLD, CORRECTED_MAX_KEYFRAME_INTERVAL = 1.7, 8
 
 
 def _backbone_halves(net: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
@@ -136,6 +146,91 @@ class Fuse(nn.Module):
         return logits.argmax(dim=1).to(torch.uint8)
 
 
+class Correction(nn.Module):
+    """A correction of the logits that a stale keyframe gives, from what changed since: (current
+    ``low``, its change from the keyframe's ``low``, the stale logits) at stride 8 -> logit
+    residual. Depthwise-separable with a dilated second stage, so it sees +-6 cells (+-48
+    pixels: how far shapes get within a keyframe interval) for ~2.6 M multiply-adds at
+    256x256, about 1 % of the full model's."""
+
+    def __init__(self, low_channels: int, num_classes: int, width: int = 16):
+        super().__init__()
+        self.mix = nn.Conv2d(2 * low_channels + num_classes, width, 1)
+        self.near = nn.Conv2d(width, width, 5, padding=2, groups=width)
+        self.near_mix = nn.Conv2d(width, width, 1)
+        self.far = nn.Conv2d(width, width, 5, padding=4, dilation=2, groups=width)
+        self.out = nn.Conv2d(width, num_classes, 1)
+        nn.init.zeros_(self.out.weight)  # starts as "no correction": the plain stale fuse
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, low: torch.Tensor, key_low: torch.Tensor, stale: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.mix(torch.cat([low, low - key_low, stale], dim=1)))
+        x = F.relu(self.near_mix(F.relu(self.near(x))))
+        return self.out(F.relu(self.far(x)))
+
+
+class CorrectedFuse(Fuse):
+    """``low`` (current frame) + ``deep`` and ``low`` of the last keyframe -> labels, with the
+    stale high-branch logits corrected by a trained ``Correction``."""
+
+    input_names = ("low", "deep", "key_low")
+
+    def __init__(self, net: nn.Module, correction: Correction, height: int, width: int, output: str = "labels"):
+        super().__init__(net, height, width, output)
+        self.correction = correction
+
+    def corrected_logits(self, low: torch.Tensor, key_high: torch.Tensor, key_low: torch.Tensor) -> torch.Tensor:
+        """Logits at stride 8 from the keyframe's ``high_classifier`` output (stride 16) and
+        ``low``; training calls this with precomputed ``key_high``."""
+        stale = self.deep_rows @ key_high @ self.deep_cols
+        return self.low_classifier(low) + stale + self.correction(low, key_low, stale)
+
+    def forward(self, low: torch.Tensor, deep: torch.Tensor, key_low: torch.Tensor) -> torch.Tensor:
+        logits = self.out_rows @ self.corrected_logits(low, self.high_classifier(deep), key_low) @ self.out_cols
+        if self.output == "logits":
+            return logits
+        return logits.argmax(dim=1).to(torch.uint8)
+
+
+def fingerprint(net: nn.Module) -> str:
+    """sha256 of a network's weights: a correction is trained for one set of them."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def bundled_correction(weights: str) -> Path | None:
+    """The bundled correction of ``bundled:NAME`` weights (checkpoints/NAME_video.pth,
+    checked against SHA256SUMS), or None."""
+    if not weights.startswith("bundled:"):
+        return None
+    path = BUNDLED_DIR / f"{weights.partition(':')[2]}_video.pth"
+    if not path.is_file():
+        return None
+    verify_bundled(path)
+    return path
+
+
+def correction_of(source: ModelConfig | Path | None) -> str | None:
+    """sha256 of a correction file, or of the one a model was exported with."""
+    if isinstance(source, ModelConfig):
+        return source.parameters.get("video", {}).get("correction", {}).get("sha256")
+    return None if source is None else sha256_of(source)
+
+
+def load_correction(path: Path, net: nn.Module) -> Correction:
+    """A correction checkpoint (models/video_correction.py) for ``net``; refuses one trained
+    for other weights."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("base_fingerprint") != fingerprint(net):
+        raise ExportError(f"{path} was trained for other weights than this model's (fingerprint mismatch)")
+    correction = Correction(checkpoint["low_channels"], checkpoint["num_classes"], checkpoint["width"])
+    correction.load_state_dict(checkpoint["state_dict"])
+    return correction.eval()
+
+
 # Shallow and deep follow the frame size; fuse is built for the model's input size (the
 # service letterboxes every frame to it), so only its batch axis is dynamic.
 _SPATIAL_AXES = {
@@ -143,11 +238,12 @@ _SPATIAL_AXES = {
     "low": {0: "batch", 2: "low_height", 3: "low_width"},
     "deep": {0: "batch", 2: "deep_height", 3: "deep_width"},
 }
+_SPATIAL_AXES["key_low"] = _SPATIAL_AXES["low"]
 
 
 def export_part(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
     names = [*module.input_names, *module.output_names]
-    if isinstance(module, Fuse):
+    if isinstance(module, Fuse):  # CorrectedFuse too
         dynamic = {n: {0: "batch"} for n in names}
     else:
         dynamic = {n: _SPATIAL_AXES[n] for n in names}
@@ -179,6 +275,24 @@ def keyframe_parity(net: nn.Module, workdir: Path, height: int, width: int, batc
     return ParityReport.compare(_Session(workdir / "fuse_logits.onnx")(low=low_np, deep=deep_np), ref)
 
 
+def correct_parity(net: nn.Module, head: Correction, workdir: Path, height: int, width: int) -> ParityReport:
+    """The correct part exported with logits (ONNX Runtime) against torch eager, for a frame
+    and an earlier keyframe of different images."""
+    key_images, images = sample_images(2, height, width, seed=3).split(1)
+    module = CorrectedFuse(net, head, height, width, "logits").eval()
+    with torch.no_grad():
+        key_low = Shallow(net)(key_images)
+        deep = Deep(net)(key_low)
+        low = Shallow(net)(images)
+        ref = module(low, deep, key_low).numpy()
+    path = workdir / "correct_logits.onnx"
+    export_part(module, (low, deep, key_low), path)
+    session = _Session(path)
+    report = ParityReport.compare(session(low=low.numpy(), deep=deep.numpy(), key_low=key_low.numpy()), ref)
+    path.unlink()
+    return report
+
+
 def load_served_net(config: ModelConfig, version_dir: Path) -> nn.Module:
     """The network of an exported semantic model, from its ``weights.pt``."""
     serving = SemanticServingModule(zoo.get(config.architecture).build(len(config.classes)))
@@ -190,10 +304,12 @@ def export_video_split(
     repository: Path,
     name: str,
     *,
-    keyframe_threshold: float = DEFAULT_KEYFRAME_THRESHOLD,
-    max_keyframe_interval: int = DEFAULT_MAX_KEYFRAME_INTERVAL,
+    correction: Path | None = None,
+    keyframe_threshold: float | None = None,
+    max_keyframe_interval: int | None = None,
 ) -> Path:
-    """Add the video parts to the latest version of model ``name``; returns their folder."""
+    """Add the video parts to the latest version of model ``name``, with the ``correction``
+    checkpoint's part when given; returns their folder."""
     model_dir = repository / name
     config = load_config(model_dir)
     version = latest_version(model_dir)
@@ -204,6 +320,11 @@ def export_video_split(
     height, width = config.input.height, config.input.width
     version_dir = model_dir / str(version)
     net = load_served_net(config, version_dir)
+    head = load_correction(correction, net) if correction is not None else None
+    if keyframe_threshold is None:
+        keyframe_threshold = CORRECTED_KEYFRAME_THRESHOLD if head is not None else DEFAULT_KEYFRAME_THRESHOLD
+    if max_keyframe_interval is None:
+        max_keyframe_interval = CORRECTED_MAX_KEYFRAME_INTERVAL if head is not None else DEFAULT_MAX_KEYFRAME_INTERVAL
 
     staging = Path(tempfile.mkdtemp(prefix=".video-", dir=version_dir))  # same filesystem: rename is atomic
     try:
@@ -211,18 +332,28 @@ def export_video_split(
             images = sample_images(1, height, width)
             low = Shallow(net)(images)
             deep = Deep(net)(low)
-        for part, module, example in (
+        parts = [
             ("shallow", Shallow(net), (images,)),
             ("deep", Deep(net), (low,)),
             ("fuse", Fuse(net, height, width, "labels"), (low, deep)),
-        ):
+        ]
+        if head is not None:
+            parts.append(("correct", CorrectedFuse(net, head, height, width, "labels"), (low, deep, low)))
+        for part, module, example in parts:
             (staging / part).mkdir()
             export_part(module, example, staging / part / "model.onnx")
         report = keyframe_parity(net, staging, height, width)
         log.info("video split parity %s: max|diff| %.3g, agreement %.5f", name, report.max_abs_diff, report.label_agreement)
         report.check()
         (staging / "fuse_logits.onnx").unlink()
-        (staging / "export.json").write_text(json.dumps({"parity_keyframe_vs_full": asdict(report)}, indent=2))
+        provenance = {"parity_keyframe_vs_full": asdict(report)}
+        if head is not None:
+            provenance["correction"] = {"file": correction.name, "sha256": sha256_of(correction)}
+            correct_report = correct_parity(net, head, staging, height, width)
+            log.info("correct part parity %s: max|diff| %.3g, agreement %.5f", name, correct_report.max_abs_diff, correct_report.label_agreement)
+            correct_report.check()
+            provenance["parity_correct_vs_torch"] = asdict(correct_report)
+        (staging / "export.json").write_text(json.dumps(provenance, indent=2))
         target = version_dir / VIDEO_DIR
         if target.exists():
             shutil.rmtree(target)
@@ -237,6 +368,8 @@ def export_video_split(
         "keyframe_threshold": keyframe_threshold,
         "max_keyframe_interval": max_keyframe_interval,
     }
+    if head is not None:  # also how `segserve export --skip-existing` tells a retrained correction
+        config.parameters["video"]["correction"] = {"file": correction.name, "sha256": sha256_of(correction)}
     config.dump(model_dir / CONFIG_FILE)
     return target
 
@@ -245,13 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", required=True, help="name of an exported LRASPP model in the repository")
-    parser.add_argument("--keyframe-threshold", type=float, default=DEFAULT_KEYFRAME_THRESHOLD,
-                        help="default adaptive threshold: relative change of the shallow features")
-    parser.add_argument("--max-keyframe-interval", type=int, default=DEFAULT_MAX_KEYFRAME_INTERVAL)
+    parser.add_argument("--correction", type=Path, default=None,
+                        help="a correction checkpoint trained for this model's weights (models/video_correction.py)")
+    parser.add_argument("--keyframe-threshold", type=float, default=None,
+                        help="default adaptive threshold: relative change of the shallow features "
+                             f"(default {DEFAULT_KEYFRAME_THRESHOLD}, {CORRECTED_KEYFRAME_THRESHOLD} with a correction)")
+    parser.add_argument("--max-keyframe-interval", type=int, default=None,
+                        help=f"default longest keyframe interval ({DEFAULT_MAX_KEYFRAME_INTERVAL}, {CORRECTED_MAX_KEYFRAME_INTERVAL} with a correction)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     target = export_video_split(
-        args.repository, args.model, keyframe_threshold=args.keyframe_threshold, max_keyframe_interval=args.max_keyframe_interval
+        args.repository, args.model, correction=args.correction,
+        keyframe_threshold=args.keyframe_threshold, max_keyframe_interval=args.max_keyframe_interval
     )
     log.info("video split of %s -> %s", args.model, target)
     return 0

@@ -64,11 +64,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     model_dir = repository / name
     if args.skip_existing and (model_dir / CONFIG_FILE).is_file() and latest_version(model_dir) is not None:
         # bundled checkpoints change with `make train`: a stale export gets a new version instead
-        exported = load_config(model_dir).weights.detail
-        if not args.weights.startswith("bundled:") or exported == WeightsSpec.parse(args.weights).describe():
+        from models.video_split import bundled_correction, correction_of
+
+        exported = load_config(model_dir)
+        current = (
+            not args.weights.startswith("bundled:")
+            or exported.weights.detail == WeightsSpec.parse(args.weights).describe()
+            and (not args.video_split or correction_of(exported) == correction_of(bundled_correction(args.weights)))
+        )
+        if current:
             log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
             return 0
-        log.info("%s: the bundled checkpoint changed since version %s; exporting a new version", name, latest_version(model_dir))
+        log.info("%s: the bundled checkpoint or its video correction changed since version %s; exporting a new version",
+                 name, latest_version(model_dir))
     specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
     size = _size(args.input_size) if args.input_size else None
     common = {"name": name, "classes": args.classes.split(",") if args.classes else None, "max_batch_size": args.max_batch_size}
@@ -87,9 +95,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 2
         log.info("exported %s -> %s", args.model, version_dir)
         if args.video_split:
-            from models.video_split import export_video_split
+            from models.video_split import bundled_correction, export_video_split
 
-            log.info("video split -> %s", export_video_split(repository, name))
+            # bundled weights come with their trained video correction when there is one
+            correction = bundled_correction(args.weights)
+            log.info("video split%s -> %s", " with correction" if correction else "", export_video_split(repository, name, correction=correction))
         return 0
     return 2
 
@@ -128,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
     export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
     export.add_argument("--video-split", action="store_true",
-                        help="LRASPP: also export the shallow/deep/fuse parts for keyframe feature reuse on /segment/video")
+                        help="LRASPP: also export the shallow/deep/fuse parts for keyframe feature reuse on /segment/video "
+                             "(and, for bundled weights, their trained correction of stale features)")
     export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
     export.set_defaults(func=cmd_export)
     evaluate = sub.add_parser("eval", help="accuracy (PA/MPA/mIoU or mask AP) engine-direct or through a server")

@@ -22,12 +22,17 @@ from models.train import (
     train_instance,
     train_semantic,
 )
+from models.video_correction import KeyframeClips, base_net
+from models.video_correction import save as save_correction
+from models.video_correction import train as train_correction
+from models.video_split import load_correction
 from models.weights import load_checkpoint
 
 CHECKPOINTS = {
     "shapes_lraspp.pth": "lraspp_mobilenet_v3_large",
     "shapes_maskrcnn.pth": "maskrcnn_mobilenet_v3_large_fpn",
 }
+VIDEO_CORRECTION = "shapes_lraspp_video.pth"  # models/video_correction.py, for shapes_lraspp.pth
 SEMANTIC_MIN_MEAN_IOU = 0.50  # measured 0.570 on held_out_seeds(16) (0.600 on 64)
 SEMANTIC_MIN_PIXEL_ACCURACY = 0.92  # measured 0.946 on held_out_seeds(16)
 INSTANCE_MIN_MASK_AP50 = 0.45  # measured 0.508 on held_out_seeds(4) (0.648 on 50)
@@ -52,7 +57,7 @@ def test_sha256sums_match():
     for line in (CHECKPOINT_DIR / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         listed[name.lstrip("*")] = digest
-    assert set(listed) == set(CHECKPOINTS)
+    assert set(listed) == {*CHECKPOINTS, VIDEO_CORRECTION}
     for name, digest in listed.items():
         assert hashlib.sha256((CHECKPOINT_DIR / name).read_bytes()).hexdigest() == digest, name
 
@@ -96,5 +101,24 @@ def test_training_is_byte_reproducible(task, tmp_path):
             net, (info, _) = train_instance(2, None, 0, batch=1)
         path = tmp_path / str(run) / "model.pth"  # same name: torch.save puts the file's stem in the archive
         save_checkpoint(path, net, "any", info)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_video_correction_fits_the_bundled_semantic_model():
+    """The committed correction was trained for the committed LRASPP weights (fingerprint)."""
+    correction = load_correction(CHECKPOINT_DIR / VIDEO_CORRECTION, base_net())
+    assert correction.out.weight.abs().sum() > 0  # trained: the output layer starts at zero
+
+
+def test_video_correction_training_is_byte_reproducible(tmp_path):
+    net = base_net()
+    digests = []
+    for run in range(2):
+        data = KeyframeClips(net, range(5, 7), gaps=4, size=64)
+        correction, _ = train_correction(net, data, steps=3, seed=0)
+        path = tmp_path / str(run) / VIDEO_CORRECTION  # same name: torch.save writes the name into the file
+        path.parent.mkdir()
+        save_correction(path, correction, net, {"steps": 3})
         digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
     assert digests[0] == digests[1]

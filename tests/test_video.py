@@ -13,15 +13,23 @@ import av
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from models.export import sample_images
+from models.export import ExportError, sample_images
+from models.train import CHECKPOINT_DIR
 from models.synthetic import make_video
-from models.video_split import export_video_split
+from models.video_correction import KeyframeClips
+from models.video_correction import save as save_correction
+from models.video_correction import train as train_correction
+from models.video_split import export_video_split, load_served_net
+from service.codecs.geometry import Letterbox
+from service.repository import load_config
 from service.errors import QueueFull, SequenceConflict
 from service.pipelines.video_streams import (
+    CHANGED_SHARE,
     KeyframePolicy,
     KeyframeState,
     KeyframeTracker,
@@ -31,7 +39,7 @@ from service.pipelines.video_streams import (
 from tests.conftest import copy_model
 from loadtest.server import SegserveProcess
 
-SPLIT, PLAIN, BROKEN = "lraspp_video", "lraspp_plain", "lraspp_broken_split"
+SPLIT, PLAIN, BROKEN, CORRECTED = "lraspp_video", "lraspp_plain", "lraspp_broken_split", "lraspp_corrected"
 HEIGHT, WIDTH = 96, 128
 
 
@@ -45,7 +53,21 @@ def video_repo(semantic_repo, tmp_path_factory):
     export_video_split(repo, SPLIT)
     copy_model(semantic_repo, repo, PLAIN)
     copy_model(semantic_repo, repo, BROKEN, parameters={"video": {"dir": "missing", "keyframe_threshold": 0.2, "max_keyframe_interval": 4}})
+    copy_model(semantic_repo, repo, CORRECTED)
+    export_video_split(repo, CORRECTED, correction=random_correction(repo / CORRECTED, tmp_path_factory.mktemp("correction")))
     return repo
+
+
+def random_correction(model_dir, workdir):
+    """A correction checkpoint for the model's (random) weights: a real one, trained a few
+    steps, with a random output layer so that it visibly changes labels."""
+    net = load_served_net(load_config(model_dir), model_dir / "1")
+    data = KeyframeClips(net, range(7, 9), gaps=3, size=128)
+    correction, _ = train_correction(net, data, steps=2, seed=0, width=8)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(correction.out.weight, std=2.0)
+    save_correction(workdir / "correction.pth", correction, net, {"test": True})
+    return workdir / "correction.pth"
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +180,15 @@ def test_feature_change_is_scale_free():
     a, b = rng.normal(size=(40, 8, 8)), rng.normal(size=(40, 8, 8))
     assert feature_change(a, a) == 0
     assert feature_change(10 * b, 10 * a) == pytest.approx(feature_change(b, a), rel=1e-5)
+
+
+def test_feature_change_is_the_top_percentile_of_per_cell_change():
+    rng = np.random.default_rng(1)
+    for shape in [(40, 16, 16), (40, 9, 13), (3, 1, 1)]:
+        a, b = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+        per_cell = np.abs(a - b).mean(axis=0)
+        expected = np.quantile(per_cell, 1.0 - CHANGED_SHARE) / (np.abs(b).mean() + 1e-6)
+        assert feature_change(a, b) == pytest.approx(expected, rel=1e-6)
 
 
 def test_feature_change_sees_a_local_change_the_frame_mean_would_dilute():
@@ -292,6 +323,43 @@ def test_multipart_frames(video_server):
     assert [(f["index"], f["pts"]) for f in r.json()["frames"]] == [(0, None), (2, None), (4, None)]
     r = httpx.post(f"{video_server.url}/segment/video", params={"model": SPLIT}, files={"image": ("a.png", png(frames(1)[0]))}, timeout=60)
     assert_error(r, 400, "bad_parameter")
+
+
+def test_a_correction_trained_for_other_weights_is_refused(video_repo):
+    bundled = CHECKPOINT_DIR / "shapes_lraspp_video.pth"  # trained for shapes_lraspp.pth, not these random weights
+    with pytest.raises(ExportError, match="other weights"):
+        export_video_split(video_repo, PLAIN, correction=bundled)
+    assert not (video_repo / PLAIN / "1" / "video").exists()
+
+
+def test_non_keyframes_use_the_trained_correction_across_chunks(video_server, video_repo):
+    clip = frames(3, seed=4)
+
+    def post(images, sequence):
+        files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
+        params = {"model": CORRECTED, "stream_id": "corrected", "sequence": sequence, "keyframe_interval": 3}
+        return httpx.post(f"{video_server.url}/segment/video", params=params, files=files, timeout=60)
+
+    assert keyframes(post(clip[:1], 0)) == [True]
+    second = post(clip[1:], 1)
+    assert keyframes(second) == [False, False]
+
+    # the same frames through the exported parts: frames 1 and 2 corrected from frame 0
+    import onnxruntime as ort
+
+    parts = video_repo / CORRECTED / "1" / "video"
+    run = {p: ort.InferenceSession(str(parts / p / "model.onnx")).run for p in ("shallow", "deep", "fuse", "correct")}
+    spec = load_config(video_repo / CORRECTED).input
+    box = Letterbox.fit(HEIGHT, WIDTH, spec)
+    images = np.stack([box.apply(image, spec.pad_value) for image in clip])
+    (low,) = run["shallow"](None, {"images": images})
+    (deep,) = run["deep"](None, {"low": low[:1]})
+    for i, frame in enumerate(second.json()["frames"], start=1):
+        (corrected,) = run["correct"](None, {"low": low[i : i + 1], "deep": deep, "key_low": low[:1]})
+        (stale,) = run["fuse"](None, {"low": low[i : i + 1], "deep": deep})
+        assert (corrected != stale).mean() > 0.05  # the correction changes labels: the check below can tell
+        served = label_map(frame["segments"], HEIGHT, WIDTH)
+        assert (served == box.restore(corrected[0])).mean() >= 0.999
 
 
 def test_stream_continues_across_chunks(video_server):

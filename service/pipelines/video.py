@@ -22,7 +22,7 @@ from service.errors import ModelNotReady
 from service.metrics import Metrics
 from service.pipelines.base import OutputFormat, ServedModel
 from service.pipelines.video_chunks import FrameMapper, PreparedChunk
-from service.pipelines.video_semantic import SPLIT_PARTS, SemanticVideoModel
+from service.pipelines.video_semantic import SemanticVideoModel, split_parts
 from service.pipelines.video_instance import InstanceVideoModel
 from service.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker, Stream, StreamRegistry
 from service.repository import ModelConfig, Task
@@ -189,7 +189,7 @@ class VideoService:
                 parts = await asyncio.to_thread(
                     lambda: {
                         part: [create_engine(entry.config, root / part, backend="onnxruntime") for _ in range(entry.config.instances)]
-                        for part in SPLIT_PARTS
+                        for part in split_parts(video)
                     }
                 )
                 model = SemanticVideoModel(served, parts, self._app_metrics)

@@ -5,8 +5,11 @@ runs three engines, each behind its own dynamic batcher, so frames of one chunk 
 of different streams share batches::
 
     every frame:   shallow(frame)           -> low
-    keyframes:     deep(low)                -> deep   (kept in the stream's state)
-    every frame:   fuse(low, deep of the last keyframe) -> labels
+    keyframes:     deep(low)                -> deep   (kept with low in the stream's state)
+    keyframes:     fuse(low, deep)          -> labels (= the full model's)
+    other frames:  correct(low, deep and low of the last keyframe) -> labels
+                   (a trained correction of the stale deep features; a model without one
+                   runs fuse(low, deep of the last keyframe) instead)
 
 Keyframe decisions need only the shallow features, so they are made in frame order while
 later frames are still in the shallow batcher, and a chunk's frames never wait for each
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable
 
 import numpy as np
@@ -35,7 +39,24 @@ SPLIT_PARTS = {  # part -> (input tensor names, output tensor name); models/vide
     "shallow": (("images",), "low"),
     "deep": (("low",), "deep"),
     "fuse": (("low", "deep"), "labels"),
+    "correct": (("low", "deep", "key_low"), "labels"),  # only in splits exported with a correction
 }
+
+
+def split_parts(video: dict) -> list[str]:
+    """The parts a model's video split (its ``parameters.video``) has."""
+    return [part for part in SPLIT_PARTS if part != "correct" or video.get("correction")]
+
+
+@dataclass(frozen=True)
+class KeyFeatures:
+    """What a keyframe leaves for the frames after it."""
+
+    low: np.ndarray
+    deep: np.ndarray
+
+    def copy(self) -> "KeyFeatures":  # batch outputs are views into the whole batch's array
+        return KeyFeatures(np.array(self.low), np.array(self.deep))
 
 
 def render_labels(labels: np.ndarray, box: Letterbox, fmt: OutputFormat, classes: list[str]) -> dict:
@@ -65,10 +86,10 @@ class _SplitRun:
         self._tracker = tracker
         self._deadline = deadline
         loop = asyncio.get_running_loop()
-        self._deep = loop.create_future()  # deep features of the latest keyframe decided so far
-        self._deep.set_result(tracker.deep)
+        self._key = loop.create_future()  # KeyFeatures of the latest keyframe decided so far
+        self._key.set_result(tracker.deep)
         self._decided: asyncio.Future | None = None
-        self._deep_tasks: list[asyncio.Task] = []
+        self._key_tasks: list[asyncio.Task] = []
 
     def frame(self, tensor: np.ndarray) -> Awaitable[tuple[bool, np.ndarray]]:
         previous = self._decided
@@ -81,23 +102,26 @@ class _SplitRun:
             await previous
         keyframe = self._tracker.observe(low)
         if keyframe:
-            self._deep = asyncio.ensure_future(self._deep_features(low))
-            self._deep_tasks.append(self._deep)
-        deep = self._deep
+            self._key = asyncio.ensure_future(self._key_features(low))
+            self._key_tasks.append(self._key)
+        pending_key = self._key
         decided.set_result(None)
         # shield: a cancelled frame must not cancel the deep run other frames share
-        cached = await asyncio.shield(deep)
-        labels = (await self._parts["fuse"].submit((low, cached), self._deadline)).value
+        key: KeyFeatures = await asyncio.shield(pending_key)
+        if keyframe or "correct" not in self._parts:
+            labels = (await self._parts["fuse"].submit((low, key.deep), self._deadline)).value
+        else:
+            labels = (await self._parts["correct"].submit((low, key.deep, key.low), self._deadline)).value
         return keyframe, labels
 
-    async def _deep_features(self, low: np.ndarray) -> np.ndarray:
-        return (await self._parts["deep"].submit((low,), self._deadline)).value
+    async def _key_features(self, low: np.ndarray) -> KeyFeatures:
+        return KeyFeatures(low, (await self._parts["deep"].submit((low,), self._deadline)).value)
 
-    async def latest_deep(self) -> np.ndarray:
-        return await self._deep
+    async def latest_key(self) -> KeyFeatures:
+        return await self._key
 
     def cancel(self) -> None:
-        for task in self._deep_tasks:
+        for task in self._key_tasks:
             task.cancel()
 
 
@@ -153,12 +177,14 @@ class SemanticVideoModel:
         if warmup and self.split:
             loop = asyncio.get_running_loop()
             spec = self.config.input
-            for shallow, deep, fuse in zip(self._engines["shallow"], self._engines["deep"], self._engines["fuse"]):
+            for i, shallow in enumerate(self._engines["shallow"]):
                 for n in sorted({1, self.config.max_batch_size}):  # first runs allocate arenas / build kernels
                     images = np.zeros((n, 3, spec.height, spec.width), np.uint8)
                     low = (await loop.run_in_executor(None, shallow.infer, {"images": images}))["low"]
-                    cached = (await loop.run_in_executor(None, deep.infer, {"low": low}))["deep"]
-                    await loop.run_in_executor(None, fuse.infer, {"low": low, "deep": cached})
+                    deep = (await loop.run_in_executor(None, self._engines["deep"][i].infer, {"low": low}))["deep"]
+                    await loop.run_in_executor(None, self._engines["fuse"][i].infer, {"low": low, "deep": deep})
+                    if "correct" in self._engines:
+                        await loop.run_in_executor(None, self._engines["correct"][i].infer, {"low": low, "deep": deep, "key_low": low})
         for batcher in self._parts.values():
             batcher.start()
 
@@ -179,7 +205,7 @@ class SemanticVideoModel:
         try:
             async for result in in_order((run.frame(t) for t in chunk.inputs), self._window):
                 yield result
-            tracker.deep = np.array(await run.latest_deep())  # a copy: not a view into a whole batch
+            tracker.deep = (await run.latest_key()).copy()
         finally:
             run.cancel()
 

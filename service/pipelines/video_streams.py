@@ -59,8 +59,15 @@ def feature_change(features: np.ndarray, reference: np.ndarray) -> float:
     """How far (C, H, W) features moved from the reference's, where they moved most: the
     per-cell mean absolute difference at the top CHANGED_SHARE of cells, relative to the
     reference's mean magnitude (scale-free, so one threshold fits any layer and weights)."""
-    per_cell = np.abs(features - reference).mean(axis=0)
-    return float(np.quantile(per_cell, 1.0 - CHANGED_SHARE) / (np.abs(reference).mean() + 1e-6))
+    per_cell = np.abs(features - reference).mean(axis=0).ravel()
+    # np.quantile's (linear) value from a partial sort: 6x faster (0.035 vs 0.2 ms for 16x16
+    # cells), which is ~3 % of a non-keyframe
+    position = (1.0 - CHANGED_SHARE) * (per_cell.size - 1)
+    below = int(position)
+    above = min(below + 1, per_cell.size - 1)
+    ordered = np.partition(per_cell, (below, above))
+    top = ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    return float(top / (np.abs(reference).mean() + 1e-6))
 
 
 @dataclass
@@ -68,7 +75,7 @@ class KeyframeState:
     """What a stream carries from one chunk to the next."""
 
     reference: np.ndarray | None = None  # signature() of the last keyframe's shallow features
-    deep: Any = None  # the last keyframe's deep features (the model's cache)
+    deep: Any = None  # what the model keeps of the last keyframe (its deep features, and more if it needs)
     since_keyframe: int = 0  # frames after the last keyframe
     geometry: Hashable = None  # how frames were mapped to the model input; a change forces a keyframe
 
