@@ -425,3 +425,22 @@ def test_png_format(video_server):
     for frame in r.json()["frames"]:
         labels = np.asarray(Image.open(io.BytesIO(base64.b64decode(frame["png"]))))
         assert labels.shape == (HEIGHT, WIDTH)
+
+
+def test_video_bench_table(video_repo, capsys):
+    from models.video_bench import main
+
+    args = ["--repository", str(video_repo), "--model", CORRECTED, "--clips", "1", "--frames", "4", "--size", "96x128",
+            "--intervals", "1,2", "--repeats", "1", "--no-correction"]
+    assert main(args) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "policy" not in line]
+    assert [row[0] for row in rows] == [
+        "| per-frame (full model)",
+        "| k = 1 (split, deep on every frame)",
+        "| k = 2, corrected",
+        "| k = 2, no correction",
+        "| adaptive (threshold 1.7, max interval 8), corrected",
+        "| adaptive (threshold 1.7, max interval 8), no correction",
+    ]
+    assert rows[1][3] == "+0.00"  # the split with deep features on every frame is the full model
+    assert rows[2][1] == rows[3][1] == "50%"
