@@ -1,6 +1,6 @@
 """Train the video correction of the bundled LRASPP on synthetic video, on CPU.
 
-    python -m models.video_correction        # what `make train-video` runs: ~9 min on 2 cores
+    python -m models.video_correction        # what `make train-video` runs: ~8-9 min on 2 cores
 
 Between keyframes the video split (models/video_split.py) reuses the keyframe's deep
 features; where shapes moved, entered or turned since, those features are stale. The
@@ -48,7 +48,7 @@ TRAIN_SEED_BASE = 3_000_000_000
 CLIP_SIZES = [(240, 320), (320, 240), (256, 256), (180, 320), (360, 480)]  # (h, w), cycled over clips
 CLIPS = 400  # clips of 1 keyframe + MAX_GAP frames
 STEPS, BATCH, PEAK_LR = 2000, 32, 3e-3
-MAX_GAP = 16  # the longest keyframe interval the server uses by default
+MAX_GAP = 16  # frames after each keyframe: twice the default longest interval with a correction (8)
 LOSS_SIZE = 128
 
 
