@@ -140,7 +140,11 @@ class Fuse(nn.Module):
 
     def forward(self, low: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         high = self.deep_rows @ self.high_classifier(deep) @ self.deep_cols
-        logits = self.out_rows @ (self.low_classifier(low) + high) @ self.out_cols
+        return self.finish(self.low_classifier(low) + high)
+
+    def finish(self, low_logits: torch.Tensor) -> torch.Tensor:
+        """Stride-8 logits -> the output at input size: logits, or labels (uint8)."""
+        logits = self.out_rows @ low_logits @ self.out_cols
         if self.output == "logits":
             return logits
         return logits.argmax(dim=1).to(torch.uint8)
@@ -186,10 +190,7 @@ class CorrectedFuse(Fuse):
         return self.low_classifier(low) + stale + self.correction(low, key_low, stale)
 
     def forward(self, low: torch.Tensor, deep: torch.Tensor, key_low: torch.Tensor) -> torch.Tensor:
-        logits = self.out_rows @ self.corrected_logits(low, self.high_classifier(deep), key_low) @ self.out_cols
-        if self.output == "logits":
-            return logits
-        return logits.argmax(dim=1).to(torch.uint8)
+        return self.finish(self.corrected_logits(low, self.high_classifier(deep), key_low))
 
 
 def fingerprint(net: nn.Module) -> str:
