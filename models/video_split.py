@@ -214,11 +214,9 @@ def bundled_correction(weights: str) -> Path | None:
     return path
 
 
-def correction_of(source: ModelConfig | Path | None) -> str | None:
-    """sha256 of a correction file, or of the one a model was exported with."""
-    if isinstance(source, ModelConfig):
-        return source.parameters.get("video", {}).get("correction", {}).get("sha256")
-    return None if source is None else sha256_of(source)
+def exported_correction_sha256(config: ModelConfig) -> str | None:
+    """sha256 of the correction checkpoint a model's video split was exported with, if any."""
+    return config.parameters.get("video", {}).get("correction", {}).get("sha256")
 
 
 def load_correction(path: Path, net: nn.Module) -> Correction:
@@ -322,6 +320,8 @@ def export_video_split(
     version_dir = model_dir / str(version)
     net = load_served_net(config, version_dir)
     head = load_correction(correction, net) if correction is not None else None
+    # recorded in export.json and config.yaml (how `segserve export --skip-existing` tells a retrained one)
+    correction_record = {"file": correction.name, "sha256": sha256_of(correction)} if correction is not None else None
     if keyframe_threshold is None:
         keyframe_threshold = CORRECTED_KEYFRAME_THRESHOLD if head is not None else DEFAULT_KEYFRAME_THRESHOLD
     if max_keyframe_interval is None:
@@ -349,7 +349,7 @@ def export_video_split(
         (staging / "fuse_logits.onnx").unlink()
         provenance = {"parity_keyframe_vs_full": asdict(report)}
         if head is not None:
-            provenance["correction"] = {"file": correction.name, "sha256": sha256_of(correction)}
+            provenance["correction"] = correction_record
             correct_report = correct_parity(net, head, staging, height, width)
             log.info("correct part parity %s: max|diff| %.3g, agreement %.5f", name, correct_report.max_abs_diff, correct_report.label_agreement)
             correct_report.check()
@@ -369,8 +369,8 @@ def export_video_split(
         "keyframe_threshold": keyframe_threshold,
         "max_keyframe_interval": max_keyframe_interval,
     }
-    if head is not None:  # also how `segserve export --skip-existing` tells a retrained correction
-        config.parameters["video"]["correction"] = {"file": correction.name, "sha256": sha256_of(correction)}
+    if correction_record is not None:
+        config.parameters["video"]["correction"] = correction_record
     config.dump(model_dir / CONFIG_FILE)
     return target
 

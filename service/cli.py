@@ -64,13 +64,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     model_dir = repository / name
     if args.skip_existing and (model_dir / CONFIG_FILE).is_file() and latest_version(model_dir) is not None:
         # bundled checkpoints change with `make train`: a stale export gets a new version instead
-        from models.video_split import bundled_correction, correction_of
+        from models.video_split import bundled_correction, exported_correction_sha256
+        from models.weights import sha256_of
 
         exported = load_config(model_dir)
+        correction = bundled_correction(args.weights) if args.video_split else None
         current = (
             not args.weights.startswith("bundled:")
             or exported.weights.detail == WeightsSpec.parse(args.weights).describe()
-            and (not args.video_split or correction_of(exported) == correction_of(bundled_correction(args.weights)))
+            and (not args.video_split or exported_correction_sha256(exported) == (sha256_of(correction) if correction else None))
         )
         if current:
             log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))

@@ -202,7 +202,7 @@ def test_feature_change_sees_a_local_change_the_frame_mean_would_dilute():
 def test_tracker_continues_a_stream_and_restarts_on_new_geometry():
     tracker = KeyframeTracker(KeyframePolicy(4), KeyframeState(), "g")
     assert [tracker.observe(f) for f in still(3)] == [True, False, False]
-    tracker.deep = "cached"
+    tracker.keyframe_cache = "cached"
     state = tracker.state()
     assert decisions(KeyframePolicy(4), still(3), state) == [False, True, False]
     assert decisions(KeyframePolicy(4), still(2), state, geometry="other") == [True, False]
@@ -444,3 +444,20 @@ def test_video_bench_table(video_repo, capsys):
     ]
     assert rows[1][3] == "+0.00"  # the split with deep features on every frame is the full model
     assert rows[2][1] == rows[3][1] == "50%"
+
+
+def test_skip_existing_reexports_when_the_bundled_correction_changed(tmp_path):
+    from service.cli import main as segserve
+
+    args = ["export", "--model", "lraspp_mobilenet_v3_large", "--name", "shapes", "--weights", "bundled:shapes_lraspp",
+            "--input-size", "64x64", "--video-split", "--repository", str(tmp_path), "--skip-existing"]
+    assert segserve(args) == 0
+    config = load_config(tmp_path / "shapes")
+    assert config.parameters["video"]["correction"]["file"] == "shapes_lraspp_video.pth"
+    assert (tmp_path / "shapes" / "1" / "video" / "correct" / "model.onnx").is_file()
+    assert segserve(args) == 0 and not (tmp_path / "shapes" / "2").exists()  # up to date: skipped
+    # an export made before the correction existed (or with another one) is stale
+    del config.parameters["video"]["correction"]
+    config.dump(tmp_path / "shapes" / "config.yaml")
+    assert segserve(args) == 0
+    assert (tmp_path / "shapes" / "2" / "video" / "correct" / "model.onnx").is_file()

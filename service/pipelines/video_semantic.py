@@ -87,7 +87,7 @@ class _SplitRun:
         self._deadline = deadline
         loop = asyncio.get_running_loop()
         self._key = loop.create_future()  # KeyFeatures of the latest keyframe decided so far
-        self._key.set_result(tracker.deep)
+        self._key.set_result(tracker.keyframe_cache)
         self._decided: asyncio.Future | None = None
         self._key_tasks: list[asyncio.Task] = []
 
@@ -205,7 +205,7 @@ class SemanticVideoModel:
         try:
             async for result in in_order((run.frame(t) for t in chunk.inputs), self._window):
                 yield result
-            tracker.deep = (await run.latest_key()).copy()
+            tracker.keyframe_cache = (await run.latest_key()).copy()
         finally:
             run.cancel()
 

@@ -75,7 +75,7 @@ class KeyframeState:
     """What a stream carries from one chunk to the next."""
 
     reference: np.ndarray | None = None  # signature() of the last keyframe's shallow features
-    deep: Any = None  # what the model keeps of the last keyframe (its deep features, and more if it needs)
+    keyframe_cache: Any = None  # what the model keeps of the last keyframe (e.g. its deep features)
     since_keyframe: int = 0  # frames after the last keyframe
     geometry: Hashable = None  # how frames were mapped to the model input; a change forces a keyframe
 
@@ -87,7 +87,7 @@ class KeyframeTracker:
         self.policy = policy
         fresh = state.reference is None or state.geometry != geometry
         self.reference = None if fresh else state.reference
-        self.deep = None if fresh else state.deep  # the model fills it in for the keyframes it finds
+        self.keyframe_cache = None if fresh else state.keyframe_cache  # the model fills it in for the keyframes it finds
         self.since_keyframe = state.since_keyframe
         self.geometry = geometry
 
@@ -106,7 +106,7 @@ class KeyframeTracker:
         return keyframe
 
     def state(self) -> KeyframeState:
-        return KeyframeState(self.reference, self.deep, self.since_keyframe, self.geometry)
+        return KeyframeState(self.reference, self.keyframe_cache, self.since_keyframe, self.geometry)
 
 
 @dataclass(eq=False)
