@@ -48,22 +48,22 @@ test: setup
 # rewrites models/checkpoints/*.pth + SHA256SUMS byte for byte; `git diff` shows nothing when reproduced.
 # Delete model_repository/shapes_* afterwards to re-export them.
 train: setup
-	$(BIN)/python -m models.train all
+	$(BIN)/python -m segserve_models.train all
 
 # Retrain the bundled LRASPP's video correction (stale keyframe features, /segment/video) on
 # synthetic clips, reproducibly: rewrites models/checkpoints/shapes_lraspp_video.pth + SHA256SUMS.
 # It is trained for the committed shapes_lraspp.pth (which `make train` reproduces byte for byte).
 train-video: setup
-	$(BIN)/python -m models.video_correction
+	$(BIN)/python -m segserve_models.video_correction
 
 # Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
 bench: setup
-	$(BIN)/python -m loadtest.bench_service --out docs/bench
+	$(BIN)/python -m segserve_loadtest.bench_service --out docs/bench
 
 # The standard sweep + report (docs: loadtest/README.md). Without URL it starts a server itself.
 #   make loadtest [URL=http://127.0.0.1:8000] [MODEL=name] [OUT=dir] [LOADTEST_ARGS="--levels 1,4 --duration 5"]
 loadtest: $(if $(URL),setup,models)
-	$(BIN)/python -m loadtest.run $(if $(URL),--url $(URL),--model-repository $(REPO)) $(if $(MODEL),--model $(MODEL)) --out $(or $(OUT),out/loadtest) $(LOADTEST_ARGS)
+	$(BIN)/python -m segserve_loadtest.run $(if $(URL),--url $(URL),--model-repository $(REPO)) $(if $(MODEL),--model $(MODEL)) --out $(or $(OUT),out/loadtest) $(LOADTEST_ARGS)
 
 # Rebuild requirements.lock from pyproject.toml in a scratch venv.
 lock:

@@ -1,6 +1,6 @@
 """ApacheBench wrapper: POST one image N times at concurrency C and turn ab's report into JSON.
 
-    python -m loadtest.ab --url http://127.0.0.1:8000 --model lraspp_mobilenet_v3_large \
+    python -m segserve_loadtest.ab --url http://127.0.0.1:8000 --model lraspp_mobilenet_v3_large \
         -n 1000 -c 32 --image photo.jpg --json out.json
 
 ab's traps:
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from loadtest.payloads import Payload, default_images, image_from_file
+from segserve_loadtest.payloads import Payload, default_images, image_from_file
 
 # "Label:   value [unit] ..." lines of ab's summary, mapped to (json key, type).
 SCALAR_LINES: dict[str, tuple[str, type]] = {
@@ -131,7 +131,7 @@ def run_ab(url: str, payload: Payload, requests: int, concurrency: int, *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.ab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="server base URL or full endpoint URL")
     parser.add_argument("--model", help="model name (adds ?model=)")
     parser.add_argument("-n", "--requests", type=int, default=1000)

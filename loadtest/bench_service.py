@@ -9,7 +9,7 @@
    batch size, measured back to back in paired rounds (the median round counts): on a
    shared VM the machine's speed drifts between measurements minutes apart.
 
-    python -m loadtest.bench_service --out docs/bench
+    python -m segserve_loadtest.bench_service --out docs/bench
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtest.ab import run_ab, segment_url
-from loadtest.payloads import Payload, synthetic_scene
-from loadtest.server import SegserveProcess
-from loadtest.server_metrics import delta, scrape
+from segserve_loadtest.ab import run_ab, segment_url
+from segserve_loadtest.payloads import Payload, synthetic_scene
+from segserve_loadtest.server import SegserveProcess
+from segserve_loadtest.server_metrics import delta, scrape
 
 
 def ensure_model(repository: Path, architecture: str, input_size: tuple[int, int]) -> Path:
-    from models.export import export_model
-    from models.weights import WeightsSpec
-    from service.repository import latest_version
+    from segserve_models.export import export_model
+    from segserve_models.weights import WeightsSpec
+    from segserve.contract.model_config import latest_version
 
     if (repository / architecture / "config.yaml").is_file() and latest_version(repository / architecture):
         return repository
@@ -49,9 +49,9 @@ class RawEngine:
     running in parallel as the model's config gives the service (so both use the same engines)."""
 
     def __init__(self, repository: Path, name: str, image: np.ndarray):
-        from service.codecs.geometry import Letterbox
-        from service.engine import create_engine
-        from service.repository import scan
+        from segserve.codecs.geometry import Letterbox
+        from segserve.engine import create_engine
+        from segserve.repository import scan
 
         entry = next(e for e in scan(repository) if e.config.name == name)
         self.spec = spec = entry.config.input
@@ -160,7 +160,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_service", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.bench_service", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="lraspp_mobilenet_v3_large", help="architecture to export and serve")
     parser.add_argument("--input-size", default="512x512")
     parser.add_argument("--repository", type=Path, default=Path(".cache/bench_repo"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 from hdrh.histogram import HdrHistogram
 
-from loadtest.payloads import Payload
+from segserve_loadtest.payloads import Payload
 
 HDR_MAX_US = 120_000_000  # 2 min: anything slower is clamped (and is an error anyway)
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p99.9": 99.9}

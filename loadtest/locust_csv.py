@@ -1,6 +1,6 @@
 """Readers for locust's ``--csv PREFIX`` files (PREFIX_stats.csv, PREFIX_failures.csv).
 
-    python -m loadtest.locust_csv out/locust     # JSON summary of a finished run
+    python -m segserve_loadtest.locust_csv out/locust     # JSON summary of a finished run
 
 Locust writes response times in ms, percentile columns named like "99.9%", and "N/A" for
 percentiles of an endpoint with no requests. The totals row has an empty Type and the
@@ -102,5 +102,5 @@ def summary(prefix: str) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m loadtest.locust_csv CSV_PREFIX")
+        sys.exit("usage: python -m segserve_loadtest.locust_csv CSV_PREFIX")
     print(json.dumps(summary(sys.argv[1]), indent=2))

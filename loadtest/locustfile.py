@@ -29,10 +29,10 @@ import locust.stats
 from locust import FastHttpUser, LoadTestShape, constant, events
 from locust.runners import WorkerRunner
 
-from loadtest.payloads import Payload, PayloadSet, load_payloads
-from loadtest.slo import Slo, evaluate
+from segserve_loadtest.payloads import Payload, PayloadSet, load_payloads
+from segserve_loadtest.slo import Slo, evaluate
 
-log = logging.getLogger("segserve.loadtest")
+log = logging.getLogger("segserve_loadtest")
 
 # Locust reads these module globals when it builds the console table, CSV and HTML reports.
 locust.stats.PERCENTILES_TO_REPORT = [0.50, 0.90, 0.95, 0.99, 0.999, 1.0]

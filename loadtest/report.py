@@ -1,6 +1,6 @@
 """Sweep report: CSV, JSON, three PNG plots and a markdown page that ties them together.
 
-    python -m loadtest.report out/sweep      # re-render from out/sweep/sweep.json
+    python -m segserve_loadtest.report out/sweep      # re-render from out/sweep/sweep.json
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # headless: no display on servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from loadtest.results import CLOSED, OPEN, LevelResult, SweepResult  # noqa: E402
+from segserve_loadtest.results import CLOSED, OPEN, LevelResult, SweepResult  # noqa: E402
 
 CSV_FILE, JSON_FILE, MARKDOWN_FILE = "sweep.csv", "sweep.json", "report.md"
 THROUGHPUT_PNG = "throughput_latency.png"
@@ -260,7 +260,7 @@ def write_all(result: SweepResult, out: Path) -> list[Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m loadtest.report SWEEP_DIR")
+        sys.exit("usage: python -m segserve_loadtest.report SWEEP_DIR")
     directory = Path(sys.argv[1])
     sweep = SweepResult.from_dict(json.loads((directory / JSON_FILE).read_text()))
     print("\n".join(str(path) for path in write_all(sweep, directory)))

@@ -1,10 +1,10 @@
 """The standard load test, for ``make loadtest``: sweep a running server, or, without
 --url, start one on a free port for the duration of the sweep.
 
-    python -m loadtest.run --url http://127.0.0.1:8000 [--out out/loadtest] [sweep options]
-    python -m loadtest.run [--model-repository model_repository] [--out out/loadtest] [sweep options]
+    python -m segserve_loadtest.run --url http://127.0.0.1:8000 [--out out/loadtest] [sweep options]
+    python -m segserve_loadtest.run [--model-repository model_repository] [--out out/loadtest] [sweep options]
 
-Options not listed here go to ``python -m loadtest.sweep`` unchanged (--levels,
+Options not listed here go to ``python -m segserve_loadtest.sweep`` unchanged (--levels,
 --duration, --open-loop-rates, --slo-p99-ms, --image, ...).
 """
 
@@ -16,13 +16,13 @@ import signal
 import sys
 from pathlib import Path
 
-from loadtest import sweep
-from loadtest.server import SegserveProcess, ServerError
+from segserve_loadtest import sweep
+from segserve_loadtest.server import SegserveProcess, ServerError
 
 
 def main(argv: list[str] | None = None) -> int:
     # allow_abbrev=False: else the sweep's --model would be taken for our --model-repository.
-    parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.run", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
     parser.add_argument("--url", help="server to test; without it a server is started and stopped here")
     parser.add_argument("--model-repository", type=Path,

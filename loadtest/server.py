@@ -56,7 +56,7 @@ class SegserveProcess:
                 f"model repository {self.model_repository} does not exist; export one first, e.g. "
                 f"segserve export --model lraspp_mobilenet_v3_large --weights auto --repository {self.model_repository}"
             )
-        command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        command = [sys.executable, "-m", "segserve", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-repository", str(self.model_repository), *self.args]
         if self.models:
             command += ["--models", ",".join(self.models)]

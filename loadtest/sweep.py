@@ -1,7 +1,7 @@
 """Concurrency sweep (closed loop) and arrival-rate sweep (open loop) against a running
 segserve, with the server's own queue/compute split per level, written up as a report.
 
-    python -m loadtest.sweep --url http://127.0.0.1:8000 --model lraspp_mobilenet_v3_large \
+    python -m segserve_loadtest.sweep --url http://127.0.0.1:8000 --model lraspp_mobilenet_v3_large \
         --out out/sweep --levels 1,2,4,8,16,32,64 --duration 10 --open-loop-rates auto --slo-p99-ms 500
 
 ``--open-loop-rates auto`` (the default) picks rates at 25/50/75/90/110 % of the best
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from loadtest import report
-from loadtest.ab import segment_url
-from loadtest.generators import RunStats, closed_loop, open_loop
-from loadtest.payloads import Payload, default_images, image_from_file
-from loadtest.results import CLOSED, OPEN, LevelResult, SweepResult
-from loadtest.server_metrics import ServerDelta, delta, scrape
+from segserve_loadtest import report
+from segserve_loadtest.ab import segment_url
+from segserve_loadtest.generators import RunStats, closed_loop, open_loop
+from segserve_loadtest.payloads import Payload, default_images, image_from_file
+from segserve_loadtest.results import CLOSED, OPEN, LevelResult, SweepResult
+from segserve_loadtest.server_metrics import ServerDelta, delta, scrape
 
 AUTO_RATE_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.1)
 WARMUP_REQUESTS = 8  # first requests pay for lazy init (sessions, allocator, sockets)
@@ -123,7 +123,7 @@ def parse_rates(text: str) -> list[float] | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--model", help="model name (default: the server's default model)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")

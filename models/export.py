@@ -23,19 +23,11 @@ import numpy as np
 import onnx
 import torch
 
-from models import zoo
-from models.serving import SemanticServingModule
-from models.weights import WeightsError, WeightsSpec, download, load_checkpoint, verify_bundled
-from service.repository import (
-    CONFIG_FILE,
-    DynamicBatching,
-    InputSpec,
-    ModelConfig,
-    OutputSpec,
-    Task,
-    WeightsInfo,
-    latest_version,
-)
+from segserve.graphs import zoo
+from segserve.graphs.serving import SemanticServingModule
+from segserve_models.weights import WeightsError, WeightsSpec, download, load_checkpoint, verify_bundled
+from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.model_config import DynamicBatching, InputSpec, ModelConfig, OutputSpec, Task, WeightsInfo, latest_version
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Train the bundled shape models on synthetic scenes, from random init, on CPU.
 
-    python -m models.train all                  # what `make train` runs: both, ~29 min on 2 cores
-    python -m models.train semantic|instance [--out DIR] [--steps N] [--budget-s S] [--seed S]
+    python -m segserve_models.train all                  # what `make train` runs: both, ~29 min on 2 cores
+    python -m segserve_models.train semantic|instance [--out DIR] [--steps N] [--budget-s S] [--seed S]
 
 `all` trains `semantic`, then `instance`, whose backbone starts from the semantic
 checkpoint in --out (see ``backbone_from_semantic``). With the default fixed step counts
@@ -41,9 +41,9 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch import nn  # noqa: E402
 
-from models import zoo  # noqa: E402
-from models.serving import Normalize  # noqa: E402
-from models.synthetic import CLASSES, Scene, make_scene  # noqa: E402
+from segserve.graphs import zoo  # noqa: E402
+from segserve.graphs.serving import Normalize  # noqa: E402
+from segserve_models.synthetic import CLASSES, Scene, make_scene  # noqa: E402
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 HELD_OUT_SEED_BASE = 1_000_000_000

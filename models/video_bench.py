@@ -1,6 +1,6 @@
 """Keyframe feature reuse on synthetic video: accuracy, flicker and speed per keyframe policy.
 
-    python -m models.video_bench --repository model_repository --model shapes_lraspp
+    python -m segserve_models.video_bench --repository model_repository --model shapes_lraspp
 
 Engine level, no HTTP and no batching: one stream at a time, one frame at a time, on the
 model's exported ONNX graphs under ONNX Runtime, with the server's own keyframe code
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from models.synthetic import make_video
-from service.codecs.geometry import Letterbox
-from service.engine import Engine, create_engine
-from service.pipelines.video_semantic import split_parts
-from service.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker
-from service.repository import ModelConfig, latest_version, load_config
+from segserve_models.synthetic import make_video
+from segserve.codecs.geometry import Letterbox
+from segserve.engine import Engine, create_engine
+from segserve.pipelines.video_semantic import split_parts
+from segserve.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker
+from segserve.contract.model_config import ModelConfig, latest_version, load_config
 
 HELD_OUT_SEED_BASE = 2_000_000_000  # far from the seeds models/train.py trains on
 
@@ -64,7 +64,7 @@ class Engines:
         version_dir = model_dir / str(latest_version(model_dir))
         video = self.config.parameters.get("video")
         if not video:
-            raise SystemExit(f"{name} has no video split: run python -m models.video_split --model {name} first")
+            raise SystemExit(f"{name} has no video split: run python -m segserve_models.video_split --model {name} first")
         self.default_policy = KeyframePolicy(int(video["max_keyframe_interval"]), float(video["keyframe_threshold"]))
         self.full: Engine = create_engine(self.config, version_dir, backend="onnxruntime")
         self.parts: dict[str, Engine] = {

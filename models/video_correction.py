@@ -1,6 +1,6 @@
 """Train the video correction of the bundled LRASPP on synthetic video, on CPU.
 
-    python -m models.video_correction        # what `make train-video` runs: ~8-9 min on 2 cores
+    python -m segserve_models.video_correction        # what `make train-video` runs: ~8-9 min on 2 cores
 
 Between keyframes the video split (models/video_split.py) reuses the keyframe's deep
 features; where shapes moved, entered or turned since, those features are stale. The
@@ -32,14 +32,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from models import zoo  # noqa: E402
-from models.export import resolve_weights  # noqa: E402
-from models.synthetic import make_video  # noqa: E402
-from models.train import CHECKPOINT_DIR, IGNORE_LABEL, write_sha256sums  # noqa: E402
-from models.video_split import Correction, CorrectedFuse, Deep, Shallow, fingerprint  # noqa: E402
-from models.weights import WeightsSpec  # noqa: E402
-from service.codecs.geometry import Letterbox  # noqa: E402
-from service.repository import InputSpec  # noqa: E402
+from segserve.graphs import zoo  # noqa: E402
+from segserve_models.export import resolve_weights  # noqa: E402
+from segserve_models.synthetic import make_video  # noqa: E402
+from segserve_models.train import CHECKPOINT_DIR, IGNORE_LABEL, write_sha256sums  # noqa: E402
+from segserve_models.video_split import Correction, CorrectedFuse, Deep, Shallow, fingerprint  # noqa: E402
+from segserve_models.weights import WeightsSpec  # noqa: E402
+from segserve.codecs.geometry import Letterbox  # noqa: E402
+from segserve.contract.model_config import InputSpec  # noqa: E402
 
 BASE = "shapes_lraspp"  # the bundled checkpoint the correction is trained for
 INPUT_SIZE = 256  # the size `make models` exports it at (the correction is size-specific only through data)

@@ -24,7 +24,7 @@ batch) into ``<version>/video/<part>/model.onnx`` of an already exported LRASPP 
 with a parity check of the keyframe path against the full model, and the model's
 config.yaml gains ``parameters.video``.
 
-    python -m models.video_split --repository model_repository --model shapes_lraspp \
+    python -m segserve_models.video_split --repository model_repository --model shapes_lraspp \
         [--correction models/checkpoints/shapes_lraspp_video.pth]
 """
 
@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import zoo
-from models.export import ExportError, ParityReport, onnx_export, sample_images
-from models.weights import BUNDLED_DIR, sha256_of, verify_bundled
-from models.serving import Normalize, SemanticServingModule
-from service.repository import CONFIG_FILE, ModelConfig, load_config, latest_version
+from segserve.graphs import zoo
+from segserve_models.export import ExportError, ParityReport, onnx_export, sample_images
+from segserve_models.weights import BUNDLED_DIR, sha256_of, verify_bundled
+from segserve.graphs.serving import Normalize, SemanticServingModule
+from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.model_config import ModelConfig, latest_version, load_config
 
 log = logging.getLogger(__name__)
 

@@ -1,28 +1,27 @@
-"""`segserve` command line: serve, export."""
+"""`segserve` command line: ``serve`` here; ``export`` and ``eval`` are the build side's
+(``segserve_models.cli``), found through the ``segserve.commands`` entry points so the
+server never imports the exporter."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from functools import partial
+from importlib.metadata import entry_points
 from pathlib import Path
 
 log = logging.getLogger("segserve")
 
-
-def _size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
+COMMANDS = "segserve.commands"  # entry-point group: name -> add_command(subparsers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service import logs
-    from service.config import Settings
-    from service.transport.http.app import create_app
-    from service.transport.http.keepalive import Http10KeepAliveProtocol
+    from segserve import logs
+    from segserve.config import Settings
+    from segserve.server import create_app
+    from segserve.transport.http.keepalive import Http10KeepAliveProtocol
 
     overrides = {k: v for k, v in {
         "host": args.host,
@@ -49,69 +48,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from service import logs
-
-    logs.configure("info")
-    from models import zoo
-    from models.export import export_model
-    from models.instance.export import export_instance_model
-    from models.weights import WeightsError, WeightsSpec
-    from service.repository import CONFIG_FILE, latest_version, load_config
-
-    repository = Path(args.repository)
-    name = args.name or args.model
-    model_dir = repository / name
-    if args.skip_existing and (model_dir / CONFIG_FILE).is_file() and latest_version(model_dir) is not None:
-        # bundled checkpoints change with `make train`: a stale export gets a new version instead
-        from models.video_split import bundled_correction, exported_correction_sha256
-        from models.weights import sha256_of
-
-        exported = load_config(model_dir)
-        correction = bundled_correction(args.weights) if args.video_split else None
-        current = (
-            not args.weights.startswith("bundled:")
-            or exported.weights.detail == WeightsSpec.parse(args.weights).describe()
-            and (not args.video_split or exported_correction_sha256(exported) == (sha256_of(correction) if correction else None))
-        )
-        if current:
-            log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
-            return 0
-        log.info("%s: the bundled checkpoint or its video correction changed since version %s; exporting a new version",
-                 name, latest_version(model_dir))
-    specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
-    size = _size(args.input_size) if args.input_size else None
-    common = {"name": name, "classes": args.classes.split(",") if args.classes else None, "max_batch_size": args.max_batch_size}
-    if zoo.get(args.model).task == "instance":  # Mask R-CNN resizes by itself: the size is its canvas
-        export = partial(export_instance_model, canvas=size, **common)
-    else:
-        export = partial(export_model, input_size=size, output=args.output, dynamic_hw=args.dynamic_hw, **common)
-    for i, spec in enumerate(specs):
-        try:
-            version_dir = export(args.model, repository, spec)
-        except WeightsError as exc:
-            if i + 1 < len(specs):
-                log.warning("%s; --weights auto falls back to RANDOM weights (masks will be meaningless)", exc)
-                continue
-            log.error("%s", exc)
-            return 2
-        log.info("exported %s -> %s", args.model, version_dir)
-        if args.video_split:
-            from models.video_split import bundled_correction, export_video_split
-
-            # bundled weights come with their trained video correction when there is one
-            correction = bundled_correction(args.weights)
-            log.info("video split%s -> %s", " with correction" if correction else "", export_video_split(repository, name, correction=correction))
-        return 0
-    return 2
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from models.evaluation.run import main
-
-    return main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segserve", description="Image and video segmentation serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,33 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
-    export = sub.add_parser("export", help="export a torchvision model into the model repository")
-    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large or maskrcnn_resnet50_fpn")
-    export.add_argument("--name", help="model name in the repository (default: the architecture)")
-    export.add_argument(
-        "--weights", default="pretrained",
-        help="pretrained | random[:SEED] | bundled:NAME | PATH to a checkpoint | auto (pretrained, else random with a warning)",
-    )
-    export.add_argument("--repository", default="model_repository", help="model repository folder")
-    export.add_argument("--classes", help="comma-separated class names (default: from the weights)")
-    export.add_argument("--input-size", help="model input HxW, e.g. 512x512 (instance models: the canvas, multiples of 32)")
-    export.add_argument("--max-batch-size", type=int)
-    export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
-    export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
-    export.add_argument("--video-split", action="store_true",
-                        help="LRASPP: also export the shallow/deep/fuse parts for keyframe feature reuse on /segment/video "
-                             "(and, for bundled weights, their trained correction of stale features)")
-    export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
-    export.set_defaults(func=cmd_export)
-    evaluate = sub.add_parser("eval", help="accuracy (PA/MPA/mIoU or mask AP) engine-direct or through a server")
-    evaluate.add_argument("--model", required=True, help="model name in the repository / on the server")
-    evaluate.add_argument("--url", help="evaluate through this running server (the whole stack)")
-    evaluate.add_argument("--repository", default="model_repository", help="without --url: run the engine in-process")
-    evaluate.add_argument("--backend", choices=["onnxruntime", "torch"], help="without --url: force a backend")
-    evaluate.add_argument("--data", default="synthetic:64", help="synthetic[:N[:SEED]] | voc:ROOT[:SPLIT] | coco:IMAGES:ANNOTATIONS.json")
-    evaluate.add_argument("--limit", type=int, help="at most this many images")
-    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
-    evaluate.set_defaults(func=cmd_eval)
+    for command in entry_points(group=COMMANDS):
+        try:
+            add_command = command.load()
+        except ImportError as exc:  # the build side is not installed (runtime-only install)
+            log.debug("segserve %s unavailable: %s", command.name, exc)
+            continue
+        add_command(sub)
     return parser
 
 

@@ -7,12 +7,12 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from service.config import Settings
-from service.engine import EngineUnavailable, create_engine
-from service.errors import ModelNotFound, ModelNotReady
-from service.metrics import Metrics
-from service.pipelines import PIPELINES, ServedModel
-from service.repository import ModelEntry, scan
+from segserve.config import Settings
+from segserve.engine import EngineUnavailable, create_engine
+from segserve.errors import ModelNotFound, ModelNotReady
+from segserve.metrics import Metrics
+from segserve.pipelines import PIPELINES, ServedModel
+from segserve.repository import ModelEntry, scan
 
 log = logging.getLogger(__name__)
 

@@ -1,134 +1,28 @@
-"""The model repository: models are data.
+"""The model repository on disk: every model folder with its config and served version.
 
 Layout, in the spirit of Triton's::
 
     model_repository/
       lraspp_mobilenet_v3_large/
-        config.yaml          # ModelConfig below
+        config.yaml          # segserve.contract.model_config.ModelConfig
         1/                   # versions: integer folder names, the highest is served
           model.onnx         # ONNX Runtime artifact (uint8 NCHW in, in-graph normalisation)
           weights.pt         # state_dict for the PyTorch backend (rebuilt from `architecture`)
           export.json        # what produced it: weights source, parity figures, versions
-
-Any ONNX segmentation model can be served by writing a config.yaml next to a
-``1/model.onnx``; only the torch backend needs an ``architecture`` known to ``models.zoo``.
 """
 
 from __future__ import annotations
 
 import logging
-from enum import Enum
 from pathlib import Path
-from typing import Literal
 
-import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel
+
+from segserve.contract.artifacts import CONFIG_FILE
+
+from segserve.contract.model_config import ModelConfig, latest_version, load_config
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
-
-
-class Task(str, Enum):
-    semantic = "semantic"
-    instance = "instance"
-
-
-class ResizeMode(str, Enum):
-    letterbox = "letterbox"  # keep aspect ratio, pad bottom/right: masks map back exactly
-    stretch = "stretch"  # resize to the input size, ignoring aspect ratio
-
-
-class InputSpec(BaseModel):
-    name: str = "images"
-    height: int = Field(512, ge=16, le=8192)
-    width: int = Field(512, ge=16, le=8192)
-    resize: ResizeMode = ResizeMode.letterbox
-    # Value written into the letterbox padding (RGB, 0..255). The graph normalises, so the
-    # ImageNet mean pads to zero activations.
-    pad_value: tuple[int, int, int] = (124, 116, 104)
-    # segserve's own exports take uint8 and normalise in the graph. A dropped-in ONNX model
-    # that wants float32 gets (pixel / 255 - mean) / std computed by the service.
-    dtype: Literal["uint8", "float32"] = "uint8"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-class OutputSpec(BaseModel):
-    name: str = "labels"
-    # "labels": uint8/int per-pixel class ids (argmax done in the graph, 1 byte/pixel moves);
-    # "logits": float scores per class, argmax done by the service.
-    kind: Literal["labels", "logits"] = "labels"
-
-
-class DynamicBatching(BaseModel):
-    max_queue_delay_ms: float = Field(4.0, ge=0, le=10_000)
-    max_queue_size: int = Field(128, ge=1)
-
-
-class OnnxRuntimeOptions(BaseModel):
-    # The graph in the version folder that ONNX Runtime runs: a model with several graphs
-    # (Mask R-CNN: backbone.onnx for the split path, model_full.onnx for the whole graph)
-    # names the one it serves. A plain file name, never a path out of the version folder.
-    model_file: str = Field("model.onnx", pattern=r"^[\w.-]+\.onnx$")
-    # "auto" = TensorRT EP, then CUDA EP, then CPU, whichever this onnxruntime build has.
-    providers: list[str] | Literal["auto"] = "auto"
-    # 0 = derive from the CPU count and the number of instances.
-    intra_op_threads: int = Field(0, ge=0)
-    # Spinning threads burn the cores that decoding and encoding need on small machines.
-    allow_spinning: bool = False
-    trt_fp16: bool = True
-
-
-class TorchOptions(BaseModel):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    fp16: bool = True  # on CUDA only
-    threads: int = Field(0, ge=0)
-
-
-class WeightsInfo(BaseModel):
-    source: Literal["pretrained", "file", "random", "bundled", "unknown"] = "unknown"
-    detail: str = ""
-
-
-class ModelConfig(BaseModel):
-    """config.yaml of one model. Unknown keys are rejected so typos fail loudly."""
-
-    model_config = {"extra": "forbid", "protected_namespaces": ()}
-
-    name: str
-    task: Task = Task.semantic
-    architecture: str | None = None  # models.zoo name; required by the torch backend
-    classes: list[str]
-    input: InputSpec = InputSpec()
-    output: OutputSpec = OutputSpec()
-    max_batch_size: int = Field(8, ge=1, le=1024)
-    dynamic_batching: DynamicBatching = DynamicBatching()
-    instances: int = Field(1, ge=1, le=64)
-    # Preferred backends, first available wins; SEGSERVE_BACKEND overrides for all models.
-    backends: list[Literal["onnxruntime", "torch", "tensorrt"]] = ["onnxruntime", "torch"]
-    onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
-    torch: TorchOptions = TorchOptions()
-    weights: WeightsInfo = WeightsInfo()
-    # Task-specific extras (e.g. instance-model thresholds, video split) live here,
-    # validated by the pipeline that owns the task.
-    parameters: dict = Field(default_factory=dict)
-
-    @field_validator("classes")
-    @classmethod
-    def _classes_not_empty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("classes must list at least one class")
-        return v
-
-    @model_validator(mode="after")
-    def _semantic_class_limit(self) -> "ModelConfig":
-        if self.task == Task.semantic and len(self.classes) > 256 and self.output.kind == "labels":
-            raise ValueError("in-graph argmax emits uint8 labels: at most 256 classes")
-        return self
-
-    def dump(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 class ModelEntry(BaseModel):
@@ -143,16 +37,6 @@ class ModelEntry(BaseModel):
     def version_dir(self) -> Path | None:
         return None if self.version is None else self.root / str(self.version)
 
-
-def load_config(model_dir: Path) -> ModelConfig:
-    raw = yaml.safe_load((model_dir / CONFIG_FILE).read_text()) or {}
-    raw.setdefault("name", model_dir.name)
-    return ModelConfig.model_validate(raw)
-
-
-def latest_version(model_dir: Path) -> int | None:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions) if versions else None
 
 
 def scan(repository: Path) -> list[ModelEntry]:

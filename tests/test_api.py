@@ -16,10 +16,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from loadtest.ab import parse_ab_output
+from segserve_loadtest.ab import parse_ab_output
 from tests.conftest import SEMANTIC, copy_model, make_image
-from loadtest.server import SegserveProcess
-from service.transport.http.schemas import ErrorResponse, ModelList, SemanticResponse
+from segserve_loadtest.server import SegserveProcess
+from segserve.transport.http.schemas import ErrorResponse, ModelList, SemanticResponse
 
 
 def post_image(url: str, data: bytes, content_type="image/jpeg", params=None, headers=None) -> httpx.Response:

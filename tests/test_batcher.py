@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
-from service.scheduler import BatchPolicy, DynamicBatcher
+from segserve.errors import DeadlineExceeded, ModelNotReady, QueueFull
+from segserve.scheduler import BatchPolicy, DynamicBatcher
 
 
 class FakeClock:

@@ -9,9 +9,9 @@ import hashlib
 import pytest
 import torch
 
-from models import zoo
-from models.synthetic import CLASSES
-from models.train import (
+from segserve.graphs import zoo
+from segserve_models.synthetic import CLASSES
+from segserve_models.train import (
     CHECKPOINT_DIR,
     SEMANTIC_INPUT,
     _torch_setup,
@@ -22,11 +22,11 @@ from models.train import (
     train_instance,
     train_semantic,
 )
-from models.video_correction import KeyframeClips, base_net
-from models.video_correction import save as save_correction
-from models.video_correction import train as train_correction
-from models.video_split import load_correction
-from models.weights import load_checkpoint
+from segserve_models.video_correction import KeyframeClips, base_net
+from segserve_models.video_correction import save as save_correction
+from segserve_models.video_correction import train as train_correction
+from segserve_models.video_split import load_correction
+from segserve_models.weights import load_checkpoint
 
 CHECKPOINTS = {
     "shapes_lraspp.pth": "lraspp_mobilenet_v3_large",

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from service.codecs.geometry import Letterbox
-from service.codecs.image import decode_image
-from service.codecs.masks import encode_label_png, encode_rle, semantic_segments
-from service.errors import TooManyPixels, UndecodableInput
-from service.repository import InputSpec, ResizeMode
+from segserve.codecs.geometry import Letterbox
+from segserve.codecs.image import decode_image
+from segserve.codecs.masks import encode_label_png, encode_rle, semantic_segments
+from segserve.errors import TooManyPixels, UndecodableInput
+from segserve.contract.model_config import InputSpec, ResizeMode
 from tests.conftest import make_image
 
 SPEC = InputSpec(height=128, width=128)

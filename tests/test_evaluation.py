@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadtest.server import SegserveProcess
-from models.evaluation import datasets
-from models.evaluation.metrics import ConfusionMatrix, InstanceAccumulator, encode_instance_mask
-from models.evaluation.predictors import EnginePredictor, HttpPredictor
-from models.evaluation.run import evaluate
-from models.export import export_model
-from models.weights import WeightsSpec
+from segserve_loadtest.server import SegserveProcess
+from segserve_models.evaluation import datasets
+from segserve_models.evaluation.metrics import ConfusionMatrix, InstanceAccumulator, encode_instance_mask
+from segserve_models.evaluation.predictors import EnginePredictor, HttpPredictor
+from segserve_models.evaluation.run import evaluate
+from segserve_models.export import export_model
+from segserve_models.weights import WeightsSpec
 
 SHAPES = "shapes_lraspp"
 EVAL_IMAGES = 12
@@ -84,7 +84,7 @@ def test_engine_direct_metrics_match_the_service_within_half_a_point(shapes_repo
 
 @pytest.fixture(scope="module")
 def maskrcnn_repo(tmp_path_factory):
-    from models.instance.export import export_instance_model
+    from segserve_models.instance.export import export_instance_model
 
     repo = tmp_path_factory.mktemp("shapes_maskrcnn")
     export_instance_model("maskrcnn_mobilenet_v3_large_fpn", repo, WeightsSpec.parse("bundled:shapes_maskrcnn"), name="shapes_maskrcnn")

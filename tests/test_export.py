@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from models.export import ExportError, ParityReport, export_model, sample_images
-from models.weights import WeightsError, WeightsSpec, download, verify_sha256
-from service.engine import create_engine
-from service.repository import scan
+from segserve_models.export import ExportError, ParityReport, export_model, sample_images
+from segserve_models.weights import WeightsError, WeightsSpec, download, verify_sha256
+from segserve.engine import create_engine
+from segserve.repository import scan
 from tests.conftest import SEMANTIC, make_image
-from loadtest.server import SegserveProcess
+from segserve_loadtest.server import SegserveProcess
 
 
 def test_export_writes_a_versioned_repository_entry(semantic_repo):
@@ -130,7 +130,7 @@ def test_any_onnx_model_dropped_into_the_repository_is_served(tmp_path):
 
 
 def test_bundled_weights_are_checked_against_sha256sums(tmp_path, monkeypatch):
-    import models.weights as weights
+    import segserve_models.weights as weights
 
     v = export_model(SEMANTIC, tmp_path / "repo", WeightsSpec.parse("bundled:shapes_lraspp"), input_size=(64, 64), progress=False)
     config = scan(tmp_path / "repo")[0].config

@@ -1,7 +1,7 @@
 """The KServe v2 gRPC transport, spoken to by the real tritonclient.grpc client, against a real
 `segserve serve` (HTTP and gRPC in one process) serving a real exported ONNX model.
 
-Nothing from service.transport.grpc is imported here: its generated `inference.*` messages
+Nothing from segserve.transport.grpc is imported here: its generated `inference.*` messages
 would clash with tritonclient's identically named ones in this process's descriptor pool.
 """
 
@@ -23,7 +23,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import SEMANTIC, make_image
-from loadtest.server import SegserveProcess, free_port
+from segserve_loadtest.server import SegserveProcess, free_port
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import report
-from loadtest.ab import run_ab, segment_url
-from loadtest.locust_csv import aggregated, read_failures, read_stats
-from loadtest.payloads import default_images
-from loadtest.run import main as run_main
-from loadtest.server import SegserveProcess
+from segserve_loadtest import report
+from segserve_loadtest.ab import run_ab, segment_url
+from segserve_loadtest.locust_csv import aggregated, read_failures, read_stats
+from segserve_loadtest.payloads import default_images
+from segserve_loadtest.run import main as run_main
+from segserve_loadtest.server import SegserveProcess
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,8 @@ MODEL = "lraspp_mobilenet_v3_large"
 
 @pytest.fixture(scope="module")
 def model_repository(tmp_path_factory) -> Path:
-    from models.export import export_model
-    from models.weights import WeightsSpec
+    from segserve_models.export import export_model
+    from segserve_models.weights import WeightsSpec
 
     repository = tmp_path_factory.mktemp("model_repository")
     export_model(MODEL, repository, WeightsSpec.parse("random"), input_size=(128, 128), progress=False)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.ab import AbError, ab_command, parse_ab_output, segment_url
-from loadtest.locust_csv import aggregated, read_failures, read_stats
-from loadtest.slo import Slo, evaluate
+from segserve_loadtest.ab import AbError, ab_command, parse_ab_output, segment_url
+from segserve_loadtest.locust_csv import aggregated, read_failures, read_stats
+from segserve_loadtest.slo import Slo, evaluate
 
 DATA = Path(__file__).parent / "data"
 AB_PERCENTS = [50, 66, 75, 80, 90, 95, 98, 99, 100]

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from models.synthetic import CLASSES, make_scene, make_video
-from models.synthetic.scenes import ASPECT_RANGE, MIN_VISIBLE_AREA, SIDE_RANGE
+from segserve_models.synthetic import CLASSES, make_scene, make_video
+from segserve_models.synthetic.scenes import ASPECT_RANGE, MIN_VISIBLE_AREA, SIDE_RANGE
 
 
 def assert_scenes_equal(a, b):

@@ -18,17 +18,17 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from models.export import ExportError, sample_images
-from models.train import CHECKPOINT_DIR
-from models.synthetic import make_video
-from models.video_correction import KeyframeClips
-from models.video_correction import save as save_correction
-from models.video_correction import train as train_correction
-from models.video_split import export_video_split, load_served_net
-from service.codecs.geometry import Letterbox
-from service.repository import load_config
-from service.errors import QueueFull, SequenceConflict
-from service.pipelines.video_streams import (
+from segserve_models.export import ExportError, sample_images
+from segserve_models.train import CHECKPOINT_DIR
+from segserve_models.synthetic import make_video
+from segserve_models.video_correction import KeyframeClips
+from segserve_models.video_correction import save as save_correction
+from segserve_models.video_correction import train as train_correction
+from segserve_models.video_split import export_video_split, load_served_net
+from segserve.codecs.geometry import Letterbox
+from segserve.contract.model_config import load_config
+from segserve.errors import QueueFull, SequenceConflict
+from segserve.pipelines.video_streams import (
     CHANGED_SHARE,
     KeyframePolicy,
     KeyframeState,
@@ -37,7 +37,7 @@ from service.pipelines.video_streams import (
     feature_change,
 )
 from tests.conftest import copy_model
-from loadtest.server import SegserveProcess
+from segserve_loadtest.server import SegserveProcess
 
 SPLIT, PLAIN, BROKEN, CORRECTED = "lraspp_video", "lraspp_plain", "lraspp_broken_split", "lraspp_corrected"
 HEIGHT, WIDTH = 96, 128
@@ -428,7 +428,7 @@ def test_png_format(video_server):
 
 
 def test_video_bench_table(video_repo, capsys):
-    from models.video_bench import main
+    from segserve_models.video_bench import main
 
     args = ["--repository", str(video_repo), "--model", CORRECTED, "--clips", "1", "--frames", "4", "--size", "96x128",
             "--intervals", "1,2", "--repeats", "1", "--no-correction"]
@@ -447,7 +447,7 @@ def test_video_bench_table(video_repo, capsys):
 
 
 def test_skip_existing_reexports_when_the_bundled_correction_changed(tmp_path):
-    from service.cli import main as segserve
+    from segserve.cli import main as segserve
 
     args = ["export", "--model", "lraspp_mobilenet_v3_large", "--name", "shapes", "--weights", "bundled:shapes_lraspp",
             "--input-size", "64x64", "--video-split", "--repository", str(tmp_path), "--skip-existing"]

@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from models.evaluation.metrics import encode_instance_mask
+from segserve_models.evaluation.metrics import encode_instance_mask
 
 # Seeds at or above this are never used for training (models/train.py).
 HELD_OUT_SEED_BASE = 1_000_000_000
@@ -34,7 +34,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def synthetic(count: int, first_seed: int = HELD_OUT_SEED_BASE) -> Iterator[Sample]:
-    from models.synthetic import make_scene
+    from segserve_models.synthetic import make_scene
 
     for seed in range(first_seed, first_seed + count):
         scene = make_scene(seed)

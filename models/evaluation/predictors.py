@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from models.evaluation.datasets import Sample
+from segserve_models.evaluation.datasets import Sample
 
 # COCO mAP ranks every detection: ask for low-score ones too.
 EVAL_SCORE_THRESHOLD = 0.05
@@ -54,8 +54,8 @@ class EnginePredictor:
     """The exported model run in-process: the same codecs, no server, no batcher."""
 
     def __init__(self, repository: Path, model: str, backend: str | None = None):
-        from service.engine import create_engine
-        from service.repository import scan
+        from segserve.engine import create_engine
+        from segserve.repository import scan
 
         entries = {e.config.name: e for e in scan(repository)}
         if model not in entries:
@@ -66,21 +66,21 @@ class EnginePredictor:
         self.classes = self.config.classes
         self.engine = create_engine(self.config, self.entry.version_dir, backend)
         if self.task == "instance":
-            from models.instance.params import InstanceParameters
-            from models.instance.runner import SplitRunner, load_heads
+            from segserve.contract.instance import InstanceParameters
+            from segserve.pipelines.instance.runner import SplitRunner, load_heads
 
             canvas = (self.config.input.height, self.config.input.width)
             params = InstanceParameters.model_validate(self.config.parameters).model_copy(update={"max_instances": EVAL_MAX_INSTANCES})
             self.runner = SplitRunner(self.engine, load_heads(self.config, self.entry.version_dir), params, canvas)
 
     def _image(self, sample: Sample) -> np.ndarray:
-        from service.codecs.image import decode_image
+        from segserve.codecs.image import decode_image
 
         return decode_image(sample.data, max_pixels=10**9).rgb
 
     def semantic(self, sample: Sample) -> np.ndarray:
-        from service.codecs.geometry import Letterbox
-        from service.pipelines.semantic import infer_labels
+        from segserve.codecs.geometry import Letterbox
+        from segserve.pipelines.semantic import infer_labels
 
         spec = self.config.input
         image = self._image(sample)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.evaluation import datasets
-from models.evaluation.metrics import ConfusionMatrix, InstanceAccumulator
-from models.evaluation.predictors import EnginePredictor, HttpPredictor
+from segserve_models.evaluation import datasets
+from segserve_models.evaluation.metrics import ConfusionMatrix, InstanceAccumulator
+from segserve_models.evaluation.predictors import EnginePredictor, HttpPredictor
 
 
 def evaluate(predictor, samples) -> dict:

@@ -1,12 +1,12 @@
 """CPU throughput of the instance serving paths, measured side by side in one run.
 
-    nice -n 10 .venv/bin/python -m models.instance.bench            # both models, 2 threads
-    .venv/bin/python -m models.instance.bench --models maskrcnn_mobilenet_v3_large_fpn --batches 1,4
+    nice -n 10 .venv/bin/python -m segserve_models.instance.bench            # both models, 2 threads
+    .venv/bin/python -m segserve_models.instance.bench --models maskrcnn_mobilenet_v3_large_fpn --batches 1,4
 
 Paths, each from uint8 RGB images to served instances (boxes, labels, scores, COCO RLE):
 
 - split:  preprocess + collate -> backbone.onnx on ONNX Runtime (batched) -> torch heads
-          -> paste-to-RLE (models.instance.paste)
+          -> paste-to-RLE (segserve.pipelines.instance.paste)
 - whole:  model_full.onnx on ONNX Runtime, one image per run -> paste-to-RLE
 - eager:  torchvision's MaskRCNN forward (batched, pastes full-size masks) -> threshold
           -> pycocotools encode
@@ -33,19 +33,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import zoo
-from models.export import resolve_weights, sample_images
-from models.instance.export import export_backbone, export_whole_graph
-from models.instance.params import InstanceParameters
-from models.instance.parity import eager_instances
-from models.instance.paste import masks_to_rles
-from models.instance.preprocess import collate
-from models.instance.random_init import lively_random_init
-from models.instance.runner import SplitRunner, WholeGraphRunner
-from models.instance.split import MaskRCNNHeads
-from models.weights import WeightsSpec
-from service.engine.onnxruntime import OnnxRuntimeEngine
-from service.repository import OnnxRuntimeOptions
+from segserve.graphs import zoo
+from segserve_models.export import resolve_weights, sample_images
+from segserve_models.instance.export import export_backbone, export_whole_graph
+from segserve.contract.instance import InstanceParameters
+from segserve_models.instance.parity import eager_instances
+from segserve.pipelines.instance.paste import masks_to_rles
+from segserve.pipelines.instance.preprocess import collate
+from segserve_models.instance.random_init import lively_random_init
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner
+from segserve.graphs.maskrcnn import MaskRCNNHeads
+from segserve_models.weights import WeightsSpec
+from segserve.engine.onnxruntime import OnnxRuntimeEngine
+from segserve.contract.model_config import OnnxRuntimeOptions
 
 # architecture -> (min_size, max_size): ResNet-50 at a modest 512 instead of 800/1333
 SIZES = {"maskrcnn_mobilenet_v3_large_fpn": None, "maskrcnn_resnet50_fpn": (384, 512)}

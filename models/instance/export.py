@@ -31,33 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import zoo
-from models.export import OPSET, ExportError, new_version_dir, onnx_export, resolve_weights, sample_images
-from models.instance.params import (
-    BACKBONE_ARTIFACT,
-    WEIGHTS_ARTIFACT,
-    WHOLE_GRAPH_ARTIFACT,
-    InstanceParameters,
-)
-from models.instance.parity import compare_all, eager_instances
-from models.instance.random_init import lively_random_init
-from models.instance.runner import SplitRunner, WholeGraphRunner, load_heads
-from models.instance.split import MaskRCNNBackbone
-from models.instance.whole_graph import MaskRCNNWholeGraph
-from models.synthetic import make_scene
-from models.weights import WeightsSpec
-from service.engine.onnxruntime import OnnxRuntimeEngine
-from service.engine.torch import TorchEngine
-from service.repository import (
-    CONFIG_FILE,
-    DynamicBatching,
-    InputSpec,
-    ModelConfig,
-    OnnxRuntimeOptions,
-    Task,
-    TorchOptions,
-    WeightsInfo,
-)
+from segserve.graphs import zoo
+from segserve_models.export import OPSET, ExportError, new_version_dir, onnx_export, resolve_weights, sample_images
+from segserve.contract.artifacts import BACKBONE_ARTIFACT, WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT
+from segserve.contract.instance import InstanceParameters
+from segserve_models.instance.parity import compare_all, eager_instances
+from segserve_models.instance.random_init import lively_random_init
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
+from segserve.graphs.maskrcnn import MaskRCNNBackbone
+from segserve_models.instance.whole_graph import MaskRCNNWholeGraph
+from segserve_models.synthetic import make_scene
+from segserve_models.weights import WeightsSpec
+from segserve.engine.onnxruntime import OnnxRuntimeEngine
+from segserve.engine.torch import TorchEngine
+from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.model_config import DynamicBatching, InputSpec, ModelConfig, OnnxRuntimeOptions, Task, TorchOptions, WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +98,7 @@ def check_parity(detector, config: ModelConfig, version_dir: Path, whole_graph: 
     }
     # A float32 canvas is torchvision's exact input: compare with eager as is. A uint8
     # canvas rounds resized pixels, which eager cannot be expected to survive (see
-    # models.instance.preprocess); compare with eager given the same rounding.
+    # segserve.pipelines.instance.preprocess); compare with eager given the same rounding.
     uint8 = params.canvas_dtype == "uint8"
     split_reference = reference(images, uint8_resize=uint8)
     checks = []  # (name, reference, served)

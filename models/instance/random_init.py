@@ -35,7 +35,7 @@ def lively_random_init(detector: MaskRCNN, seed: int = 0) -> MaskRCNN:
 
 
 def calibrate_batchnorm(detector: MaskRCNN, seed: int = 0, size: int = 160) -> MaskRCNN:
-    from models.export import sample_images  # the exporter's photo-like random images
+    from segserve_models.export import sample_images  # the exporter's photo-like random images
 
     norms = [m for m in detector.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]

@@ -1,6 +1,6 @@
 """Deterministic synthetic shape scenes and videos with exact segmentation truth."""
 
-from models.synthetic.scenes import CLASSES, Instance, Scene, make_scene
-from models.synthetic.video import Video, make_video
+from segserve_models.synthetic.scenes import CLASSES, Instance, Scene, make_scene
+from segserve_models.synthetic.video import Video, make_video
 
 __all__ = ["CLASSES", "Instance", "Scene", "Video", "make_scene", "make_video"]

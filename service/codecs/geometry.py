@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.repository import InputSpec, ResizeMode
+from segserve.contract.model_config import InputSpec, ResizeMode
 
 
 @dataclass(frozen=True)

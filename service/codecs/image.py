@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from service.errors import TooManyPixels, UndecodableInput
+from segserve.errors import TooManyPixels, UndecodableInput
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 

@@ -14,7 +14,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from service.errors import TooManyPixels, UndecodableInput
+from segserve.errors import TooManyPixels, UndecodableInput
 
 VIDEO_TYPES = frozenset({"video/mp4", "video/webm", "video/x-matroska"})
 

@@ -1,4 +1,4 @@
-from service.engine.base import Engine, EngineInfo, EngineUnavailable, Tensors
-from service.engine.factory import create_engine
+from segserve.engine.base import Engine, EngineInfo, EngineUnavailable, Tensors
+from segserve.engine.factory import create_engine
 
 __all__ = ["Engine", "EngineInfo", "EngineUnavailable", "Tensors", "create_engine"]

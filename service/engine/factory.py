@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from service.engine.base import Engine, EngineUnavailable
-from service.repository import ModelConfig
+from segserve.engine.base import Engine, EngineUnavailable
+from segserve.contract.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +17,11 @@ TENSORRT_ARTIFACT = "model.plan"
 
 def _build(backend: str, config: ModelConfig, version_dir: Path) -> Engine:
     if backend == "onnxruntime":
-        from service.engine.onnxruntime import OnnxRuntimeEngine
+        from segserve.engine.onnxruntime import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(version_dir / config.onnxruntime.model_file, config.onnxruntime, instances=config.instances)
     if backend == "torch":
-        from service.engine.torch import TorchEngine
+        from segserve.engine.torch import TorchEngine
 
         return TorchEngine(config, version_dir / TORCH_ARTIFACT, instances=config.instances)
     if backend == "tensorrt":

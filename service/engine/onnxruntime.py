@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.engine.base import EngineInfo, EngineUnavailable, Tensors
-from service.repository import OnnxRuntimeOptions
+from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
+from segserve.contract.model_config import OnnxRuntimeOptions
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """PyTorch eager engine: CUDA + fp16 when a GPU is there, CPU otherwise.
 
 The artifact is a state_dict; the module is rebuilt from the architecture registry in
-``models.zoo``, wrapped exactly as it was for ONNX export (uint8 in, normalisation and
+``segserve.graphs.zoo``, wrapped exactly as it was for ONNX export (uint8 in, normalisation and
 optional argmax inside), so both backends take and give the same tensors.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.engine.base import EngineInfo, EngineUnavailable, Tensors
-from service.repository import ModelConfig
+from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
+from segserve.contract.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class TorchEngine:
     def __init__(self, config: ModelConfig, weights_path: Path, instances: int = 1):
         import torch
 
-        from models.serving import build_serving_module
+        from segserve.graphs.serving import build_serving_module
 
         if not weights_path.is_file():
             raise EngineUnavailable(f"missing artifact {weights_path}")

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.engine import EngineInfo
-from service.repository import ModelEntry
+from segserve.engine import EngineInfo
+from segserve.repository import ModelEntry
 
 
 class OutputFormat(str, Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from service.errors import BadParameter
+from segserve.errors import BadParameter
 
 
 def parse_number(options: dict[str, str], name: str, parse: type, low: float, high: float, default):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from service.pipelines.base import ImageResult
+from segserve.pipelines.base import ImageResult
 
 
 def fixed_width_ms(seconds: float) -> str:

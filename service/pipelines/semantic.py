@@ -9,15 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.codecs.geometry import Letterbox
-from service.codecs.image import decode_image
-from service.codecs.masks import encode_label_png, semantic_segments
-from service.engine import Engine
-from service.errors import BadParameter
-from service.metrics import BatcherMetrics
-from service.pipelines.base import ImageResult, OutputFormat, Timing
-from service.repository import ModelConfig, ModelEntry
-from service.scheduler import BatchPolicy, DynamicBatcher
+from segserve.codecs.geometry import Letterbox
+from segserve.codecs.image import decode_image
+from segserve.codecs.masks import encode_label_png, semantic_segments
+from segserve.engine import Engine
+from segserve.errors import BadParameter
+from segserve.metrics import BatcherMetrics
+from segserve.pipelines.base import ImageResult, OutputFormat, Timing
+from segserve.contract.model_config import ModelConfig
+from segserve.repository import ModelEntry
+from segserve.scheduler import BatchPolicy, DynamicBatcher
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,16 @@ from typing import Any, AsyncIterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from service.config import Settings
-from service.engine import create_engine
-from service.errors import ModelNotReady
-from service.metrics import Metrics
-from service.pipelines.base import OutputFormat, ServedModel
-from service.pipelines.video_chunks import FrameMapper, PreparedChunk
-from service.pipelines.video_semantic import SemanticVideoModel, split_parts
-from service.pipelines.video_instance import InstanceVideoModel
-from service.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker, Stream, StreamRegistry
-from service.repository import ModelConfig, Task
+from segserve.config import Settings
+from segserve.engine import create_engine
+from segserve.errors import ModelNotReady
+from segserve.metrics import Metrics
+from segserve.pipelines.base import OutputFormat, ServedModel
+from segserve.pipelines.video_chunks import FrameMapper, PreparedChunk
+from segserve.pipelines.video_semantic import SemanticVideoModel, split_parts
+from segserve.pipelines.video_instance import InstanceVideoModel
+from segserve.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker, Stream, StreamRegistry
+from segserve.contract.model_config import ModelConfig, Task
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Any, AsyncIterator, Awaitable, Hashable, Iterable, Protocol
 
 import numpy as np
 
-from service.codecs.geometry import Letterbox
-from service.codecs.image import decode_image
-from service.codecs.video import TooManyFrames, decode_video
-from service.errors import BadParameter, UndecodableInput
-from service.repository import InputSpec
+from segserve.codecs.geometry import Letterbox
+from segserve.codecs.image import decode_image
+from segserve.codecs.video import TooManyFrames, decode_video
+from segserve.errors import BadParameter, UndecodableInput
+from segserve.contract.model_config import InputSpec
 
 
 class FrameMapper(Protocol):

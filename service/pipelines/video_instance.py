@@ -13,10 +13,10 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from service.pipelines.base import OutputFormat
-from service.pipelines.instance import InstanceModel, InstanceOptions
-from service.pipelines.video_chunks import PreparedChunk, in_order
-from service.pipelines.video_streams import KeyframePolicy, KeyframeTracker
+from segserve.pipelines.base import OutputFormat
+from segserve.pipelines.instance.model import InstanceModel, InstanceOptions
+from segserve.pipelines.video_chunks import PreparedChunk, in_order
+from segserve.pipelines.video_streams import KeyframePolicy, KeyframeTracker
 
 
 @dataclass(frozen=True)

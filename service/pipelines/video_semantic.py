@@ -26,14 +26,14 @@ from typing import AsyncIterator, Awaitable
 
 import numpy as np
 
-from service.codecs.geometry import Letterbox
-from service.codecs.masks import encode_label_png, semantic_segments
-from service.engine import Engine
-from service.metrics import Metrics
-from service.pipelines.base import OutputFormat, ServedModel
-from service.pipelines.video_chunks import LetterboxFrames, PreparedChunk, in_order
-from service.pipelines.video_streams import KeyframePolicy, KeyframeTracker
-from service.scheduler import BatchPolicy, DynamicBatcher
+from segserve.codecs.geometry import Letterbox
+from segserve.codecs.masks import encode_label_png, semantic_segments
+from segserve.engine import Engine
+from segserve.metrics import Metrics
+from segserve.pipelines.base import OutputFormat, ServedModel
+from segserve.pipelines.video_chunks import LetterboxFrames, PreparedChunk, in_order
+from segserve.pipelines.video_streams import KeyframePolicy, KeyframeTracker
+from segserve.scheduler import BatchPolicy, DynamicBatcher
 
 SPLIT_PARTS = {  # part -> (input tensor names, output tensor name); models/video_split.py writes them
     "shallow": (("images",), "low"),

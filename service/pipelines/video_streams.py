@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Protocol
 
 import numpy as np
 
-from service.errors import QueueFull, SequenceConflict
+from segserve.errors import QueueFull, SequenceConflict
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-from service.scheduler.batcher import BatchObserver, BatchPolicy, Completed, DynamicBatcher
-from service.scheduler.clock import Clock, MonotonicClock
+from segserve.scheduler.batcher import BatchObserver, BatchPolicy, Completed, DynamicBatcher
+from segserve.scheduler.clock import Clock, MonotonicClock
 
 __all__ = ["BatchObserver", "BatchPolicy", "Clock", "Completed", "DynamicBatcher", "MonotonicClock"]

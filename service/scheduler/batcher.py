@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generic, Protocol, Sequence, TypeVar
 
-from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
-from service.scheduler.clock import Clock, MonotonicClock
+from segserve.errors import DeadlineExceeded, ModelNotReady, QueueFull
+from segserve.scheduler.clock import Clock, MonotonicClock
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from service import errors
+from segserve import errors
 
 STATUS = {
     errors.BadParameter: grpc.StatusCode.INVALID_ARGUMENT,

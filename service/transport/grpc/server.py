@@ -7,11 +7,11 @@ import logging
 
 import grpc
 
-from service.config import Settings
-from service.metrics import Metrics
-from service.model_manager import ModelManager
-from service.transport.grpc.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from service.transport.grpc.servicer import InferenceServicer
+from segserve.config import Settings
+from segserve.metrics import Metrics
+from segserve.model_manager import ModelManager
+from segserve.transport.grpc.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from segserve.transport.grpc.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,16 @@ import time
 import grpc
 import numpy as np
 
-from service import __version__
-from service.errors import BadParameter, ModelNotFound, ServiceError
-from service.metrics import Metrics
-from service.model_manager import ModelManager
-from service.pipelines import ImageResult, OutputFormat, ServedModel
-from service.pipelines.render import render_json
-from service.transport.grpc import inference_pb2 as pb
-from service.transport.grpc import inference_pb2_grpc as pb_grpc
-from service.transport.grpc.errors import details_of, status_of
-from service.transport.grpc.tensors import (
+from segserve import __version__
+from segserve.errors import BadParameter, ModelNotFound, ServiceError
+from segserve.metrics import Metrics
+from segserve.model_manager import ModelManager
+from segserve.pipelines import ImageResult, OutputFormat, ServedModel
+from segserve.pipelines.render import render_json
+from segserve.transport.grpc import inference_pb2 as pb
+from segserve.transport.grpc import inference_pb2_grpc as pb_grpc
+from segserve.transport.grpc.errors import details_of, status_of
+from segserve.transport.grpc.tensors import (
     IMAGE, LABELS, MASKS_JSON, check_format, input_images, join_bytes_tensor, request_options,
     requested_outputs, timeout_ms_of,
 )

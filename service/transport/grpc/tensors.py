@@ -10,10 +10,10 @@ import struct
 
 import numpy as np
 
-from service.errors import BadParameter, PayloadTooLarge
-from service.pipelines.options import parse_number
-from service.pipelines import ImageResult
-from service.transport.grpc import inference_pb2 as pb
+from segserve.errors import BadParameter, PayloadTooLarge
+from segserve.pipelines.options import parse_number
+from segserve.pipelines import ImageResult
+from segserve.transport.grpc import inference_pb2 as pb
 
 IMAGE = "IMAGE"
 MASKS_JSON = "MASKS_JSON"

@@ -1,44 +1,22 @@
-"""The FastAPI application: wiring only."""
+"""The FastAPI application: routes, error handlers and middleware; wiring only."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 
-from service import __version__
-from service.config import Settings
-from service.metrics import Metrics
-from service.model_manager import ModelManager
-from service.transport.http import errors
-from service.transport.http.keepalive import Http10KeepAliveHeader
-from service.transport.http.middleware import RequestIdMiddleware
-from service.transport.http.routes import router
-from service.transport.http.video_routes import router as video_router
+from segserve import __version__
+from segserve.config import Settings
+from segserve.metrics import Metrics
+from segserve.model_manager import ModelManager
+from segserve.transport.http import errors
+from segserve.transport.http.keepalive import Http10KeepAliveHeader
+from segserve.transport.http.middleware import RequestIdMiddleware
+from segserve.transport.http.routes import router
+from segserve.transport.http.video_routes import router as video_router
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    metrics = Metrics()
-    manager = ModelManager(settings, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await manager.start()
-        grpc_server = None
-        if settings.grpc_port:
-            # Imported only when used: its `inference.*` protobuf messages cannot share a process
-            # with tritonclient.grpc's identically named ones (duplicate descriptor symbols).
-            from service.transport.grpc.server import start_grpc_server
-
-            grpc_server = await start_grpc_server(settings, manager, metrics)
-        try:
-            yield
-        finally:
-            if grpc_server is not None:  # in-flight RPCs finish before the batchers drain
-                await grpc_server.stop(settings.shutdown_drain_s)
-            await manager.stop()
-
+def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifespan) -> FastAPI:
+    """The HTTP face of one server (segserve.server wires it and owns the lifespan)."""
     app = FastAPI(
         title="segserve",
         version=__version__,

@@ -8,8 +8,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from service.codecs.image import IMAGE_TYPES
-from service.errors import BadParameter, PayloadTooLarge, UndecodableInput, UnsupportedMediaType
+from segserve.codecs.image import IMAGE_TYPES
+from segserve.errors import BadParameter, PayloadTooLarge, UndecodableInput, UnsupportedMediaType
 
 RAW_IMAGE_TYPES = frozenset(IMAGE_TYPES) | {"application/octet-stream"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from service.logs import request_id_var
+from segserve.logs import request_id_var
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.errors import BadParameter, ModelNotFound, ModelNotReady, ServiceError
-from service.model_manager import ModelManager
-from service.pipelines import ImageResult, OutputFormat
-from service.pipelines.render import render_json
-from service.transport.http.body import read_image
-from service.transport.http.errors import service_error_response
-from service.transport.http.schemas import ErrorResponse, InstanceResponse, ModelInfo, ModelList, SemanticResponse
+from segserve.errors import BadParameter, ModelNotFound, ModelNotReady, ServiceError
+from segserve.model_manager import ModelManager
+from segserve.pipelines import ImageResult, OutputFormat
+from segserve.pipelines.render import render_json
+from segserve.transport.http.body import read_image
+from segserve.transport.http.errors import service_error_response
+from segserve.transport.http.schemas import ErrorResponse, InstanceResponse, ModelInfo, ModelList, SemanticResponse
 
 log = logging.getLogger(__name__)
 

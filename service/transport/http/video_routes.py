@@ -19,16 +19,16 @@ from typing import AsyncIterator, Literal
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from service.codecs.video import VIDEO_TYPES
-from service.config import Settings
-from service.errors import BadParameter, ServiceError, UnsupportedMediaType
-from service.pipelines import OutputFormat
-from service.pipelines.video import ChunkRun, FrameResult, VideoService
-from service.pipelines.video_chunks import FrameMapper, PreparedChunk, prepare_images, prepare_video
-from service.transport.http.body import media_type, multipart_files, read_limited
-from service.transport.http.errors import service_error_response
-from service.transport.http.routes import CLIENT_CLOSED, ERRORS, manager_of, run_unless_disconnected
-from service.transport.http.schemas import ErrorResponse
+from segserve.codecs.video import VIDEO_TYPES
+from segserve.config import Settings
+from segserve.errors import BadParameter, ServiceError, UnsupportedMediaType
+from segserve.pipelines import OutputFormat
+from segserve.pipelines.video import ChunkRun, FrameResult, VideoService
+from segserve.pipelines.video_chunks import FrameMapper, PreparedChunk, prepare_images, prepare_video
+from segserve.transport.http.body import media_type, multipart_files, read_limited
+from segserve.transport.http.errors import service_error_response
+from segserve.transport.http.routes import CLIENT_CLOSED, ERRORS, manager_of, run_unless_disconnected
+from segserve.transport.http.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 

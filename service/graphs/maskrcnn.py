@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from models.serving import Normalize
+from segserve.graphs.serving import Normalize
 
 # FPN level names ("0", "1", ..., "pool") become "fpn_0", ... as tensor names.
 FEATURE_PREFIX = "fpn_"

@@ -27,17 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SIZE_DIVISIBLE = 32
+from segserve.contract.instance import round_up
+
 
 
 @dataclass(frozen=True)
 class ImageMeta:
     original_size: tuple[int, int]  # (h, w) of the image as received
     resized_size: tuple[int, int]  # (h, w) of it inside the canvas
-
-
-def round_up(n: int, multiple: int = SIZE_DIVISIBLE) -> int:
-    return int(math.ceil(n / multiple) * multiple)
 
 
 def resize_scale(height: int, width: int, min_size: int, max_size: int, canvas: tuple[int, int] | None = None) -> float:

@@ -1,6 +1,6 @@
 """Mask R-CNN served vs its batch step alone, and what answering 100 instances costs.
 
-    nice -n 10 .venv/bin/python -m models.instance.bench_service --weights bundled:shapes_maskrcnn
+    nice -n 10 .venv/bin/python -m segserve_loadtest.bench_instance --weights bundled:shapes_maskrcnn
 
 1. Batch step: what the service's batcher runs per batch on the split path (collate ->
    backbone on ONNX Runtime -> torch heads), on one prepared 640x480 scene repeated to
@@ -29,22 +29,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loadtest.bench_service import bench_service, markdown
-from loadtest.payloads import Payload
-from models.instance.bench import timed
-from models.instance.export import export_instance_model
-from models.instance.params import InstanceParameters
-from models.instance.preprocess import ImageMeta
-from models.instance.runner import SplitRunner, load_heads
-from models.instance.split import Detections
-from models.synthetic import make_scene
-from models.weights import WeightsSpec
-from service.codecs.masks import encode_label_png
-from service.engine import create_engine
-from service.pipelines import ImageResult, Timing
-from service.pipelines.instance import InstanceOptions, instance_id_map, served_instances
-from service.pipelines.render import render_json
-from service.repository import ModelEntry, latest_version, scan
+from segserve_loadtest.bench_service import bench_service, markdown
+from segserve_loadtest.payloads import Payload
+from segserve_models.instance.bench import timed
+from segserve_models.instance.export import export_instance_model
+from segserve.contract.instance import InstanceParameters
+from segserve.pipelines.instance.preprocess import ImageMeta
+from segserve.pipelines.instance.runner import SplitRunner, load_heads
+from segserve.graphs.maskrcnn import Detections
+from segserve_models.synthetic import make_scene
+from segserve_models.weights import WeightsSpec
+from segserve.codecs.masks import encode_label_png
+from segserve.engine import create_engine
+from segserve.pipelines import ImageResult, Timing
+from segserve.pipelines.instance.model import InstanceOptions, instance_id_map, served_instances
+from segserve.pipelines.render import render_json
+from segserve.contract.model_config import latest_version
+from segserve.repository import ModelEntry, scan
 
 
 def ensure_model(repository: Path, architecture: str, name: str, weights: str) -> ModelEntry:
@@ -119,7 +120,7 @@ def answer_table(a: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.instance.bench_service", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.bench_instance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="maskrcnn_mobilenet_v3_large_fpn", help="architecture to export and serve")
     parser.add_argument("--weights", default="bundled:shapes_maskrcnn", help="random, bundled:NAME or PATH")
     parser.add_argument("--repository", type=Path, default=Path(".cache/bench_repo"))

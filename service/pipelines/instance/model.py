@@ -5,7 +5,7 @@ The detector runs one of two paths (``parameters.default_path`` in config.yaml):
 
 - ``split`` (default): the backbone graph on the engine (``backbone.onnx`` on ONNX Runtime,
   or the torch backend), batched across requests, then the RPN/RoI heads in torch
-  (``models.instance.runner.SplitRunner``).
+  (``segserve.pipelines.instance.runner.SplitRunner``).
 - ``whole_graph``: ``model_full.onnx`` on ONNX Runtime, one image per run even inside a
   batch (``WholeGraphRunner``): the exported graph holds batch 1.
 
@@ -26,20 +26,23 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from models.instance.params import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT, InstanceParameters
-from models.instance.paste import to_instances
-from models.instance.preprocess import ImageMeta, resize_scale
-from models.instance.runner import SplitRunner, WholeGraphRunner, load_heads
-from models.instance.split import Detections
-from service.codecs.image import decode_image
-from service.codecs.masks import encode_label_png
-from service.engine import Engine
-from service.errors import BadParameter
-from service.metrics import BatcherMetrics
-from service.pipelines.base import ImageResult, OutputFormat, Timing
-from service.pipelines.options import parse_number
-from service.repository import ModelConfig, ModelEntry
-from service.scheduler import BatchPolicy, DynamicBatcher
+from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
+
+from segserve.contract.instance import InstanceParameters
+from segserve.pipelines.instance.paste import to_instances
+from segserve.pipelines.instance.preprocess import ImageMeta, resize_scale
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
+from segserve.graphs.maskrcnn import Detections
+from segserve.codecs.image import decode_image
+from segserve.codecs.masks import encode_label_png
+from segserve.engine import Engine
+from segserve.errors import BadParameter
+from segserve.metrics import BatcherMetrics
+from segserve.pipelines.base import ImageResult, OutputFormat, Timing
+from segserve.pipelines.options import parse_number
+from segserve.contract.model_config import ModelConfig
+from segserve.repository import ModelEntry
+from segserve.scheduler import BatchPolicy, DynamicBatcher
 
 
 COMMON_PARAMS = {"model", "format", "timeout_ms"}

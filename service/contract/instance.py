@@ -1,4 +1,4 @@
-"""The instance-model settings kept in config.yaml's free-form ``parameters``."""
+"""The instance-model (Mask R-CNN) settings kept in config.yaml's ``parameters``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from models.instance.preprocess import round_up
+# Every FPN stride divides the canvas the backbone runs on.
+SIZE_DIVISIBLE = 32
 
-BACKBONE_ARTIFACT = "backbone.onnx"  # split path, ONNX: images -> FPN features
-WEIGHTS_ARTIFACT = "weights.pt"  # whole torchvision state_dict: torch backbone + heads
-WHOLE_GRAPH_ARTIFACT = "model_full.onnx"  # whole-graph path, batch 1
+
+def round_up(n: int, multiple: int = SIZE_DIVISIBLE) -> int:
+    return -(-n // multiple) * multiple
 
 
 class InstanceParameters(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import zoo
+from segserve.graphs import zoo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,7 +64,7 @@ def build_serving_module(config) -> nn.Module:
     if arch.task == "semantic":
         return SemanticServingModule(net, config.output.kind)
     if arch.task == "instance":  # the engine half of the split path; heads run in models.instance
-        from models.instance.split import MaskRCNNBackbone  # here: it imports this module
+        from segserve.graphs.maskrcnn import MaskRCNNBackbone  # here: it imports this module
 
         return MaskRCNNBackbone(net)
     raise NotImplementedError(f"no serving wrapper for task {arch.task}")
