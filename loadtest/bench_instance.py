@@ -25,27 +25,35 @@ import os
 import platform
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
 
-from segserve_loadtest.bench_service import bench_service, markdown
-from segserve_loadtest.payloads import Payload
-from segserve_models.instance.bench import timed
-from segserve_models.instance.export import export_instance_model
+from segserve.codecs.masks import encode_label_png
 from segserve.contract.instance import InstanceParameters
+from segserve.contract.model_config import latest_version
+from segserve.engine import create_engine
+from segserve.graphs.maskrcnn import Detections
+from segserve.pipelines import ImageResult, Timing
+from segserve.pipelines.base import Encoded
+from segserve.pipelines.instance.model import (
+    InstanceModel,
+    InstanceOptions,
+    instance_id_map,
+    served_instances,
+)
 from segserve.pipelines.instance.preprocess import ImageMeta
 from segserve.pipelines.instance.runner import SplitRunner, load_heads
-from segserve.graphs.maskrcnn import Detections
+from segserve.pipelines.render import render_json
+from segserve.repository import ModelEntry, scan
+from segserve_loadtest.bench_service import levels_markdown, service_level
+from segserve_loadtest.payloads import Payload
+from segserve_loadtest.server import SegserveProcess
+from segserve_models.instance.bench import timed
+from segserve_models.instance.export import export_instance_model
 from segserve_models.synthetic import make_scene
 from segserve_models.weights import WeightsSpec
-from segserve.codecs.masks import encode_label_png
-from segserve.engine import create_engine
-from segserve.pipelines import ImageResult, Timing
-from segserve.pipelines.instance.model import InstanceOptions, instance_id_map, served_instances
-from segserve.pipelines.render import render_json
-from segserve.contract.model_config import latest_version
-from segserve.repository import ModelEntry, scan
 
 
 def ensure_model(repository: Path, architecture: str, name: str, weights: str) -> ModelEntry:
@@ -72,9 +80,11 @@ def bench_batch_step(entry: ModelEntry, image: np.ndarray, min_seconds: float) -
     return rows
 
 
-def bench_answer(classes: list[str], seconds: float, height: int = 720, width: int = 1280, n: int = 100) -> dict:
+def bench_answer(entry: ModelEntry, seconds: float, height: int = 720, width: int = 1280, n: int = 100) -> dict:
     """ms and bytes to answer an image with ``n`` instances: boxes 16-128 px a side, solid
     28x28 mask probabilities with noise (like a trained head's), all above the thresholds."""
+    classes = entry.config.classes
+    pipeline = InstanceModel(entry, context=None)  # for its response fields only: never started
     rng = np.random.default_rng(0)
     sides = rng.uniform(16, 128, (n, 2))
     corners = rng.uniform(0, 1, (n, 2)) * (np.array([width, height]) - sides)
@@ -92,7 +102,7 @@ def bench_answer(classes: list[str], seconds: float, height: int = 720, width: i
         return served_instances(detections, meta, options, classes)
 
     def render(instances: list[dict]) -> bytes:
-        return render_json("model", "instance", classes, ImageResult(width, height, Timing(0, 0, 1), {"instances": instances}), 0.0)
+        return render_json(pipeline, ImageResult(width, height, Timing(0, 0, 1), Encoded({"instances": instances})), 0.0)
 
     def png(instances: list[dict]) -> bytes:
         return encode_label_png(instance_id_map(instances, height, width))
@@ -140,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     engine_rows = bench_batch_step(entry, scene, args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     levels = [int(v) for v in args.levels.split(",")]
-    service_rows = bench_service(args.repository, name, payload, levels, args.requests, args.out / "bench_server.log")
+    with SegserveProcess(args.repository, args.out / "bench_server.log", models=[name]) as server, httpx.Client(timeout=60) as client:
+        service_rows = [service_level(server, client, name, payload, c, args.requests) for c in levels]
     best = max(r["images_per_s"] for r in engine_rows)
     params = InstanceParameters.model_validate(entry.config.parameters)
     result = {
@@ -152,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         "engine_best_images_per_s": best,
         "service": service_rows,
         "ratio": service_rows[-1]["requests_per_s"] / best,
-        "answer": bench_answer(entry.config.classes, args.seconds),
+        "answer": bench_answer(entry, args.seconds),
     }
     (args.out / "bench_service.json").write_text(json.dumps(result, indent=2))
-    text = markdown(result) + "\n\n" + answer_table(result["answer"])
+    text = levels_markdown(result) + "\n\n" + answer_table(result["answer"])
     (args.out / "bench_service.md").write_text(text + "\n")
     print(text)
     return 0

@@ -33,9 +33,9 @@ from segserve_loadtest.server_metrics import delta, scrape
 
 
 def ensure_model(repository: Path, architecture: str, input_size: tuple[int, int]) -> Path:
+    from segserve.contract.model_config import latest_version
     from segserve_models.export import export_model
     from segserve_models.weights import WeightsSpec
-    from segserve.contract.model_config import latest_version
 
     if (repository / architecture / "config.yaml").is_file() and latest_version(repository / architecture):
         return repository
@@ -126,7 +126,8 @@ def paired_rounds(raw: RawEngine, best_size: int, server: SegserveProcess, clien
     return result
 
 
-def markdown(result: dict) -> str:
+def levels_markdown(result: dict) -> str:
+    """The raw engine's batch sizes and the service's concurrency levels, side by side."""
     engine_best = result["engine_best_images_per_s"]
     lines = [
         f"Model `{result['model']}` input {result['input']} on {result['machine']}, image {result['image']}.",
@@ -144,8 +145,13 @@ def markdown(result: dict) -> str:
             f"| {r['failed']} | {r['non_2xx']} | {r['mean_batch_size']:.2f} | {r['server_queue_ms']:.1f} "
             f"| {r['server_compute_ms']:.1f} | {r['requests_per_s'] / engine_best:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
     top = result["service"][-1]["concurrency"]
-    lines += [
+    lines = [
+        levels_markdown(result),
         "",
         f"Paired rounds at concurrency {top} (raw engine at batch {result['best_batch_size']}, then the service, back to back):",
         "",

@@ -20,19 +20,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from segserve import logs
 
     logs.configure("info")
+    from segserve.contract.artifacts import CONFIG_FILE
+    from segserve.contract.model_config import latest_version, load_config
     from segserve.graphs import zoo
     from segserve_models.export import export_model
     from segserve_models.instance.export import export_instance_model
     from segserve_models.weights import WeightsError, WeightsSpec
-    from segserve.contract.artifacts import CONFIG_FILE
-    from segserve.contract.model_config import latest_version, load_config
 
     repository = Path(args.repository)
     name = args.name or args.model
     model_dir = repository / name
     if args.skip_existing and (model_dir / CONFIG_FILE).is_file() and latest_version(model_dir) is not None:
         # bundled checkpoints change with `make train`: a stale export gets a new version instead
-        from segserve_models.video_split import bundled_correction, exported_correction_sha256
+        from segserve_models.video_split import (
+            bundled_correction,
+            exported_correction_sha256,
+        )
         from segserve_models.weights import sha256_of
 
         exported = load_config(model_dir)
@@ -65,7 +68,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 2
         log.info("exported %s -> %s", args.model, version_dir)
         if args.video_split:
-            from segserve_models.video_split import bundled_correction, export_video_split
+            from segserve_models.video_split import (
+                bundled_correction,
+                export_video_split,
+            )
 
             # bundled weights come with their trained video correction when there is one
             correction = bundled_correction(args.weights)

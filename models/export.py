@@ -23,11 +23,25 @@ import numpy as np
 import onnx
 import torch
 
+from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.model_config import (
+    DynamicBatching,
+    InputSpec,
+    ModelConfig,
+    OutputSpec,
+    Task,
+    WeightsInfo,
+    latest_version,
+)
 from segserve.graphs import zoo
 from segserve.graphs.serving import SemanticServingModule
-from segserve_models.weights import WeightsError, WeightsSpec, download, load_checkpoint, verify_bundled
-from segserve.contract.artifacts import CONFIG_FILE
-from segserve.contract.model_config import DynamicBatching, InputSpec, ModelConfig, OutputSpec, Task, WeightsInfo, latest_version
+from segserve_models.weights import (
+    WeightsError,
+    WeightsSpec,
+    download,
+    load_checkpoint,
+    verify_bundled,
+)
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from segserve_models.synthetic import make_video
 from segserve.codecs.geometry import Letterbox
-from segserve.engine import Engine, create_engine
-from segserve.pipelines.video_semantic import split_parts
-from segserve.pipelines.video_streams import KeyframePolicy, KeyframeState, KeyframeTracker
 from segserve.contract.model_config import ModelConfig, latest_version, load_config
+from segserve.contract.video import SemanticParameters
+from segserve.engine import Engine, create_engine
+from segserve.pipelines.video.streams import (
+    KeyframePolicy,
+    KeyframeState,
+    KeyframeTracker,
+)
+from segserve_models.synthetic import make_video
 
 HELD_OUT_SEED_BASE = 2_000_000_000  # far from the seeds models/train.py trains on
 
@@ -62,14 +66,13 @@ class Engines:
         model_dir = repository / name
         self.config = load_config(model_dir)
         version_dir = model_dir / str(latest_version(model_dir))
-        video = self.config.parameters.get("video")
-        if not video:
+        video = SemanticParameters.model_validate(self.config.parameters).video
+        if video is None:
             raise SystemExit(f"{name} has no video split: run python -m segserve_models.video_split --model {name} first")
-        self.default_policy = KeyframePolicy(int(video["max_keyframe_interval"]), float(video["keyframe_threshold"]))
+        self.default_policy = KeyframePolicy(video.max_keyframe_interval, video.keyframe_threshold)
         self.full: Engine = create_engine(self.config, version_dir, backend="onnxruntime")
         self.parts: dict[str, Engine] = {
-            part: create_engine(self.config, version_dir / video["dir"] / part, backend="onnxruntime")
-            for part in split_parts(video)
+            part: create_engine(self.config, version_dir / video.dir / part, backend="onnxruntime") for part in video.parts()
         }
 
     def per_frame(self, clip: Clip) -> tuple[list[np.ndarray], int]:

@@ -32,14 +32,20 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from segserve.codecs.geometry import Letterbox  # noqa: E402
+from segserve.contract.model_config import InputSpec  # noqa: E402
 from segserve.graphs import zoo  # noqa: E402
 from segserve_models.export import resolve_weights  # noqa: E402
 from segserve_models.synthetic import make_video  # noqa: E402
 from segserve_models.train import CHECKPOINT_DIR, IGNORE_LABEL, write_sha256sums  # noqa: E402
-from segserve_models.video_split import Correction, CorrectedFuse, Deep, Shallow, fingerprint  # noqa: E402
+from segserve_models.video_split import (  # noqa: E402
+    CorrectedFuse,
+    Correction,
+    Deep,
+    Shallow,
+    fingerprint,
+)
 from segserve_models.weights import WeightsSpec  # noqa: E402
-from segserve.codecs.geometry import Letterbox  # noqa: E402
-from segserve.contract.model_config import InputSpec  # noqa: E402
 
 BASE = "shapes_lraspp"  # the bundled checkpoint the correction is trained for
 INPUT_SIZE = 256  # the size `make models` exports it at (the correction is size-specific only through data)

@@ -44,22 +44,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segserve.contract.artifacts import (
+    CONFIG_FILE,
+    ONNX_ARTIFACT,
+    VIDEO_DIR,
+    WEIGHTS_ARTIFACT,
+)
+from segserve.contract.model_config import ModelConfig, latest_version, load_config
+from segserve.contract.video import (
+    CORRECTED_KEYFRAME_THRESHOLD,
+    CORRECTED_MAX_KEYFRAME_INTERVAL,
+    DEFAULT_KEYFRAME_THRESHOLD,
+    DEFAULT_MAX_KEYFRAME_INTERVAL,
+    SemanticParameters,
+    VideoCorrection,
+    VideoSplit,
+)
 from segserve.graphs import zoo
+from segserve.graphs.serving import Normalize, SemanticServingModule
 from segserve_models.export import ExportError, ParityReport, onnx_export, sample_images
 from segserve_models.weights import BUNDLED_DIR, sha256_of, verify_bundled
-from segserve.graphs.serving import Normalize, SemanticServingModule
-from segserve.contract.artifacts import CONFIG_FILE
-from segserve.contract.model_config import ModelConfig, latest_version, load_config
 
 log = logging.getLogger(__name__)
 
 SPLIT_ARCHITECTURES = ("lraspp_mobilenet_v3_large",)
-VIDEO_DIR = "video"  # inside the version folder
-# Adaptive keyframe policies (threshold, longest interval), calibrated with models/video_bench.py
-# on seeds apart from the reported ones (docs/benchmarks.md). Corrected non-keyframes tolerate
-# larger changes than plain stale ones, but not the longest gaps.
-DEFAULT_KEYFRAME_THRESHOLD, DEFAULT_MAX_KEYFRAME_INTERVAL = 1.0, 16
-CORRECTED_KEYFRAME_THRESHOLD, CORRECTED_MAX_KEYFRAME_INTERVAL = 1.7, 8
 
 
 def _backbone_halves(net: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
@@ -217,7 +225,8 @@ def bundled_correction(weights: str) -> Path | None:
 
 def exported_correction_sha256(config: ModelConfig) -> str | None:
     """sha256 of the correction checkpoint a model's video split was exported with, if any."""
-    return config.parameters.get("video", {}).get("correction", {}).get("sha256")
+    video = SemanticParameters.model_validate(config.parameters).video
+    return video.correction.sha256 if video is not None and video.correction is not None else None
 
 
 def load_correction(path: Path, net: nn.Module) -> Correction:
@@ -270,8 +279,8 @@ def keyframe_parity(net: nn.Module, workdir: Path, height: int, width: int, batc
     images = sample_images(batch, height, width, seed=1)
     with torch.no_grad():
         ref = SemanticServingModule(net, "logits").eval()(images).numpy()
-    low_np = _Session(workdir / "shallow" / "model.onnx")(images=images.numpy())
-    deep_np = _Session(workdir / "deep" / "model.onnx")(low=low_np)
+    low_np = _Session(workdir / "shallow" / ONNX_ARTIFACT)(images=images.numpy())
+    deep_np = _Session(workdir / "deep" / ONNX_ARTIFACT)(low=low_np)
     return ParityReport.compare(_Session(workdir / "fuse_logits.onnx")(low=low_np, deep=deep_np), ref)
 
 
@@ -296,7 +305,7 @@ def correct_parity(net: nn.Module, head: Correction, workdir: Path, height: int,
 def load_served_net(config: ModelConfig, version_dir: Path) -> nn.Module:
     """The network of an exported semantic model, from its ``weights.pt``."""
     serving = SemanticServingModule(zoo.get(config.architecture).build(len(config.classes)))
-    serving.load_state_dict(torch.load(version_dir / "weights.pt", map_location="cpu", weights_only=True))
+    serving.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, map_location="cpu", weights_only=True))
     return serving.net.eval()
 
 
@@ -322,7 +331,7 @@ def export_video_split(
     net = load_served_net(config, version_dir)
     head = load_correction(correction, net) if correction is not None else None
     # recorded in export.json and config.yaml (how `segserve export --skip-existing` tells a retrained one)
-    correction_record = {"file": correction.name, "sha256": sha256_of(correction)} if correction is not None else None
+    correction_record = VideoCorrection(file=correction.name, sha256=sha256_of(correction)) if correction is not None else None
     if keyframe_threshold is None:
         keyframe_threshold = CORRECTED_KEYFRAME_THRESHOLD if head is not None else DEFAULT_KEYFRAME_THRESHOLD
     if max_keyframe_interval is None:
@@ -343,14 +352,14 @@ def export_video_split(
             parts.append(("correct", CorrectedFuse(net, head, height, width, "labels"), (low, deep, low)))
         for part, module, example in parts:
             (staging / part).mkdir()
-            export_part(module, example, staging / part / "model.onnx")
+            export_part(module, example, staging / part / ONNX_ARTIFACT)
         report = keyframe_parity(net, staging, height, width)
         log.info("video split parity %s: max|diff| %.3g, agreement %.5f", name, report.max_abs_diff, report.label_agreement)
         report.check()
         (staging / "fuse_logits.onnx").unlink()
         provenance = {"parity_keyframe_vs_full": asdict(report)}
         if head is not None:
-            provenance["correction"] = correction_record
+            provenance["correction"] = correction_record.model_dump()
             correct_report = correct_parity(net, head, staging, height, width)
             log.info("correct part parity %s: max|diff| %.3g, agreement %.5f", name, correct_report.max_abs_diff, correct_report.label_agreement)
             correct_report.check()
@@ -364,14 +373,12 @@ def export_video_split(
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    config.parameters["video"] = {
-        "split": "lraspp",
-        "dir": VIDEO_DIR,
-        "keyframe_threshold": keyframe_threshold,
-        "max_keyframe_interval": max_keyframe_interval,
-    }
-    if correction_record is not None:
-        config.parameters["video"]["correction"] = correction_record
+    split = VideoSplit(
+        keyframe_threshold=keyframe_threshold,
+        max_keyframe_interval=max_keyframe_interval,
+        correction=correction_record,
+    )
+    config.parameters["video"] = split.model_dump(mode="json", exclude_none=True)
     config.dump(model_dir / CONFIG_FILE)
     return target
 

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, help="KServe v2 gRPC port (env SEGSERVE_GRPC_PORT, default 8001; 0 disables)")
     serve.add_argument("--model-repository", type=Path, help="model repository folder (env SEGSERVE_MODEL_REPOSITORY)")
     serve.add_argument("--models", help="comma-separated models to load (default: all)")
-    serve.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], help="force one backend for all models")
+    serve.add_argument("--backend", choices=["onnxruntime", "torch"], help="force one backend for all models")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 

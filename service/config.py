@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     models: list[str] = Field(default_factory=list)
     default_model: str | None = None
     # Force one backend for every model ("onnxruntime", "torch"); unset = each config's preference.
-    backend: Literal["onnxruntime", "torch", "tensorrt"] | None = None
+    backend: Literal["onnxruntime", "torch"] | None = None
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # --- video: POST /segment/video (service/pipelines/video.py) ----------------------
+    # --- video: POST /segment/video (service/pipelines/video/runs.py) ----------------------
     # Frames one chunk may hold (after frame_stride); a request's max_frames can only lower it.
     video_max_frames: int = Field(64, ge=1, le=10_000)
     # Streams whose keyframe state (~0.7 MB each at 512x512) is kept between chunks; a new

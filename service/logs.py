@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
+import uuid
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_id_from(*candidates: str | None) -> str:
+    """The first client-sent id that is safe to log and echo, else a new one."""
+    for candidate in candidates:
+        if candidate and _SAFE_ID.match(candidate):
+            return candidate
+    return uuid.uuid4().hex
 
 
 class _RequestIdFilter(logging.Filter):

@@ -1,4 +1,5 @@
-"""Loads the model repository into served models and tracks each model's state."""
+"""Loads the model repository into pipelines, one per model, and tracks each model's state.
+Video is part of every model's pipeline; the streams of all of them live here too."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from segserve.config import Settings
-from segserve.engine import EngineUnavailable, create_engine
 from segserve.errors import ModelNotFound, ModelNotReady
 from segserve.metrics import Metrics
-from segserve.pipelines import PIPELINES, ServedModel
+from segserve.pipelines import PIPELINES, ModelState, Pipeline, PipelineContext
+from segserve.pipelines.video.runs import VideoStreams
 from segserve.repository import ModelEntry, scan
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class ModelStatus:
     entry: ModelEntry
-    state: str  # "LOADING" | "READY" | "UNAVAILABLE"
+    state: ModelState
     reason: str | None = None
-    served: ServedModel | None = None
+    pipeline: Pipeline | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == ModelState.ready and self.pipeline is not None
 
 
 class ModelManager:
@@ -30,6 +35,15 @@ class ModelManager:
         self.settings = settings
         self.metrics = metrics
         self.codec_pool = ThreadPoolExecutor(settings.codec_thread_count(), thread_name_prefix="codec")
+        self.context = PipelineContext(
+            codec_pool=self.codec_pool,
+            metrics=metrics,
+            max_image_pixels=settings.max_image_pixels,
+            backend=settings.backend,
+            warmup=settings.warmup,
+            drain_timeout_s=settings.shutdown_drain_s,
+        )
+        self.streams = VideoStreams(settings, metrics.registry, self.codec_pool)
         self.models: dict[str, ModelStatus] = {}
         self.ready = False
 
@@ -37,17 +51,20 @@ class ModelManager:
     def default_model(self) -> str | None:
         if self.settings.default_model:
             return self.settings.default_model
-        ready = [name for name, s in self.models.items() if s.state == "READY"]
+        ready = [name for name, s in self.models.items() if s.ready]
         return ready[0] if ready else next(iter(self.models), None)
 
-    def get(self, name: str | None) -> ServedModel:
+    def ready_models(self) -> list[str]:
+        return [name for name, s in self.models.items() if s.ready]
+
+    def get(self, name: str | None) -> Pipeline:
         name = name or self.default_model
         status = self.models.get(name) if name else None
         if status is None:
             raise ModelNotFound(f"unknown model {name!r}; available: {sorted(self.models)}")
-        if status.state != "READY" or status.served is None:
-            raise ModelNotReady(f"model {name} is {status.state}" + (f": {status.reason}" if status.reason else ""))
-        return status.served
+        if not status.ready:
+            raise ModelNotReady(f"model {name} is {status.state.value}" + (f": {status.reason}" if status.reason else ""))
+        return status.pipeline
 
     async def start(self) -> None:
         entries = scan(self.settings.model_repository)
@@ -60,9 +77,10 @@ class ModelManager:
         if not entries:
             log.warning("no models found in %s: run `segserve export` first", self.settings.model_repository)
         for entry in entries:
-            self.models[entry.config.name] = ModelStatus(entry, "LOADING")
+            self.models[entry.config.name] = ModelStatus(entry, ModelState.loading)
         for entry in entries:
             await self._load(entry)
+        await self.streams.start()
         self.ready = True
 
     async def _load(self, entry: ModelEntry) -> None:
@@ -71,34 +89,31 @@ class ModelManager:
         gauge = self.metrics.model_ready.labels(name)
         gauge.set(0)
         if entry.error:
-            status.state, status.reason = "UNAVAILABLE", entry.error
+            status.state, status.reason = ModelState.unavailable, entry.error
             log.error("model %s unavailable: %s", name, entry.error)
             return
-        pipeline_cls = PIPELINES.get(entry.config.task.value)
-        if pipeline_cls is None:
-            status.state, status.reason = "UNAVAILABLE", f"no pipeline for task {entry.config.task.value}"
-            return
+        pipeline = PIPELINES[entry.config.task](entry, self.context)
         try:
-            engines = await asyncio.to_thread(
-                lambda: [create_engine(entry.config, entry.version_dir, self.settings.backend) for _ in range(entry.config.instances)]
-            )
-            served = pipeline_cls(entry, engines, self.codec_pool, self.metrics.batch_observer(name), self.settings.max_image_pixels)
-            await served.start(self.settings.warmup)
-        except (EngineUnavailable, Exception) as exc:  # noqa: BLE001 - one broken model must not stop the others
-            status.state, status.reason = "UNAVAILABLE", str(exc)
+            await pipeline.start()
+        except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
+            status.state, status.reason = ModelState.unavailable, str(exc)
             log.exception("model %s failed to load", name)
+            await pipeline.stop()
             return
-        status.served, status.state = served, "READY"
+        status.pipeline, status.state = pipeline, ModelState.ready
         gauge.set(1)
-        weights = entry.config.weights
-        if weights.source == "random":
-            log.warning("model %s serves RANDOM weights (%s): masks are meaningless", name, weights.detail)
-        log.info("model %s v%s ready on %s/%s", name, entry.version, served.engine_info.backend, served.engine_info.device)
+        if entry.config.weights.source == "random":
+            log.warning("model %s serves RANDOM weights (%s): masks are meaningless", name, entry.config.weights.detail)
+        engine = pipeline.engine_info
+        log.info("model %s v%s ready on %s/%s", name, entry.version, engine.backend, engine.device)
 
     async def stop(self) -> None:
+        """Streams first (no new chunk finds its state), then every model drains its batchers."""
         self.ready = False
-        await asyncio.gather(
-            *(s.served.stop(self.settings.shutdown_drain_s) for s in self.models.values() if s.served is not None),
-            return_exceptions=True,
-        )
+        await self.streams.stop()
+        running = [s for s in self.models.values() if s.pipeline is not None]
+        outcomes = await asyncio.gather(*(s.pipeline.stop() for s in running), return_exceptions=True)
+        for status, outcome in zip(running, outcomes):
+            if isinstance(outcome, Exception):
+                log.error("model %s failed to stop cleanly", status.entry.config.name, exc_info=outcome)
         self.codec_pool.shutdown(wait=False)

@@ -19,7 +19,6 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from segserve.contract.artifacts import CONFIG_FILE
-
 from segserve.contract.model_config import ModelConfig, latest_version, load_config
 
 log = logging.getLogger(__name__)

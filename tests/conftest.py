@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segserve_models.export import export_model
-from segserve_models.weights import WeightsSpec
 from segserve.contract.model_config import load_config
 from segserve_loadtest.server import SegserveProcess
+from segserve_models.export import export_model
+from segserve_models.weights import WeightsSpec
 
 SEMANTIC = "lraspp_mobilenet_v3_large"
 SMALL_INPUT = (128, 128)

@@ -4,10 +4,10 @@ exported ONNX model on ONNX Runtime CPU."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import io
+import shutil
 import socket
+import subprocess
 
 import httpx
 import numpy as np
@@ -16,10 +16,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from segserve_loadtest.ab import parse_ab_output
-from tests.conftest import SEMANTIC, copy_model, make_image
-from segserve_loadtest.server import SegserveProcess
 from segserve.transport.http.schemas import ErrorResponse, ModelList, SemanticResponse
+from segserve_loadtest.ab import parse_ab_output
+from segserve_loadtest.server import SegserveProcess
+from tests.conftest import SEMANTIC, copy_model, make_image
 
 
 def post_image(url: str, data: bytes, content_type="image/jpeg", params=None, headers=None) -> httpx.Response:

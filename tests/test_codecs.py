@@ -12,8 +12,8 @@ from pycocotools import mask as mask_utils
 from segserve.codecs.geometry import Letterbox
 from segserve.codecs.image import decode_image
 from segserve.codecs.masks import encode_label_png, encode_rle, semantic_segments
-from segserve.errors import TooManyPixels, UndecodableInput
 from segserve.contract.model_config import InputSpec, ResizeMode
+from segserve.errors import TooManyPixels, UndecodableInput
 from tests.conftest import make_image
 
 SPEC = InputSpec(height=128, width=128)

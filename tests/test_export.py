@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from segserve_models.export import ExportError, ParityReport, export_model, sample_images
-from segserve_models.weights import WeightsError, WeightsSpec, download, verify_sha256
 from segserve.engine import create_engine
 from segserve.repository import scan
-from tests.conftest import SEMANTIC, make_image
 from segserve_loadtest.server import SegserveProcess
+from segserve_models.export import ExportError, ParityReport, export_model, sample_images
+from segserve_models.weights import WeightsError, WeightsSpec, download, verify_sha256
+from tests.conftest import SEMANTIC, make_image
 
 
 def test_export_writes_a_versioned_repository_entry(semantic_repo):

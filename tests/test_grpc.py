@@ -22,8 +22,8 @@ from pycocotools import mask as mask_utils
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import SEMANTIC, make_image
 from segserve_loadtest.server import SegserveProcess, free_port
+from tests.conftest import SEMANTIC, make_image
 
 
 @pytest.fixture(scope="module")

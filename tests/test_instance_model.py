@@ -14,21 +14,21 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from segserve.graphs import zoo
-from segserve_models.export import sample_images
-from segserve_models.instance.export import export_instance_model
-from segserve.pipelines.instance.paste import masks_to_rles, to_instances
 from segserve.contract.artifacts import BACKBONE_ARTIFACT, WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.instance import InstanceParameters
-from segserve_models.instance.parity import compare_all, eager_instances
-from segserve.pipelines.instance.preprocess import collate, preprocess, resize_scale
-from segserve_models.instance.random_init import lively_random_init
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
-from segserve.graphs.maskrcnn import MaskRCNNBackbone, MaskRCNNHeads
-from segserve_models.weights import WeightsSpec
+from segserve.contract.model_config import OnnxRuntimeOptions, TorchOptions, load_config
 from segserve.engine.factory import create_engine
 from segserve.engine.onnxruntime import OnnxRuntimeEngine
-from segserve.contract.model_config import OnnxRuntimeOptions, TorchOptions, load_config
+from segserve.graphs import zoo
+from segserve.graphs.maskrcnn import MaskRCNNBackbone, MaskRCNNHeads
+from segserve.pipelines.instance.paste import masks_to_rles, to_instances
+from segserve.pipelines.instance.preprocess import collate, preprocess, resize_scale
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
+from segserve_models.export import sample_images
+from segserve_models.instance.export import export_instance_model
+from segserve_models.instance.parity import compare_all, eager_instances
+from segserve_models.instance.random_init import lively_random_init
+from segserve_models.weights import WeightsSpec
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

@@ -24,19 +24,18 @@ import tritonclient.grpc as triton
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from segserve.contract.artifacts import CONFIG_FILE, WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT
+from segserve.contract.instance import InstanceParameters
+from segserve.contract.model_config import load_config
+from segserve.graphs import zoo
+from segserve.transport.http.schemas import InstanceResponse
 from segserve_loadtest.server import SegserveProcess, free_port
 from segserve_loadtest.server_metrics import delta, scrape
-from segserve.graphs import zoo
 from segserve_models.instance.export import export_instance_model
-from segserve.contract.artifacts import WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT
-from segserve.contract.instance import InstanceParameters
 from segserve_models.instance.parity import compare_all, eager_instances
 from segserve_models.synthetic import make_scene, make_video
 from segserve_models.train import held_out_seeds
 from segserve_models.weights import WeightsSpec
-from segserve.contract.artifacts import CONFIG_FILE
-from segserve.contract.model_config import load_config
-from segserve.transport.http.schemas import InstanceResponse
 from tests.test_api import assert_error, post_image
 from tests.test_grpc import infer, masks_json, status_of, without_timing
 from tests.test_video import encode

@@ -18,17 +18,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from segserve_models.export import ExportError, sample_images
-from segserve_models.train import CHECKPOINT_DIR
-from segserve_models.synthetic import make_video
-from segserve_models.video_correction import KeyframeClips
-from segserve_models.video_correction import save as save_correction
-from segserve_models.video_correction import train as train_correction
-from segserve_models.video_split import export_video_split, load_served_net
 from segserve.codecs.geometry import Letterbox
 from segserve.contract.model_config import load_config
 from segserve.errors import QueueFull, SequenceConflict
-from segserve.pipelines.video_streams import (
+from segserve.pipelines.video.streams import (
     CHANGED_SHARE,
     KeyframePolicy,
     KeyframeState,
@@ -36,8 +29,15 @@ from segserve.pipelines.video_streams import (
     StreamRegistry,
     feature_change,
 )
-from tests.conftest import copy_model
 from segserve_loadtest.server import SegserveProcess
+from segserve_models.export import ExportError, sample_images
+from segserve_models.synthetic import make_video
+from segserve_models.train import CHECKPOINT_DIR
+from segserve_models.video_correction import KeyframeClips
+from segserve_models.video_correction import save as save_correction
+from segserve_models.video_correction import train as train_correction
+from segserve_models.video_split import export_video_split, load_served_net
+from tests.conftest import copy_model
 
 SPLIT, PLAIN, BROKEN, CORRECTED = "lraspp_video", "lraspp_plain", "lraspp_broken_split", "lraspp_corrected"
 HEIGHT, WIDTH = 96, 128
@@ -222,10 +222,10 @@ class RecordingObserver:
 
 class FakeClock:
     def __init__(self):
-        self.now = 0.0
+        self.time = 0.0
 
-    def __call__(self):
-        return self.now
+    def now(self) -> float:
+        return self.time
 
 
 async def test_registry_orders_chunks_and_checks_sequences():
@@ -258,7 +258,7 @@ async def test_registry_evicts_least_recently_used_idle_streams():
         await registry.acquire("d", 0)
     registry.release(other)
     registry.release(busy)
-    clock.now = 11
+    clock.time = 11
     registry.evict_idle()
     assert observer.evictions == ["capacity", "idle", "idle"] and len(registry) == 0
 
@@ -461,3 +461,15 @@ def test_skip_existing_reexports_when_the_bundled_correction_changed(tmp_path):
     config.dump(tmp_path / "shapes" / "config.yaml")
     assert segserve(args) == 0
     assert (tmp_path / "shapes" / "2" / "video" / "correct" / "model.onnx").is_file()
+
+
+def test_models_list_the_video_parts_with_their_state(video_server):
+    models = {m["name"]: m for m in httpx.get(f"{video_server.url}/v1/models", timeout=10).json()["models"]}
+    split = models[SPLIT]["parts"]
+    assert [p["name"] for p in split] == ["video/shallow", "video/deep", "video/fuse"]
+    assert all(p["state"] == "READY" and p["backend"] == "onnxruntime" and p["device"] for p in split)
+    assert [p["name"] for p in models[CORRECTED]["parts"]][-1] == "video/correct"
+    assert models[PLAIN]["parts"] == []
+    broken = models[BROKEN]
+    assert broken["state"] == "READY"  # images still serve; its video runs frame by frame
+    assert broken["parts"] and all(p["state"] == "UNAVAILABLE" and p["reason"] for p in broken["parts"])

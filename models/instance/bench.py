@@ -33,19 +33,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segserve.graphs import zoo
-from segserve_models.export import resolve_weights, sample_images
-from segserve_models.instance.export import export_backbone, export_whole_graph
 from segserve.contract.instance import InstanceParameters
-from segserve_models.instance.parity import eager_instances
+from segserve.contract.model_config import OnnxRuntimeOptions
+from segserve.engine.onnxruntime import OnnxRuntimeEngine
+from segserve.graphs import zoo
+from segserve.graphs.maskrcnn import MaskRCNNHeads
 from segserve.pipelines.instance.paste import masks_to_rles
 from segserve.pipelines.instance.preprocess import collate
-from segserve_models.instance.random_init import lively_random_init
 from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner
-from segserve.graphs.maskrcnn import MaskRCNNHeads
+from segserve_models.export import resolve_weights, sample_images
+from segserve_models.instance.export import export_backbone, export_whole_graph
+from segserve_models.instance.parity import eager_instances
+from segserve_models.instance.random_init import lively_random_init
 from segserve_models.weights import WeightsSpec
-from segserve.engine.onnxruntime import OnnxRuntimeEngine
-from segserve.contract.model_config import OnnxRuntimeOptions
 
 # architecture -> (min_size, max_size): ResNet-50 at a modest 512 instead of 800/1333
 SIZES = {"maskrcnn_mobilenet_v3_large_fpn": None, "maskrcnn_resnet50_fpn": (384, 512)}

@@ -31,21 +31,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segserve.graphs import zoo
-from segserve_models.export import OPSET, ExportError, new_version_dir, onnx_export, resolve_weights, sample_images
-from segserve.contract.artifacts import BACKBONE_ARTIFACT, WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT
+from segserve.contract.artifacts import (
+    BACKBONE_ARTIFACT,
+    CONFIG_FILE,
+    WEIGHTS_ARTIFACT,
+    WHOLE_GRAPH_ARTIFACT,
+)
 from segserve.contract.instance import InstanceParameters
+from segserve.contract.model_config import (
+    DynamicBatching,
+    InputSpec,
+    ModelConfig,
+    OnnxRuntimeOptions,
+    Task,
+    TorchOptions,
+    WeightsInfo,
+)
+from segserve.engine.onnxruntime import OnnxRuntimeEngine
+from segserve.engine.torch import TorchEngine
+from segserve.graphs import zoo
+from segserve.graphs.maskrcnn import MaskRCNNBackbone
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
+from segserve_models.export import (
+    OPSET,
+    ExportError,
+    new_version_dir,
+    onnx_export,
+    resolve_weights,
+    sample_images,
+)
 from segserve_models.instance.parity import compare_all, eager_instances
 from segserve_models.instance.random_init import lively_random_init
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
-from segserve.graphs.maskrcnn import MaskRCNNBackbone
 from segserve_models.instance.whole_graph import MaskRCNNWholeGraph
 from segserve_models.synthetic import make_scene
 from segserve_models.weights import WeightsSpec
-from segserve.engine.onnxruntime import OnnxRuntimeEngine
-from segserve.engine.torch import TorchEngine
-from segserve.contract.artifacts import CONFIG_FILE
-from segserve.contract.model_config import DynamicBatching, InputSpec, ModelConfig, OnnxRuntimeOptions, Task, TorchOptions, WeightsInfo
 
 log = logging.getLogger(__name__)
 

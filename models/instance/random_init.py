@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 
-
 MASK_LOGIT_GAIN = 0.05
 MASK_LOGIT_BIAS = 3.0
 
@@ -35,7 +34,9 @@ def lively_random_init(detector: MaskRCNN, seed: int = 0) -> MaskRCNN:
 
 
 def calibrate_batchnorm(detector: MaskRCNN, seed: int = 0, size: int = 160) -> MaskRCNN:
-    from segserve_models.export import sample_images  # the exporter's photo-like random images
+    from segserve_models.export import (
+        sample_images,  # the exporter's photo-like random images
+    )
 
     norms = [m for m in detector.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]

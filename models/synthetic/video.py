@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segserve_models.synthetic.scenes import Scene, Shape, make_background, random_shape, render
+from segserve_models.synthetic.scenes import (
+    Scene,
+    Shape,
+    make_background,
+    random_shape,
+    render,
+)
 
 MAX_PAN_PER_FRAME = 2.0  # camera speed, pixels/frame
 MAX_SPEED = 2.5  # shape speed, pixels/frame

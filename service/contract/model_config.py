@@ -97,7 +97,7 @@ class ModelConfig(BaseModel):
     dynamic_batching: DynamicBatching = DynamicBatching()
     instances: int = Field(1, ge=1, le=64)
     # Preferred backends, first available wins; SEGSERVE_BACKEND overrides for all models.
-    backends: list[Literal["onnxruntime", "torch", "tensorrt"]] = ["onnxruntime", "torch"]
+    backends: list[Literal["onnxruntime", "torch"]] = ["onnxruntime", "torch"]
     onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
     torch: TorchOptions = TorchOptions()
     weights: WeightsInfo = WeightsInfo()

@@ -18,7 +18,7 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class EngineInfo:
-    backend: str  # "onnxruntime", "torch", "tensorrt"
+    backend: str  # "onnxruntime" or "torch"
     device: str  # human-readable: "cpu", "cuda:0", "CUDAExecutionProvider"...
     detail: dict[str, str]  # backend specifics worth showing in /v1/models
 

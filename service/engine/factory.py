@@ -1,4 +1,5 @@
-"""Pick and build an engine for a model version: the only place that knows every backend.
+"""Pick and build an engine for a model version: the only place that knows every backend
+(a native TensorRT engine would plug in here; today TensorRT runs as ONNX Runtime's execution provider).
 The ONNX graph is the config's ``onnxruntime.model_file`` (model.onnx unless it says otherwise)."""
 
 from __future__ import annotations
@@ -6,13 +7,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from segserve.engine.base import Engine, EngineUnavailable
+from segserve.contract.artifacts import WEIGHTS_ARTIFACT
 from segserve.contract.model_config import ModelConfig
+from segserve.engine.base import Engine, EngineUnavailable
 
 log = logging.getLogger(__name__)
-
-TORCH_ARTIFACT = "weights.pt"
-TENSORRT_ARTIFACT = "model.plan"
 
 
 def _build(backend: str, config: ModelConfig, version_dir: Path) -> Engine:
@@ -23,9 +22,7 @@ def _build(backend: str, config: ModelConfig, version_dir: Path) -> Engine:
     if backend == "torch":
         from segserve.engine.torch import TorchEngine
 
-        return TorchEngine(config, version_dir / TORCH_ARTIFACT, instances=config.instances)
-    if backend == "tensorrt":
-        raise EngineUnavailable("native TensorRT engine not built in this release (use onnxruntime's TensorRT EP)")
+        return TorchEngine(config, version_dir / WEIGHTS_ARTIFACT, instances=config.instances)
     raise EngineUnavailable(f"unknown backend {backend!r}")
 
 

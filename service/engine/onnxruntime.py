@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
 from segserve.contract.model_config import OnnxRuntimeOptions
+from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def default_threads(instances: int) -> int:
 
 
 class OnnxRuntimeEngine:
-    def __init__(self, model_path: Path, options: OnnxRuntimeOptions, instances: int = 1, cache_dir: Path | None = None):
+    def __init__(self, model_path: Path, options: OnnxRuntimeOptions, instances: int = 1):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
@@ -43,7 +43,7 @@ class OnnxRuntimeEngine:
         provider_options: list[dict[str, str]] = []
         for p in providers:
             if p == "TensorrtExecutionProvider":
-                trt_cache = str((cache_dir or model_path.parent) / "trt_cache")
+                trt_cache = str(model_path.parent / "trt_cache")
                 provider_options.append(
                     {
                         "trt_fp16_enable": str(options.trt_fp16),
@@ -74,10 +74,6 @@ class OnnxRuntimeEngine:
             detail={"providers": ",".join(self._session.get_providers()), "intra_op_threads": str(threads)},
         )
         log.info("onnxruntime session %s on %s (%d threads)", model_path, active, threads)
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._input_names)
 
     def infer(self, inputs: Tensors) -> Tensors:
         feed = {name: np.ascontiguousarray(inputs[name]) for name in self._input_names}

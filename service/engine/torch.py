@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
 from segserve.contract.model_config import ModelConfig
+from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,9 @@ def build_serving_module(config) -> nn.Module:
     if arch.task == "semantic":
         return SemanticServingModule(net, config.output.kind)
     if arch.task == "instance":  # the engine half of the split path; heads run in models.instance
-        from segserve.graphs.maskrcnn import MaskRCNNBackbone  # here: it imports this module
+        from segserve.graphs.maskrcnn import (
+            MaskRCNNBackbone,  # here: it imports this module
+        )
 
         return MaskRCNNBackbone(net)
     raise NotImplementedError(f"no serving wrapper for task {arch.task}")

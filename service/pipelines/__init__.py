@@ -1,10 +1,21 @@
-"""Task pipelines: what a request for a semantic or instance model goes through.
-A new task registers its class here; transports never change."""
+"""Task pipelines: what a request for a model goes through, per task (see base.py for the
+protocol). A new task registers its class here; transports never change."""
 
-from segserve.pipelines.base import ImageResult, OutputFormat, ServedModel, Timing
+from segserve.contract.model_config import Task
+from segserve.pipelines.base import (
+    ImageResult,
+    ModelState,
+    OutputFormat,
+    PartStatus,
+    Pipeline,
+    PipelineContext,
+    Timing,
+)
 from segserve.pipelines.instance.model import InstanceModel
 from segserve.pipelines.semantic import SemanticModel
 
-PIPELINES = {"semantic": SemanticModel, "instance": InstanceModel}
+PIPELINES: dict[Task, type[Pipeline]] = {Task.semantic: SemanticModel, Task.instance: InstanceModel}
 
-__all__ = ["ImageResult", "InstanceModel", "OutputFormat", "PIPELINES", "SemanticModel", "ServedModel", "Timing"]
+__all__ = [
+    "ImageResult", "ModelState", "OutputFormat", "PIPELINES", "PartStatus", "Pipeline", "PipelineContext", "Timing",
+]

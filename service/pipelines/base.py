@@ -1,20 +1,72 @@
-"""What every served model looks like to the transports, whatever its task."""
+"""The task protocol: what every served model implements, whatever its task.
+
+A request runs the same steps in every pipeline, with LitServe's names:
+
+    decode   bytes -> the model's input and where its outputs go back to (codec pool)
+    batch    the input waits in the model's dynamic batcher (segserve.scheduler)
+    predict  a batch through the engine instance -> one raw output per input (engine thread)
+    encode   a raw output -> the response's fields or a PNG, at the image's size (codec pool)
+
+A task subclasses ``Pipeline``, provides those hooks plus the geometry that ``decode`` and the
+video chunk decoder share, says which request ``options`` it takes, and registers its class in
+``segserve.pipelines.PIPELINES``; no transport changes. Its ``video`` attribute is how
+``/segment/video`` runs it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Callable, ClassVar, Hashable, Mapping
 
 import numpy as np
 
-from segserve.engine import EngineInfo
+from segserve.codecs.image import decode_image
+from segserve.contract.model_config import ModelConfig, Task
+from segserve.engine import Engine, EngineInfo, create_engine
+from segserve.errors import BadParameter
+from segserve.metrics import Metrics
 from segserve.repository import ModelEntry
+from segserve.scheduler import BatchPolicy, DynamicBatcher
+
+# Request options every task takes; a task's own come from its ``options``.
+COMMON_OPTIONS = ("model", "format", "timeout_ms")
+
+
+class ModelState(str, Enum):
+    loading = "LOADING"
+    ready = "READY"
+    unavailable = "UNAVAILABLE"
 
 
 class OutputFormat(str, Enum):
     json = "json"
     png = "png"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model output goes back to: the image as received and the task's mapping from
+    it to the model input (semantic: the Letterbox; instance: the size itself)."""
+
+    height: int
+    width: int
+    geometry: Hashable
+
+
+@dataclass(frozen=True)
+class Decoded:
+    model_input: Any  # what the batcher and ``predict`` take
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: dict[str, Any] = field(default_factory=dict)  # task-specific fields ("segments" / "instances")
+    png: bytes | None = None
+    label_map: np.ndarray | None = None  # semantic: the (height, width) class ids the masks were made from
 
 
 @dataclass
@@ -31,21 +83,147 @@ class ImageResult:
     width: int
     height: int
     timing: Timing
-    body: dict[str, Any] = field(default_factory=dict)  # task-specific fields ("segments" / "instances")
-    png: bytes | None = None
-    label_map: np.ndarray | None = None  # semantic: (height, width) class ids the masks were made from
+    encoded: Encoded
 
 
-class ServedModel(Protocol):
-    entry: ModelEntry
-    engine_info: EngineInfo
+@dataclass(frozen=True)
+class PartStatus:
+    """A part of a model that loads on its own (e.g. a video split graph), for /v1/models."""
 
-    async def start(self, warmup: bool) -> None: ...
+    name: str
+    state: ModelState
+    reason: str | None = None
+    engine: EngineInfo | None = None
 
-    async def stop(self, drain_timeout_s: float) -> None: ...
 
-    def parse_options(self, query: dict[str, str]) -> Any:
-        """Validate task-specific query parameters (raises BadParameter)."""
-        ...
+@dataclass(frozen=True)
+class PipelineContext:
+    """What the model manager gives every pipeline it loads."""
 
-    async def segment_image(self, data: bytes, options: Any, fmt: OutputFormat, deadline: float) -> ImageResult: ...
+    codec_pool: Executor
+    metrics: Metrics
+    max_image_pixels: int
+    backend: str | None  # forced for every model (SEGSERVE_BACKEND), else each config's preference
+    warmup: bool
+    drain_timeout_s: float
+
+
+def batch_policy(config: ModelConfig) -> BatchPolicy:
+    return BatchPolicy(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_s=config.dynamic_batching.max_queue_delay_ms / 1000.0,
+        max_queue_size=config.dynamic_batching.max_queue_size,
+    )
+
+
+def load_engines(config: ModelConfig, folder, backend: str | None) -> list[Engine]:
+    """``config.instances`` engines on the artifacts in ``folder`` (blocking: run in a thread)."""
+    return [create_engine(config, folder, backend) for _ in range(config.instances)]
+
+
+async def warm_up(run: Callable[[int], object], max_batch_size: int) -> None:
+    """First runs allocate arenas and build kernels: ``run(n)`` a batch of 1 and one of the
+    largest size before the first request, off the event loop."""
+    loop = asyncio.get_running_loop()
+    for n in sorted({1, max_batch_size}):
+        await loop.run_in_executor(None, run, n)
+
+
+class Pipeline:
+    """One model version of one task: its engine instances behind one dynamic batcher."""
+
+    task: ClassVar[Task]
+    options: ClassVar[tuple[str, ...]] = ()  # the task's own request options
+    label_map: ClassVar[bool] = False  # results carry a uint8 class-id map (gRPC LABELS)
+
+    def __init__(self, entry: ModelEntry, context: PipelineContext):
+        self.entry = entry
+        self.config = entry.config
+        self.context = context
+        self.engines: list[Engine] = []
+        self.batcher: DynamicBatcher | None = None
+        self.video = None  # segserve.pipelines.video.runs.VideoModel, set by start()
+
+    @property
+    def engine_info(self) -> EngineInfo | None:
+        return self.engines[0].info if self.engines else None
+
+    # -- life -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the engines (in a thread), warm them up and start the batcher."""
+        config = self.config
+        self.engines = await asyncio.to_thread(load_engines, config, self.entry.version_dir, self.context.backend)
+        runners = [self.predict(engine) for engine in self.engines]
+        if self.context.warmup:
+            for runner in runners:
+                await warm_up(lambda n, runner=runner: runner([self.blank_input()] * n), config.max_batch_size)
+        observer = self.context.metrics.batch_observer(config.name)
+        self.batcher = DynamicBatcher(runners, batch_policy(config), name=config.name, observer=observer)
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.video is not None:
+            await self.video.stop()
+        if self.batcher is not None:
+            await self.batcher.stop(self.context.drain_timeout_s)
+        for engine in self.engines:
+            engine.close()
+
+    def parts(self) -> list[PartStatus]:
+        return [] if self.video is None else self.video.parts()
+
+    # -- request options ---------------------------------------------------------------
+    def parse_options(self, query: Mapping[str, str]) -> Any:
+        """Validate the request's options (HTTP query or gRPC parameters; raises BadParameter)."""
+        unknown = set(query) - set(COMMON_OPTIONS) - set(self.options)
+        if unknown:
+            raise BadParameter(f"unknown query parameter(s) for a {self.task.value} model: {sorted(unknown)}")
+        return self.read_options(query)
+
+    def read_options(self, query: Mapping[str, str]) -> Any:
+        return None
+
+    def response_fields(self) -> dict[str, Any]:
+        """Fields of every JSON answer besides model, task, size and the body (e.g. classes)."""
+        return {}
+
+    # -- the hooks ----------------------------------------------------------------------
+    def geometry(self, height: int, width: int) -> Hashable:
+        """How an image of this size maps to the model input (a change forces a video keyframe)."""
+        raise NotImplementedError
+
+    def decode_size(self, geometry: Hashable) -> tuple[int, int]:
+        """The smallest (h, w) an image may be decoded at without losing model-input detail."""
+        raise NotImplementedError
+
+    def to_input(self, geometry: Hashable, rgb: np.ndarray) -> Any:
+        """A decoded (h, w, 3) uint8 image -> what the batcher takes."""
+        raise NotImplementedError
+
+    def blank_input(self) -> Any:
+        """A model input for warm-up runs."""
+        raise NotImplementedError
+
+    def predict(self, engine: Engine) -> Callable[[list], list]:
+        """The batcher's runner for one engine instance: inputs -> one raw output each."""
+        raise NotImplementedError
+
+    def encode(self, output: Any, placement: Placement, options: Any, fmt: OutputFormat) -> Encoded:
+        """A raw output -> body fields or a PNG at the image's size (blocking: codec pool)."""
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> Decoded:
+        """Image bytes -> the model input, decoded no larger than it needs (blocking: codec pool)."""
+        image = decode_image(data, self.context.max_image_pixels, lambda h, w: self.decode_size(self.geometry(h, w)))
+        geometry = self.geometry(image.height, image.width)
+        return Decoded(self.to_input(geometry, image.rgb), Placement(image.height, image.width, geometry))
+
+    # -- one request ----------------------------------------------------------------------
+    async def segment_image(self, data: bytes, options: Any, fmt: OutputFormat, deadline: float) -> ImageResult:
+        loop = asyncio.get_running_loop()
+        pool = self.context.codec_pool
+        decoded = await loop.run_in_executor(pool, self.decode, data)
+        done = await self.batcher.submit(decoded.model_input, deadline)
+        encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
+        placement = decoded.placement
+        return ImageResult(placement.width, placement.height, Timing(done.queue_s, done.compute_s, done.batch_size), encoded)

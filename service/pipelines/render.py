@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from segserve.pipelines.base import ImageResult
+from segserve.pipelines.base import ImageResult, Pipeline
 
 
 def fixed_width_ms(seconds: float) -> str:
@@ -15,11 +15,11 @@ def fixed_width_ms(seconds: float) -> str:
     return f"{min(seconds * 1000, 99_999_999.999):12.3f}"
 
 
-def render_json(model: str, task: str, classes: list[str], result: ImageResult, total_s: float) -> bytes:
-    body = {"model": model, "task": task, "width": result.width, "height": result.height}
-    if task == "semantic":
-        body["classes"] = classes
-    body.update(result.body)
+def render_json(pipeline: Pipeline, result: ImageResult, total_s: float) -> bytes:
+    config = pipeline.config
+    body = {"model": config.name, "task": config.task.value, "width": result.width, "height": result.height}
+    body.update(pipeline.response_fields())
+    body.update(result.encoded.body)
     timing = result.timing
     encoded = json.dumps(body, separators=(",", ":"))
     encoded = (

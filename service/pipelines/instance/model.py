@@ -16,9 +16,7 @@ thread, so the engine is never busy with per-request pixel work.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,26 +24,19 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
-
-from segserve.contract.instance import InstanceParameters
-from segserve.pipelines.instance.paste import to_instances
-from segserve.pipelines.instance.preprocess import ImageMeta, resize_scale
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
-from segserve.graphs.maskrcnn import Detections
-from segserve.codecs.image import decode_image
 from segserve.codecs.masks import encode_label_png
+from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
+from segserve.contract.instance import InstanceParameters
+from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine
-from segserve.errors import BadParameter
-from segserve.metrics import BatcherMetrics
-from segserve.pipelines.base import ImageResult, OutputFormat, Timing
+from segserve.graphs.maskrcnn import Detections
+from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
+from segserve.pipelines.instance.paste import to_instances
+from segserve.pipelines.instance.preprocess import ImageMeta, preprocess, resize_scale
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
 from segserve.pipelines.options import parse_number
-from segserve.contract.model_config import ModelConfig
-from segserve.repository import ModelEntry
-from segserve.scheduler import BatchPolicy, DynamicBatcher
+from segserve.pipelines.video.instance import InstanceVideoModel
 
-
-COMMON_PARAMS = {"model", "format", "timeout_ms"}
 MAX_INSTANCES_LIMIT = 1000  # the HTTP route's bound on max_instances, for every transport
 
 
@@ -54,14 +45,6 @@ class InstanceOptions:
     score_threshold: float
     max_instances: int
     mask_threshold: float
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A decoded request between the codec pool and the batcher."""
-
-    item: object  # what the path's runner takes: (resized, meta) for split, the RGB image for whole graph
-    original_size: tuple[int, int]  # (h, w) as received; a JPEG may have been decoded smaller
 
 
 # The batcher's runner: a batch of prepared items -> each image's detections and the sizes
@@ -105,72 +88,45 @@ def _limit_torch_threads(config: ModelConfig, heads_on_cpu: bool) -> None:
         torch.set_num_threads(config.torch.threads)
 
 
-class InstanceModel:
-    """One Mask R-CNN version: its engine instances behind one dynamic batcher."""
+class InstanceModel(Pipeline):
+    """One Mask R-CNN version: its engine instances (the split path's backbone, or the whole
+    graph) behind one dynamic batcher; each image's detections are pasted per request."""
 
-    def __init__(self, entry: ModelEntry, engines: list[Engine], codec_pool: Executor, observer: BatcherMetrics, max_pixels: int):
-        self.entry = entry
-        self.config = config = entry.config
-        self.params = InstanceParameters.model_validate(config.parameters)
-        self.engine_info = engines[0].info
-        self._engines = engines
-        self._pool = codec_pool
-        self._max_pixels = max_pixels
-        self._defaults = InstanceOptions(self.params.score_threshold, self.params.max_instances, self.params.mask_threshold)
-        self._check_engines(engines)
+    task = Task.instance
+    options = ("score_threshold", "max_instances", "mask_threshold")
+
+    async def start(self) -> None:
+        config = self.config
+        self.params = params = InstanceParameters.model_validate(config.parameters)
+        self._defaults = InstanceOptions(params.score_threshold, params.max_instances, params.mask_threshold)
+        self._canvas = (config.input.height, config.input.width) if params.default_path == "split" else None
+        await super().start()
+        self.video = InstanceVideoModel(self)
+
+    def predict(self, engine: Engine) -> DetectBatch:
+        self._check_engine(engine)
+        config = self.config
         if self.params.default_path == "split":
-            canvas = (config.input.height, config.input.width)
-            runners = [SplitRunner(e, load_heads(config, entry.version_dir, config.torch.device), self.params, canvas) for e in engines]
-            _limit_torch_threads(config, runners[0].heads.device.type == "cpu")
-            # (h, w, 3) uint8 RGB -> what the batcher takes; stateless: any runner's will do
-            self.model_input = runners[0].prepare
-            self._draft_canvas: tuple[int, int] | None = canvas
-            self._detect = [_split_detect(r) for r in runners]
-        else:
-            _limit_torch_threads(config, True)  # only the paste runs in torch here, on CPU
-            self.model_input = lambda rgb: rgb  # the graph resizes by itself
-            self._draft_canvas = None
-            self._detect = [WholeGraphRunner(e, self.params).run_batch for e in engines]
-        policy = BatchPolicy(
-            max_batch_size=config.max_batch_size,
-            max_queue_delay_s=config.dynamic_batching.max_queue_delay_ms / 1000.0,
-            max_queue_size=config.dynamic_batching.max_queue_size,
-        )
-        self.batcher: DynamicBatcher[object, tuple[Detections, ImageMeta]] = DynamicBatcher(
-            self._detect, policy, name=config.name, observer=observer
-        )
+            heads = load_heads(config, self.entry.version_dir, config.torch.device)
+            runner = SplitRunner(engine, heads, self.params, self._canvas)
+            _limit_torch_threads(config, heads.device.type == "cpu")
+            return _split_detect(runner)
+        _limit_torch_threads(config, True)  # only the paste runs in torch here, on CPU
+        return WholeGraphRunner(engine, self.params).run_batch
 
-    def _check_engines(self, engines: list[Engine]) -> None:
+    def _check_engine(self, engine: Engine) -> None:
         """The path and the ONNX graph are two settings that must agree; say so at load time
         rather than fail on the first request with a missing tensor."""
         path, onnx_file = self.params.default_path, self.config.onnxruntime.model_file
         expected = BACKBONE_ARTIFACT if path == "split" else WHOLE_GRAPH_ARTIFACT
-        backend = engines[0].info.backend
+        backend = engine.info.backend
         if path == "whole_graph" and backend != "onnxruntime":
             raise ValueError(f"parameters.default_path: whole_graph runs {WHOLE_GRAPH_ARTIFACT} on onnxruntime, not {backend}")
         if backend == "onnxruntime" and onnx_file != expected:
             raise ValueError(f"parameters.default_path: {path} needs onnxruntime.model_file: {expected} (config says {onnx_file})")
 
-    async def start(self, warmup: bool) -> None:
-        if warmup:  # first runs allocate arenas and build kernels, in the backbone and in the heads
-            loop = asyncio.get_running_loop()
-            side = self.params.min_size
-            blank = np.full((side, side, 3), 128, np.uint8)
-            for detect in self._detect:
-                for n in sorted({1, self.config.max_batch_size}):
-                    await loop.run_in_executor(None, detect, [self.model_input(blank)] * n)
-        self.batcher.start()
-
-    async def stop(self, drain_timeout_s: float) -> None:
-        await self.batcher.stop(drain_timeout_s)
-        for engine in self._engines:
-            engine.close()
-
     # -- request side ----------------------------------------------------------------
-    def parse_options(self, query: dict[str, str]) -> InstanceOptions:
-        unknown = set(query) - COMMON_PARAMS - {"score_threshold", "max_instances", "mask_threshold"}
-        if unknown:
-            raise BadParameter(f"unknown query parameter(s) for an instance model: {sorted(unknown)}")
+    def read_options(self, query) -> InstanceOptions:
         d = self._defaults
         return InstanceOptions(
             score_threshold=parse_number(query, "score_threshold", float, 0.0, 1.0, d.score_threshold),
@@ -178,35 +134,37 @@ class InstanceModel:
             mask_threshold=parse_number(query, "mask_threshold", float, 0.0, 1.0, d.mask_threshold),
         )
 
-    def draft_size(self, height: int, width: int) -> tuple[int, int]:
+    def geometry(self, height: int, width: int) -> tuple[int, int]:
+        return height, width  # the detector resizes each image by itself
+
+    def decode_size(self, geometry: tuple[int, int]) -> tuple[int, int]:
         """The size the detector resizes to: a JPEG decodes at 1/2..1/8 scale down to it."""
+        height, width = geometry
         p = self.params
-        scale = resize_scale(height, width, p.min_size, p.max_size, self._draft_canvas)
+        scale = resize_scale(height, width, p.min_size, p.max_size, self._canvas)
         return math.floor(height * scale), math.floor(width * scale)
 
-    def _prepare(self, data: bytes) -> Pending:
-        decoded = decode_image(data, self._max_pixels, self.draft_size)
-        return Pending(self.model_input(decoded.rgb), (decoded.height, decoded.width))
+    def to_input(self, geometry: tuple[int, int], rgb: np.ndarray):
+        """split: (resized CHW, meta) for the backbone batch; whole graph: the RGB image (the graph resizes)."""
+        if self.params.default_path == "split":
+            p = self.params
+            return preprocess(rgb, p.min_size, p.max_size, self._canvas, p.canvas_dtype)
+        return rgb
 
-    def finish(
-        self, found: tuple[Detections, ImageMeta], original_size: tuple[int, int], options: InstanceOptions, fmt: OutputFormat
-    ) -> tuple[dict, bytes | None]:
+    def blank_input(self):
+        side = self.params.min_size
+        return self.to_input((side, side), np.full((side, side, 3), 128, np.uint8))
+
+    def encode(self, found: tuple[Detections, ImageMeta], placement: Placement, options: InstanceOptions, fmt: OutputFormat) -> Encoded:
         """Detections -> body fields, or an instance-id PNG (blocking: codec pool)."""
         detections, meta = found
+        original_size = (placement.height, placement.width)
         # boxes and masks go back to the image as received, not to a smaller JPEG draft
         meta = ImageMeta(original_size=original_size, resized_size=meta.resized_size)
         instances = served_instances(detections, meta, options, self.config.classes)
         if fmt == OutputFormat.png:
-            return {}, encode_label_png(instance_id_map(instances, *original_size))
-        return {"instances": instances}, None
-
-    async def segment_image(self, data: bytes, options: InstanceOptions, fmt: OutputFormat, deadline: float) -> ImageResult:
-        loop = asyncio.get_running_loop()
-        pending = await loop.run_in_executor(self._pool, self._prepare, data)
-        done = await self.batcher.submit(pending.item, deadline)
-        body, png = await loop.run_in_executor(self._pool, self.finish, done.value, pending.original_size, options, fmt)
-        height, width = pending.original_size
-        return ImageResult(width, height, Timing(done.queue_s, done.compute_s, done.batch_size), body, png)
+            return Encoded(png=encode_label_png(instance_id_map(instances, *original_size)))
+        return Encoded({"instances": instances})
 
 
 def _split_detect(runner: SplitRunner) -> DetectBatch:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from segserve.pipelines.instance.preprocess import ImageMeta
 from segserve.graphs.maskrcnn import Detections
+from segserve.pipelines.instance.preprocess import ImageMeta
 
 MASK_PADDING = 1  # torchvision's paste_masks_in_image default
 

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from segserve.contract.instance import round_up
 
 
-
 @dataclass(frozen=True)
 class ImageMeta:
     original_size: tuple[int, int]  # (h, w) of the image as received

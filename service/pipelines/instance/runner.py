@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segserve.graphs import zoo
-from segserve.pipelines.instance.paste import to_instances
 from segserve.contract.artifacts import WEIGHTS_ARTIFACT
 from segserve.contract.instance import InstanceParameters
-from segserve.pipelines.instance.preprocess import ImageMeta, collate, preprocess
-from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
-from segserve.engine.base import Engine
 from segserve.contract.model_config import ModelConfig
+from segserve.engine.base import Engine
+from segserve.graphs import zoo
+from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
+from segserve.pipelines.instance.paste import to_instances
+from segserve.pipelines.instance.preprocess import ImageMeta, collate, preprocess
 
 
 def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> MaskRCNNHeads:

@@ -17,14 +17,12 @@ STATUS = {
     errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.SequenceConflict: grpc.StatusCode.ABORTED,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
 }
 
 
 def status_of(exc: errors.ServiceError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return grpc.StatusCode.INTERNAL
+    return errors.status_in(STATUS, exc, grpc.StatusCode.INTERNAL)
 
 
 def details_of(exc: errors.ServiceError) -> str:

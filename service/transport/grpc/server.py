@@ -10,7 +10,9 @@ import grpc
 from segserve.config import Settings
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
-from segserve.transport.grpc.inference_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from segserve.transport.grpc.inference_pb2_grpc import (
+    add_GRPCInferenceServiceServicer_to_server,
+)
 from segserve.transport.grpc.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)

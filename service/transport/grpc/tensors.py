@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
-
 from segserve.errors import BadParameter, PayloadTooLarge
 from segserve.pipelines.options import parse_number
-from segserve.pipelines import ImageResult
 from segserve.transport.grpc import inference_pb2 as pb
+from segserve.transport.observe import MAX_TIMEOUT_MS
 
 IMAGE = "IMAGE"
 MASKS_JSON = "MASKS_JSON"
 LABELS = "LABELS"
 OUTPUTS = (MASKS_JSON, LABELS)
-MAX_TIMEOUT_MS = 600_000  # the bound HTTP's timeout_ms query parameter has
 _LENGTH = struct.Struct("<I")
 
 
@@ -75,7 +72,7 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
 
 def parameter_text(name: str, parameter: pb.InferParameter) -> str:
     """An InferParameter as the text an HTTP query parameter would carry, so one parser
-    (ServedModel.parse_options) validates both transports."""
+    (Pipeline.parse_options) validates both transports."""
     kind = parameter.WhichOneof("parameter_choice")
     if kind is None:
         raise BadParameter(f"parameter {name!r} has no value")
@@ -90,7 +87,7 @@ def request_options(request: pb.ModelInferRequest) -> dict[str, str]:
 
 
 def timeout_ms_of(options: dict[str, str]) -> int | None:
-    """The ``timeout_ms`` parameter, within the bound HTTP's query validation gives it."""
+    """The ``timeout_ms`` parameter, within the bound HTTP's query validation gives it too."""
     return parse_number(options, "timeout_ms", int, 1, MAX_TIMEOUT_MS, None)
 
 

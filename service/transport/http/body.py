@@ -9,7 +9,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from segserve.codecs.image import IMAGE_TYPES
-from segserve.errors import BadParameter, PayloadTooLarge, UndecodableInput, UnsupportedMediaType
+from segserve.errors import (
+    BadParameter,
+    PayloadTooLarge,
+    UndecodableInput,
+    UnsupportedMediaType,
+)
 
 RAW_IMAGE_TYPES = frozenset(IMAGE_TYPES) | {"application/octet-stream"}
 

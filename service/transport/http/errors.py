@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 from fastapi import FastAPI, Request
@@ -11,8 +10,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from segserve import errors
-
-log = logging.getLogger(__name__)
 
 STATUS = {
     errors.BadParameter: 400,
@@ -25,14 +22,12 @@ STATUS = {
     errors.QueueFull: 503,
     errors.ModelNotReady: 503,
     errors.DeadlineExceeded: 504,
+    errors.InternalError: 500,
 }
 
 
 def status_of(exc: errors.ServiceError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    return errors.status_in(STATUS, exc, 500)
 
 
 def error_response(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
@@ -41,10 +36,8 @@ def error_response(status: int, code: str, message: str, retry_after_s: float | 
 
 
 def service_error_response(exc: errors.ServiceError) -> JSONResponse:
-    status = status_of(exc)
-    if status >= 500:  # overload, not-ready, deadlines: worth a line in the server log; 4xx are the client's
-        log.warning("%s: %s", exc.code, exc.message)
-    return error_response(status, exc.code, exc.message, exc.retry_after_s)
+    """The error as it leaves (logging is the request's Observation's job)."""
+    return error_response(status_of(exc), exc.code, exc.message, exc.retry_after_s)
 
 
 def install(app: FastAPI) -> None:
@@ -61,8 +54,3 @@ def install(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error; see the server log for this request id")

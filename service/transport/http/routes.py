@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from segserve.errors import BadParameter, ModelNotFound, ModelNotReady, ServiceError
-from segserve.model_manager import ModelManager
-from segserve.pipelines import ImageResult, OutputFormat
+from segserve.errors import BadParameter, ModelNotFound, ModelNotReady
+from segserve.model_manager import ModelManager, ModelStatus
+from segserve.pipelines import ImageResult, OutputFormat, Pipeline
+from segserve.pipelines.instance.model import MAX_INSTANCES_LIMIT
 from segserve.pipelines.render import render_json
 from segserve.transport.http.body import read_image
 from segserve.transport.http.errors import service_error_response
-from segserve.transport.http.schemas import ErrorResponse, InstanceResponse, ModelInfo, ModelList, SemanticResponse
+from segserve.transport.http.schemas import (
+    ErrorResponse,
+    InstanceResponse,
+    ModelInfo,
+    ModelList,
+    PartInfo,
+    SemanticResponse,
+)
+from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,10 @@ def manager_of(request: Request) -> ModelManager:
 
 def choose_format(fmt: str | None, accept: str) -> OutputFormat:
     if fmt is not None:
-        return OutputFormat(fmt)
+        try:
+            return OutputFormat(fmt)
+        except ValueError:
+            raise BadParameter(f"format must be one of {[f.value for f in OutputFormat]}, got {fmt!r}") from None
     return OutputFormat.png if "image/png" in accept and "application/json" not in accept else OutputFormat.json
 
 
@@ -70,11 +81,26 @@ async def run_unless_disconnected(request: Request, work):
     return None
 
 
-def render(model: str, task: str, classes: list[str], result: ImageResult, total_s: float) -> Response:
+async def observed(request: Request, route: str, model: str | None, handle) -> Response:
+    """``await handle(obs)`` -> its response; any error -> its JSON error response. The request
+    is counted once, with the status it got (499 when the client went away first)."""
+    obs = Observation(request.app.state.metrics, route, model or manager_of(request).default_model)
+    try:
+        response = await handle(obs)
+    except asyncio.CancelledError:
+        obs.done(str(CLIENT_CLOSED))
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified, logged and answered by obs.error
+        response = service_error_response(obs.error(exc))
+    obs.done(str(response.status_code))
+    return response
+
+
+def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     headers = {"X-Batch-Size": str(result.timing.batch_size)}
-    if result.png is not None:
-        return Response(result.png, media_type="image/png", headers=headers)
-    return Response(render_json(model, task, classes, result, total_s), media_type="application/json", headers=headers)
+    if result.encoded.png is not None:
+        return Response(result.encoded.png, media_type="image/png", headers=headers)
+    return Response(render_json(pipeline, result, total_s), media_type="application/json", headers=headers)
 
 
 @router.post(
@@ -91,50 +117,33 @@ async def segment(
     request: Request,
     model: str | None = Query(None, description="model name; the server default when omitted"),
     format: Literal["json", "png"] | None = Query(None, description="json (default) or png"),
-    timeout_ms: int | None = Query(None, ge=1, le=600_000, description="deadline for this request (default: server setting)"),
+    timeout_ms: int | None = Query(None, ge=1, le=MAX_TIMEOUT_MS, description="deadline for this request (default: server setting)"),
     score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: minimum score (default 0.5)"),
-    max_instances: int | None = Query(None, ge=1, le=1000, description="instance models: at most this many (default 100)"),
+    max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: at most this many (default 100)"),
     mask_threshold: float | None = Query(None, ge=0, le=1, description="instance models: mask probability cut (default 0.5)"),
 ) -> Response:
-    started = time.perf_counter()
-    manager = manager_of(request)
-    settings = manager.settings
-    name = model or manager.default_model or "-"
-    metrics = request.app.state.metrics
-    status = 500
-    try:
-        served = manager.get(model)
-        name = served.entry.config.name
-        options = served.parse_options(dict(request.query_params))
+    async def handle(obs: Observation) -> Response:
+        manager = manager_of(request)
+        settings = manager.settings
+        pipeline = manager.get(model)
+        obs.model = pipeline.config.name
+        options = pipeline.parse_options(request.query_params)
         fmt = choose_format(format, request.headers.get("accept", ""))
         data = await read_image(request, settings.max_body_bytes)
-        timeout_s = timeout_ms / 1000 if timeout_ms else settings.request_timeout_s
-        deadline = time.monotonic() + timeout_s
-        result = await run_unless_disconnected(request, served.segment_image(data, options, fmt, deadline))
+        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)
+        result = await run_unless_disconnected(request, pipeline.segment_image(data, options, fmt, deadline))
         if result is None:
-            status = CLIENT_CLOSED
             log.info("client went away; request dropped")
             return Response(status_code=CLIENT_CLOSED)
-        config = served.entry.config
-        response = render(name, config.task.value, config.classes, result, time.perf_counter() - started)
-        status = 200
-        return response
-    except ServiceError as exc:
-        response = service_error_response(exc)
-        status = response.status_code
-        return response
-    except ValueError as exc:  # e.g. an OutputFormat that is not one
-        status = 400
-        return service_error_response(BadParameter(str(exc)))
-    finally:
-        elapsed = time.perf_counter() - started
-        metrics.requests.labels(name, "segment", str(status)).inc()
-        metrics.latency.labels(name, "segment").observe(elapsed)
+        return render(pipeline, result, obs.elapsed())
+
+    return await observed(request, "segment", model, handle)
 
 
-def model_info(status) -> ModelInfo:
+def model_info(status: ModelStatus) -> ModelInfo:
     cfg = status.entry.config
-    engine = status.served.engine_info if status.served is not None else None
+    pipeline = status.pipeline
+    engine = pipeline.engine_info if pipeline is not None else None
     return ModelInfo(
         name=cfg.name,
         task=cfg.task.value,
@@ -149,6 +158,16 @@ def model_info(status) -> ModelInfo:
         instances=cfg.instances,
         classes=cfg.classes,
         weights={"source": cfg.weights.source, "detail": cfg.weights.detail},
+        parts=[
+            PartInfo(
+                name=part.name,
+                state=part.state,
+                reason=part.reason,
+                backend=part.engine.backend if part.engine else None,
+                device=part.engine.device if part.engine else None,
+            )
+            for part in (pipeline.parts() if pipeline is not None else [])
+        ],
     )
 
 
@@ -174,7 +193,7 @@ async def healthz() -> dict:
 @router.get("/readyz", summary="Readiness: models loaded and warmed", responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> Response:
     manager = manager_of(request)
-    ready = [n for n, s in manager.models.items() if s.state == "READY"]
+    ready = manager.ready_models()
     if manager.ready and ready:
         return JSONResponse({"status": "ready", "models": ready})
     return service_error_response(ModelNotReady("models are loading" if not manager.ready else "no model is ready"))

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from segserve.pipelines import ModelState
+
 
 class RLE(BaseModel):
     size: list[int] = Field(description="[height, width] of the original image")
@@ -72,10 +74,20 @@ class WeightsSource(BaseModel):
     detail: str
 
 
+class PartInfo(BaseModel):
+    """A part of a model that loads on its own, e.g. a graph of its video split."""
+
+    name: str = Field(description="e.g. video/shallow, video/deep, video/fuse, video/correct")
+    state: ModelState
+    reason: str | None = None
+    backend: str | None = None
+    device: str | None = None
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str
-    state: Literal["LOADING", "READY", "UNAVAILABLE"]
+    state: ModelState
     reason: str | None = None
     backend: str | None = None
     device: str | None = None
@@ -86,6 +98,7 @@ class ModelInfo(BaseModel):
     instances: int
     classes: list[str]
     weights: WeightsSource
+    parts: list[PartInfo] = Field(default_factory=list, description="parts loaded on their own (video split graphs)")
 
 
 class ModelList(BaseModel):

@@ -12,46 +12,44 @@ import asyncio
 import json
 import logging
 import time
-from contextlib import asynccontextmanager
 from functools import partial
 from typing import AsyncIterator, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from segserve.codecs.video import VIDEO_TYPES
 from segserve.config import Settings
-from segserve.errors import BadParameter, ServiceError, UnsupportedMediaType
+from segserve.errors import BadParameter, UnsupportedMediaType
 from segserve.pipelines import OutputFormat
-from segserve.pipelines.video import ChunkRun, FrameResult, VideoService
-from segserve.pipelines.video_chunks import FrameMapper, PreparedChunk, prepare_images, prepare_video
+from segserve.pipelines.video.chunks import (
+    FrameMapper,
+    PreparedChunk,
+    prepare_images,
+    prepare_video,
+)
+from segserve.pipelines.video.runs import ChunkRun, FrameResult
 from segserve.transport.http.body import media_type, multipart_files, read_limited
-from segserve.transport.http.errors import service_error_response
-from segserve.transport.http.routes import CLIENT_CLOSED, ERRORS, manager_of, run_unless_disconnected
+from segserve.transport.http.routes import (
+    CLIENT_CLOSED,
+    ERRORS,
+    manager_of,
+    observed,
+    run_unless_disconnected,
+)
 from segserve.transport.http.schemas import ErrorResponse
+from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
 
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-# validated by the model (semantic models take none), exactly as /segment validates them
-INSTANCE_OPTIONS = ("score_threshold", "max_instances", "mask_threshold")
+# This route's own query parameters; the others are the model's options, validated by its
+# pipeline exactly as /segment validates them (a semantic model takes none).
+VIDEO_OPTIONS = ("keyframe_interval", "keyframe_threshold", "max_frames", "frame_stride", "stream_id", "sequence")
 
 
-@asynccontextmanager
-async def video_lifespan(app: FastAPI):
-    """Runs inside the app's lifespan, so the models are loaded when it starts."""
-    manager = app.state.manager
-    service = VideoService(app.state.settings, manager.models, app.state.metrics, manager.codec_pool)
-    await service.start()
-    app.state.video = service
-    try:
-        yield
-    finally:
-        await service.stop()
-
-
-router = APIRouter(lifespan=video_lifespan)
+router = APIRouter()
 
 VIDEO_BODY = {
     "requestBody": {
@@ -105,7 +103,9 @@ def timing_ms(decode_s: float, segment_started: float, started: float) -> dict:
     }
 
 
-async def ndjson_lines(run: ChunkRun, summary: dict, decode_s: float, segment_started: float, started: float) -> AsyncIterator[bytes]:
+async def ndjson_lines(
+    obs: Observation, run: ChunkRun, summary: dict, decode_s: float, segment_started: float
+) -> AsyncIterator[bytes]:
     """One line per frame as it completes, then the summary line (no "frames"); an error
     after the 200 went out becomes a last line {"error": {...}}."""
     keyframes = 0
@@ -113,12 +113,10 @@ async def ndjson_lines(run: ChunkRun, summary: dict, decode_s: float, segment_st
         async for frame in run.results():
             keyframes += frame.keyframe
             yield dumps(frame_json(frame)) + b"\n"
-        yield dumps({**summary, "keyframes": keyframes, "timing_ms": timing_ms(decode_s, segment_started, started)}) + b"\n"
-    except ServiceError as exc:
-        yield dumps({"error": {"code": exc.code, "message": exc.message}}) + b"\n"
-    except Exception:
-        log.exception("video chunk failed while streaming")
-        yield dumps({"error": {"code": "internal_error", "message": "internal error; see the server log"}}) + b"\n"
+        yield dumps({**summary, "keyframes": keyframes, "timing_ms": timing_ms(decode_s, segment_started, obs.started)}) + b"\n"
+    except Exception as exc:  # noqa: BLE001 - the 200 is out: the error becomes the last line
+        error = obs.error(exc)
+        yield dumps({"error": {"code": error.code, "message": error.message}}) + b"\n"
     finally:
         run.cancel()
 
@@ -145,7 +143,7 @@ async def segment_video(
     request: Request,
     model: str | None = Query(None, description="model name; the server default when omitted"),
     format: Literal["json", "png"] = Query("json", description="json (RLE segments, default) or png (base64 label maps)"),
-    timeout_ms: int | None = Query(None, ge=1, le=600_000, description="deadline for the chunk (default: server setting)"),
+    timeout_ms: int | None = Query(None, ge=1, le=MAX_TIMEOUT_MS, description="deadline for the chunk (default: server setting)"),
     keyframe_interval: int | None = Query(None, ge=1, le=10_000, description="a keyframe every N frames (1 = every frame)"),
     keyframe_threshold: float | None = Query(None, ge=0, description="adaptive keyframes: relative shallow-feature change"),
     max_frames: int | None = Query(None, ge=1, description="refuse chunks with more frames (capped by the server limit)"),
@@ -156,31 +154,27 @@ async def segment_video(
     max_instances: int | None = Query(None, description="instance models: as for /segment"),
     mask_threshold: float | None = Query(None, description="instance models: as for /segment"),
 ) -> Response:
-    started = time.perf_counter()
-    manager = manager_of(request)
-    settings = manager.settings
-    metrics = request.app.state.metrics
-    name = model or manager.default_model or "-"
-    status = 500
-    try:
+    async def handle(obs: Observation) -> Response:
+        manager = manager_of(request)
+        settings = manager.settings
         if sequence is not None and stream_id is None:
             raise BadParameter("sequence needs a stream_id")
-        served = manager.get(model)
-        config = served.entry.config
-        name = config.name
-        video_model = request.app.state.video.model(name)
-        options = video_model.parse_options({k: v for k, v in request.query_params.items() if k in INSTANCE_OPTIONS})
-        policy = video_model.policy(keyframe_interval, keyframe_threshold)
+        pipeline = manager.get(model)
+        config = pipeline.config
+        obs.model = config.name
+        video = pipeline.video
+        options = pipeline.parse_options({k: v for k, v in request.query_params.items() if k not in VIDEO_OPTIONS})
+        policy = video.policy(keyframe_interval, keyframe_threshold)
         frame_limit = min(max_frames or settings.video_max_frames, settings.video_max_frames)
-        chunk = await read_chunk(request, video_model.mapper, settings, manager.codec_pool, frame_limit, frame_stride)
-        decode_s = time.perf_counter() - started
-        deadline = time.monotonic() + (timeout_ms / 1000 if timeout_ms else settings.request_timeout_s)
+        chunk = await read_chunk(request, pipeline, settings, manager.codec_pool, frame_limit, frame_stride)
+        decode_s = obs.elapsed()
+        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)
         segment_started = time.perf_counter()
-        run, new_stream = await request.app.state.video.start_chunk(
-            video_model, chunk, policy, OutputFormat(format), options, deadline, stream_id, sequence
+        run, new_stream = await manager.streams.start_chunk(
+            video, chunk, policy, OutputFormat(format), options, deadline, stream_id, sequence
         )
         summary = {
-            "model": name,
+            "model": config.name,
             "task": config.task.value,
             "width": chunk.width,
             "height": chunk.height,
@@ -188,30 +182,22 @@ async def segment_video(
             "stream_id": stream_id,
             "sequence": sequence,
             "new_stream": new_stream,
-            "keyframe_policy": {"interval": policy.interval, "threshold": policy.threshold, "split": video_model.split},
+            "keyframe_policy": {"interval": policy.interval, "threshold": policy.threshold, "split": video.split},
         }
         if NDJSON in request.headers.get("accept", ""):
-            status = 200
-            return StreamingResponse(ndjson_lines(run, summary, decode_s, segment_started, started), media_type=NDJSON)
+            return StreamingResponse(ndjson_lines(obs, run, summary, decode_s, segment_started), media_type=NDJSON)
         try:
             frames = await run_unless_disconnected(request, run.collect())
         finally:
             run.cancel()  # a no-op once the chunk is done; stops it when the client went away
         if frames is None:
-            status = CLIENT_CLOSED
             return Response(status_code=CLIENT_CLOSED)
         body = {
             **summary,
             "frames": [frame_json(f) for f in frames],
             "keyframes": sum(f.keyframe for f in frames),
-            "timing_ms": timing_ms(decode_s, segment_started, started),
+            "timing_ms": timing_ms(decode_s, segment_started, obs.started),
         }
-        status = 200
         return Response(dumps(body), media_type="application/json")
-    except ServiceError as exc:
-        response = service_error_response(exc)
-        status = response.status_code
-        return response
-    finally:
-        metrics.requests.labels(name, "segment_video", str(status)).inc()
-        metrics.latency.labels(name, "segment_video").observe(time.perf_counter() - started)
+
+    return await observed(request, "segment_video", model, handle)

@@ -1,8 +1,8 @@
 """A video chunk in: decoded frames mapped to a model's input, and the order frames run in.
 
-Each video model says how a frame of a given size becomes its input (a ``FrameMapper``):
-semantic models letterbox to their fixed input; instance models resize like their image
-path does. Decoding asks the mapper for the smallest size worth decoding at, so large
+A model's pipeline says how a frame of a given size becomes its input (it is the
+``FrameMapper``): semantic models letterbox to their fixed input; instance models resize
+like their image path does. Decoding asks the mapper for the smallest size worth decoding at, so large
 frames are scaled down once, by the decoder.
 """
 
@@ -15,11 +15,9 @@ from typing import Any, AsyncIterator, Awaitable, Hashable, Iterable, Protocol
 
 import numpy as np
 
-from segserve.codecs.geometry import Letterbox
 from segserve.codecs.image import decode_image
 from segserve.codecs.video import TooManyFrames, decode_video
 from segserve.errors import BadParameter, UndecodableInput
-from segserve.contract.model_config import InputSpec
 
 
 class FrameMapper(Protocol):
@@ -34,22 +32,6 @@ class FrameMapper(Protocol):
     def to_input(self, geometry: Hashable, rgb: np.ndarray) -> Any:
         """A decoded (h, w, 3) uint8 frame -> what the model's frame runner takes."""
         ...
-
-
-@dataclass(frozen=True)
-class LetterboxFrames:
-    """Semantic models: frames letterboxed to the fixed input, (3, H, W) uint8."""
-
-    spec: InputSpec
-
-    def geometry(self, height: int, width: int) -> Letterbox:
-        return Letterbox.fit(height, width, self.spec)
-
-    def decode_size(self, geometry: Letterbox) -> tuple[int, int]:
-        return geometry.min_decode_size()
-
-    def to_input(self, geometry: Letterbox, rgb: np.ndarray) -> np.ndarray:
-        return geometry.apply(rgb, self.spec.pad_value)
 
 
 @dataclass(frozen=True)

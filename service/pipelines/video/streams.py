@@ -11,14 +11,14 @@ afresh, with a keyframe, on its next chunk.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Protocol
+from typing import Any, Hashable, Protocol
 
 import numpy as np
 
 from segserve.errors import QueueFull, SequenceConflict
+from segserve.scheduler import Clock, MonotonicClock
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,12 @@ class StreamRegistry:
         max_streams: int,
         idle_timeout_s: float,
         observer: StreamObserver,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ):
         self.max_streams = max_streams
         self.idle_timeout_s = idle_timeout_s
         self._observer = observer
-        self._clock = clock
+        self._clock = clock or MonotonicClock()
         self._streams: OrderedDict[Hashable, Stream] = OrderedDict()
 
     def __len__(self) -> int:
@@ -156,7 +156,7 @@ class StreamRegistry:
         stream = self._streams.get(key)
         if stream is None:
             self._make_room()
-            stream = self._streams[key] = Stream(key, last_used=self._clock())
+            stream = self._streams[key] = Stream(key, last_used=self._clock.now())
             self._observer.live(len(self._streams))
         stream.pins += 1
         try:
@@ -176,14 +176,14 @@ class StreamRegistry:
             stream.state = state
             previous = -1 if stream.last_sequence is None else stream.last_sequence
             stream.last_sequence = sequence if sequence is not None else previous + 1
-        stream.last_used = self._clock()
+        stream.last_used = self._clock.now()
         stream.pins -= 1
         stream.lock.release()
         if stream.key in self._streams:
             self._streams.move_to_end(stream.key)
 
     def evict_idle(self) -> None:
-        now = self._clock()
+        now = self._clock.now()
         for key, stream in list(self._streams.items()):
             if not stream.pins and now - stream.last_used > self.idle_timeout_s:
                 self._evict(key, "idle")

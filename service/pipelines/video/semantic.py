@@ -20,32 +20,27 @@ frame through its image batcher (every frame is a keyframe).
 from __future__ import annotations
 
 import asyncio
-import base64
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable
 
 import numpy as np
 
-from segserve.codecs.geometry import Letterbox
-from segserve.codecs.masks import encode_label_png, semantic_segments
+from segserve.contract.model_config import ModelConfig
+from segserve.contract.video import SPLIT_PARTS, VideoSplit
 from segserve.engine import Engine
-from segserve.metrics import Metrics
-from segserve.pipelines.base import OutputFormat, ServedModel
-from segserve.pipelines.video_chunks import LetterboxFrames, PreparedChunk, in_order
-from segserve.pipelines.video_streams import KeyframePolicy, KeyframeTracker
-from segserve.scheduler import BatchPolicy, DynamicBatcher
+from segserve.pipelines.base import (
+    ModelState,
+    PartStatus,
+    batch_policy,
+    load_engines,
+    warm_up,
+)
+from segserve.pipelines.video.chunks import PreparedChunk, in_order
+from segserve.pipelines.video.streams import KeyframePolicy, KeyframeTracker
+from segserve.scheduler import DynamicBatcher
 
-SPLIT_PARTS = {  # part -> (input tensor names, output tensor name); models/video_split.py writes them
-    "shallow": (("images",), "low"),
-    "deep": (("low",), "deep"),
-    "fuse": (("low", "deep"), "labels"),
-    "correct": (("low", "deep", "key_low"), "labels"),  # only in splits exported with a correction
-}
-
-
-def split_parts(video: dict) -> list[str]:
-    """The parts a model's video split (its ``parameters.video``) has."""
-    return [part for part in SPLIT_PARTS if part != "correct" or video.get("correction")]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,14 +52,6 @@ class KeyFeatures:
 
     def copy(self) -> "KeyFeatures":  # batch outputs are views into the whole batch's array
         return KeyFeatures(np.array(self.low), np.array(self.deep))
-
-
-def render_labels(labels: np.ndarray, box: Letterbox, fmt: OutputFormat, classes: list[str]) -> dict:
-    """One frame's body fields at its original size (blocking: codec pool)."""
-    full = box.restore(labels)
-    if fmt == OutputFormat.png:
-        return {"png": base64.b64encode(encode_label_png(full)).decode("ascii")}
-    return {"segments": semantic_segments(full, classes)}
 
 
 def _batch_runner(engine: Engine, inputs: tuple[str, ...], output: str):
@@ -125,39 +112,76 @@ class _SplitRun:
             task.cancel()
 
 
-class SemanticVideoModel:
-    """A served semantic model as the video route sees it: its split engines when it has
-    them, else its image batcher."""
+def load_split(config: ModelConfig, version_dir, split: VideoSplit) -> dict[str, list[Engine]]:
+    """Each part's engines (blocking: run in a thread). The parts are ONNX graphs only: there is
+    no architecture for the torch backend to rebuild them from."""
+    root = version_dir / split.dir
+    return {part: load_engines(config, root / part, "onnxruntime") for part in split.parts()}
 
-    def __init__(self, served: ServedModel, parts: dict[str, list[Engine]] | None, metrics: Metrics):
-        self.served = served
-        self.config = served.entry.config
-        self.mapper = LetterboxFrames(self.config.input)
-        self.split = parts is not None
-        params = self.config.parameters.get("video", {})
-        if self.split:
-            self.default_max_interval = int(params.get("max_keyframe_interval", 16))
-            threshold = params.get("keyframe_threshold")
-            self.default_policy = KeyframePolicy(self.default_max_interval, None if threshold is None else float(threshold))
+
+class SemanticVideoModel:
+    """A semantic model as the video route sees it: its split parts, each behind its own
+    batcher, when it has them; else its image batcher, frame by frame. A split that fails to
+    load leaves the model serving video frame by frame, and says so in /v1/models."""
+
+    def __init__(self, pipeline, split: VideoSplit | None):
+        self.pipeline = pipeline  # segserve.pipelines.semantic.SemanticModel, started
+        self.config = pipeline.config
+        self._split = split
+        self._engines: dict[str, list[Engine]] = {}
+        self._parts: dict[str, DynamicBatcher] = {}
+        self._failure: str | None = None
+        self._window = 2 * self.config.max_batch_size
+        self._use_split(False)
+
+    def _use_split(self, split: bool) -> None:
+        self.split = split
+        if split:
+            self.default_max_interval = self._split.max_keyframe_interval
+            self.default_policy = KeyframePolicy(self.default_max_interval, self._split.keyframe_threshold)
         else:
             self.default_max_interval = 1
             self.default_policy = KeyframePolicy(1)
-        self._engines = parts or {}
-        policy = BatchPolicy(
-            max_batch_size=self.config.max_batch_size,
-            max_queue_delay_s=self.config.dynamic_batching.max_queue_delay_ms / 1000.0,
-            max_queue_size=self.config.dynamic_batching.max_queue_size,
-        )
-        self._parts = {
-            part: DynamicBatcher(
-                [_batch_runner(e, *SPLIT_PARTS[part]) for e in engines],
-                policy,
-                name=f"{self.config.name}/{part}",
-                observer=metrics.batch_observer(f"{self.config.name}/{part}"),
-            )
-            for part, engines in self._engines.items()
-        }
-        self._window = 2 * self.config.max_batch_size
+
+    async def start(self) -> None:
+        if self._split is None:
+            return
+        context, config = self.pipeline.context, self.config
+        try:
+            self._engines = await asyncio.to_thread(load_split, config, self.pipeline.entry.version_dir, self._split)
+            if context.warmup:
+                for i in range(config.instances):
+                    await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.max_batch_size)
+        except Exception as exc:  # noqa: BLE001 - logged and shown; the model still serves video frame by frame
+            log.exception("model %s: video split unavailable, video runs frame by frame", config.name)
+            self._failure = f"{type(exc).__name__}: {exc}"
+            self._close_engines()
+            return
+        policy = batch_policy(config)
+        for part, engines in self._engines.items():
+            name = f"{config.name}/{part}"
+            runners = [_batch_runner(e, *SPLIT_PARTS[part]) for e in engines]
+            self._parts[part] = DynamicBatcher(runners, policy, name=name, observer=context.metrics.batch_observer(name))
+            self._parts[part].start()
+        self._use_split(True)
+        log.info("model %s: video with keyframe feature reuse (%s)", config.name, ", ".join(self._parts))
+
+    def _keyframe_run(self, instance: int, n: int) -> None:
+        """Every part of one instance once, on a batch of ``n`` blank frames (warm-up)."""
+        spec = self.config.input
+        run = {part: engines[instance].infer for part, engines in self._engines.items()}
+        low = run["shallow"]({"images": np.zeros((n, 3, spec.height, spec.width), np.uint8)})["low"]
+        deep = run["deep"]({"low": low})["deep"]
+        run["fuse"]({"low": low, "deep": deep})
+        if "correct" in run:
+            run["correct"]({"low": low, "deep": deep, "key_low": low})
+
+    def parts(self) -> list[PartStatus]:
+        if self._split is None:
+            return []
+        if self._failure is not None:
+            return [PartStatus(f"video/{part}", ModelState.unavailable, self._failure) for part in self._split.parts()]
+        return [PartStatus(f"video/{part}", ModelState.ready, engine=engines[0].info) for part, engines in self._engines.items()]
 
     def policy(self, interval: int | None, threshold: float | None) -> KeyframePolicy:
         """The request's keyframe policy: a fixed interval, a threshold (adaptive, with the
@@ -166,30 +190,12 @@ class SemanticVideoModel:
             return self.default_policy
         return KeyframePolicy(interval or self.default_max_interval, threshold)
 
-    def parse_options(self, query: dict[str, str]) -> None:
-        return self.served.parse_options(query)  # semantic models take none: rejects any
+    async def stop(self) -> None:
+        drain = self.pipeline.context.drain_timeout_s
+        await asyncio.gather(*(b.stop(drain) for b in self._parts.values()))
+        self._close_engines()
 
-    def render(self, labels: np.ndarray, chunk: PreparedChunk, fmt: OutputFormat, options: None) -> dict:
-        """One frame's body fields (blocking: codec pool)."""
-        return render_labels(labels, chunk.geometry, fmt, self.config.classes)
-
-    async def start(self, warmup: bool) -> None:
-        if warmup and self.split:
-            loop = asyncio.get_running_loop()
-            spec = self.config.input
-            for i, shallow in enumerate(self._engines["shallow"]):
-                for n in sorted({1, self.config.max_batch_size}):  # first runs allocate arenas / build kernels
-                    images = np.zeros((n, 3, spec.height, spec.width), np.uint8)
-                    low = (await loop.run_in_executor(None, shallow.infer, {"images": images}))["low"]
-                    deep = (await loop.run_in_executor(None, self._engines["deep"][i].infer, {"low": low}))["deep"]
-                    await loop.run_in_executor(None, self._engines["fuse"][i].infer, {"low": low, "deep": deep})
-                    if "correct" in self._engines:
-                        await loop.run_in_executor(None, self._engines["correct"][i].infer, {"low": low, "deep": deep, "key_low": low})
-        for batcher in self._parts.values():
-            batcher.start()
-
-    async def stop(self, drain_timeout_s: float) -> None:
-        await asyncio.gather(*(b.stop(drain_timeout_s) for b in self._parts.values()))
+    def _close_engines(self) -> None:
         for engines in self._engines.values():
             for engine in engines:
                 engine.close()
@@ -210,4 +216,4 @@ class SemanticVideoModel:
             run.cancel()
 
     async def _whole_frame(self, tensor: np.ndarray, deadline: float) -> np.ndarray:
-        return (await self.served.batcher.submit(tensor, deadline)).value
+        return (await self.pipeline.batcher.submit(tensor, deadline)).value
