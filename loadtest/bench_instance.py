@@ -36,7 +36,7 @@ from segserve.contract.model_config import latest_version
 from segserve.engine import create_engine
 from segserve.graphs.maskrcnn import Detections
 from segserve.pipelines import ImageResult, Timing
-from segserve.pipelines.base import Encoded
+from segserve.pipelines.base import Encoded, render_json
 from segserve.pipelines.instance.model import (
     InstanceModel,
     InstanceOptions,
@@ -45,7 +45,6 @@ from segserve.pipelines.instance.model import (
 )
 from segserve.pipelines.instance.preprocess import ImageMeta
 from segserve.pipelines.instance.runner import SplitRunner, load_heads
-from segserve.pipelines.render import render_json
 from segserve.repository import ModelEntry, scan
 from segserve_loadtest.bench_service import levels_markdown, service_level
 from segserve_loadtest.payloads import Payload

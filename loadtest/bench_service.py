@@ -33,11 +33,12 @@ from segserve_loadtest.server_metrics import delta, scrape
 
 
 def ensure_model(repository: Path, architecture: str, input_size: tuple[int, int]) -> Path:
+    from segserve.contract.artifacts import CONFIG_FILE
     from segserve.contract.model_config import latest_version
     from segserve_models.export import export_model
     from segserve_models.weights import WeightsSpec
 
-    if (repository / architecture / "config.yaml").is_file() and latest_version(repository / architecture):
+    if (repository / architecture / CONFIG_FILE).is_file() and latest_version(repository / architecture):
         return repository
     # Weights do not change speed; random ones need no download.
     export_model(architecture, repository, WeightsSpec("random"), input_size=input_size, progress=False)

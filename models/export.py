@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import torch
 
-from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.artifacts import CONFIG_FILE, EXPORT_RECORD, ONNX_ARTIFACT, WEIGHTS_ARTIFACT
 from segserve.contract.model_config import (
     DynamicBatching,
     InputSpec,
@@ -211,15 +211,15 @@ def export_model(
     try:
         report.check()
         serving = SemanticServingModule(net, output).eval()
-        export_onnx(serving, version_dir / "model.onnx", height, width, dynamic_hw)
+        export_onnx(serving, version_dir / ONNX_ARTIFACT, height, width, dynamic_hw)
         if output == "labels":  # the served graph's argmax must agree with eager too
             images = sample_images(2, height, width, seed=2)
             with torch.no_grad():
                 ref = serving(images).numpy()
-            agree = float((onnx_run(version_dir / "model.onnx", images.numpy()) == ref).mean())
+            agree = float((onnx_run(version_dir / ONNX_ARTIFACT, images.numpy()) == ref).mean())
             if agree < 0.999:
                 raise ExportError(f"parity check failed on the argmax graph: agreement {agree:.5%}")
-        torch.save(serving.state_dict(), version_dir / "weights.pt")
+        torch.save(serving.state_dict(), version_dir / WEIGHTS_ARTIFACT)
     except Exception:
         for f in version_dir.iterdir():
             f.unlink()
@@ -252,5 +252,5 @@ def export_model(
         "dynamic_hw": dynamic_hw,
         "parity": asdict(report),
     }
-    (version_dir / "export.json").write_text(json.dumps(provenance, indent=2))
+    (version_dir / EXPORT_RECORD).write_text(json.dumps(provenance, indent=2))
     return version_dir

@@ -46,6 +46,7 @@ from torch import nn
 
 from segserve.contract.artifacts import (
     CONFIG_FILE,
+    EXPORT_RECORD,
     ONNX_ARTIFACT,
     VIDEO_DIR,
     WEIGHTS_ARTIFACT,
@@ -364,7 +365,7 @@ def export_video_split(
             log.info("correct part parity %s: max|diff| %.3g, agreement %.5f", name, correct_report.max_abs_diff, correct_report.label_agreement)
             correct_report.check()
             provenance["parity_correct_vs_torch"] = asdict(correct_report)
-        (staging / "export.json").write_text(json.dumps(provenance, indent=2))
+        (staging / EXPORT_RECORD).write_text(json.dumps(provenance, indent=2))
         target = version_dir / VIDEO_DIR
         if target.exists():
             shutil.rmtree(target)

@@ -34,6 +34,7 @@ import torch
 from segserve.contract.artifacts import (
     BACKBONE_ARTIFACT,
     CONFIG_FILE,
+    EXPORT_RECORD,
     WEIGHTS_ARTIFACT,
     WHOLE_GRAPH_ARTIFACT,
 )
@@ -262,5 +263,5 @@ def export_instance_model(
         "whole_graph_error": whole_graph_error,
         "parity": parity,
     }
-    (version_dir / "export.json").write_text(json.dumps(provenance, indent=2))
+    (version_dir / EXPORT_RECORD).write_text(json.dumps(provenance, indent=2))
     return version_dir

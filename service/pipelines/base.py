@@ -16,6 +16,7 @@ video chunk decoder share, says which request ``options`` it takes, and register
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -227,3 +228,26 @@ class Pipeline:
         encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
         placement = decoded.placement
         return ImageResult(placement.width, placement.height, Timing(done.queue_s, done.compute_s, done.batch_size), encoded)
+
+
+def fixed_width_ms(seconds: float) -> str:
+    """A JSON number padded with leading spaces to a constant width. Identical requests then
+    get identical-length bodies, which plain `ab` (without -l) requires: it counts every body
+    whose length differs from the first as a failed request."""
+    return f"{min(seconds * 1000, 99_999_999.999):12.3f}"
+
+
+def render_json(pipeline: Pipeline, result: ImageResult, total_s: float) -> bytes:
+    """The JSON answer to one segmented image, shared by every transport so HTTP `/segment` and
+    gRPC `MASKS_JSON` carry byte-for-byte the same document."""
+    config = pipeline.config
+    body = {"model": config.name, "task": config.task.value, "width": result.width, "height": result.height}
+    body.update(pipeline.response_fields())
+    body.update(result.encoded.body)
+    timing = result.timing
+    encoded = json.dumps(body, separators=(",", ":"))
+    encoded = (
+        f'{encoded[:-1]},"timing_ms":{{"queue":{fixed_width_ms(timing.queue_s)},'
+        f'"compute":{fixed_width_ms(timing.compute_s)},"total":{fixed_width_ms(total_s)}}}}}'
+    )
+    return encoded.encode()

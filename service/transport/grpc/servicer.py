@@ -15,7 +15,7 @@ from segserve.logs import request_id_from
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
 from segserve.pipelines import ImageResult, OutputFormat, Pipeline
-from segserve.pipelines.render import render_json
+from segserve.pipelines.base import render_json
 from segserve.transport.grpc import inference_pb2 as pb
 from segserve.transport.grpc import inference_pb2_grpc as pb_grpc
 from segserve.transport.grpc.errors import details_of, status_of

@@ -13,8 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from segserve.errors import BadParameter, ModelNotFound, ModelNotReady
 from segserve.model_manager import ModelManager, ModelStatus
 from segserve.pipelines import ImageResult, OutputFormat, Pipeline
+from segserve.pipelines.base import render_json
 from segserve.pipelines.instance.model import MAX_INSTANCES_LIMIT
-from segserve.pipelines.render import render_json
 from segserve.transport.http.body import read_image
 from segserve.transport.http.errors import service_error_response
 from segserve.transport.http.schemas import (
