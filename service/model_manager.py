@@ -17,6 +17,8 @@ from segserve.repository import ModelEntry, scan
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_MODEL = "unknown"  # the metrics label of requests for a model the repository does not hold
+
 
 @dataclass
 class ModelStatus:
@@ -49,10 +51,16 @@ class ModelManager:
 
     @property
     def default_model(self) -> str | None:
-        if self.settings.default_model:
-            return self.settings.default_model
-        ready = [name for name, s in self.models.items() if s.ready]
-        return ready[0] if ready else next(iter(self.models), None)
+        """SEGSERVE_DEFAULT_MODEL, else the repository's first model by name -- whatever its
+        state: a default that failed to load answers 503 with the reason, instead of quietly
+        becoming another model."""
+        return self.settings.default_model or next(iter(self.models), None)
+
+    def label(self, name: str | None) -> str:
+        """The metrics label for a requested model name: one of the repository's models, or
+        ``unknown`` -- a client's made-up names must not become label values (series)."""
+        name = name or self.default_model
+        return name if name in self.models else UNKNOWN_MODEL
 
     def ready_models(self) -> list[str]:
         return [name for name, s in self.models.items() if s.ready]

@@ -1,15 +1,19 @@
 """Image decoding with the limits that keep a server alive: pixel-count checks before the
-pixels are decoded, and JPEG draft decoding when the model needs far fewer pixels."""
+pixels are decoded, and JPEG draft decoding when the model needs far fewer pixels.
+
+EXIF orientation is honoured: a phone photo stored sideways with an orientation tag is
+segmented, and its masks returned, the way it is displayed (width and height included)."""
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from segserve.errors import TooManyPixels, UndecodableInput
 
@@ -19,11 +23,21 @@ IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 Image.MAX_IMAGE_PIXELS = None
 
 
+# EXIF orientations (tag 0x0112) that swap width and height when displayed
+TRANSPOSED = {5, 6, 7, 8}
+ORIENTATION_TAG = 0x0112
+
+
 @dataclass(frozen=True)
 class DecodedImage:
-    rgb: np.ndarray  # (h, w, 3) uint8; may be smaller than the original when draft-decoded
-    width: int  # original width, the geometry every mask is returned in
+    rgb: np.ndarray  # (h, w, 3) uint8 as displayed; may be smaller than the original when draft-decoded
+    width: int  # original width as displayed, the geometry every mask is returned in
     height: int
+
+
+def describe(exc: Exception) -> str:
+    """A decoder's error for the client: without object reprs and memory addresses."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
 
 
 DraftSize = Callable[[int, int], tuple[int, int]]  # original (h, w) -> smallest useful (h, w)
@@ -44,14 +58,20 @@ def decode_image(data: bytes, max_pixels: int, draft_size: DraftSize | None = No
                 raise TooManyPixels(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             if image.format not in IMAGE_TYPES.values():
                 raise UndecodableInput(f"unsupported image format {image.format}; send JPEG, PNG or WebP")
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            if orientation in TRANSPOSED:
+                width, height = height, width
             if draft_size is not None and image.format == "JPEG":
-                min_h, min_w = draft_size(height, width)
-                image.draft("RGB", (min_w, min_h))
-            rgb = np.array(image.convert("RGB"))  # writable (np.asarray's is not): torch can take it as is
+                min_h, min_w = draft_size(height, width)  # as displayed; the draft is in stored order
+                image.draft("RGB", (min_h, min_w) if orientation in TRANSPOSED else (min_w, min_h))
+            image = image.convert("RGB")
+            if orientation != 1:
+                image = ImageOps.exif_transpose(image)
+            rgb = np.array(image)  # writable (np.asarray's is not): torch can take it as is
     except (TooManyPixels, UndecodableInput):
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
-        raise UndecodableInput(f"cannot decode image: {exc}") from exc
+        raise UndecodableInput(f"cannot decode image: {describe(exc)}") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise UndecodableInput("image has no pixels")
     return DecodedImage(rgb=rgb, width=width, height=height)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,7 +28,7 @@ import numpy as np
 from segserve.codecs.image import decode_image
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine, EngineInfo, create_engine
-from segserve.errors import BadParameter
+from segserve.errors import BadParameter, DeadlineExceeded, QueueFull
 from segserve.metrics import Metrics
 from segserve.repository import ModelEntry
 from segserve.scheduler import BatchPolicy, DynamicBatcher
@@ -109,6 +110,11 @@ class PipelineContext:
     drain_timeout_s: float
 
 
+def check_deadline(deadline: float, stage: str) -> None:
+    if time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"the deadline passed before {stage}")
+
+
 def batch_policy(config: ModelConfig) -> BatchPolicy:
     return BatchPolicy(
         max_batch_size=config.max_batch_size,
@@ -130,6 +136,25 @@ async def warm_up(run: Callable[[int], object], max_batch_size: int) -> None:
         await loop.run_in_executor(None, run, n)
 
 
+class Admission:
+    """A request's share of its model's in-flight budget (``Pipeline.admit``)."""
+
+    def __init__(self, pipeline: "Pipeline", cost: int):
+        self._pipeline, self._cost = pipeline, cost
+
+    def release(self) -> None:
+        """Idempotent: the share goes back once."""
+        if self._cost:
+            self._pipeline.in_flight -= self._cost
+            self._cost = 0
+
+    def __enter__(self) -> "Admission":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
 class Pipeline:
     """One model version of one task: its engine instances behind one dynamic batcher."""
 
@@ -144,6 +169,20 @@ class Pipeline:
         self.engines: list[Engine] = []
         self.batcher: DynamicBatcher | None = None
         self.video = None  # segserve.pipelines.video.runs.VideoModel, set by start()
+        # Admission: what the model holds at once, from before its body is read to its answer
+        # (queued, running, and being read or decoded or encoded), so that overload is refused
+        # before any of that work is done, not after it.
+        self.in_flight = 0
+        self.max_in_flight = self.config.dynamic_batching.max_queue_size + self.config.instances * self.config.max_batch_size
+
+    def admit(self, cost: int = 1) -> "Admission":
+        """``cost`` of the model's in-flight budget, held until the Admission is released (or its
+        ``with`` block ends); QueueFull (503 + Retry-After) at once when the budget is spent."""
+        if self.in_flight + cost > self.max_in_flight:
+            retry_after_s = self.batcher.retry_after() if self.batcher is not None else 1.0
+            raise QueueFull(f"model {self.config.name} is at capacity ({self.max_in_flight} in flight)", retry_after_s=retry_after_s)
+        self.in_flight += cost
+        return Admission(self, cost)
 
     @property
     def engine_info(self) -> EngineInfo | None:
@@ -221,10 +260,14 @@ class Pipeline:
 
     # -- one request ----------------------------------------------------------------------
     async def segment_image(self, data: bytes, options: Any, fmt: OutputFormat, deadline: float) -> ImageResult:
+        """``deadline`` (monotonic) holds at every stage: work that expired is dropped before
+        it starts (the batcher drops it before compute)."""
         loop = asyncio.get_running_loop()
         pool = self.context.codec_pool
+        check_deadline(deadline, "decoding")
         decoded = await loop.run_in_executor(pool, self.decode, data)
         done = await self.batcher.submit(decoded.model_input, deadline)
+        check_deadline(deadline, "encoding")
         encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
         placement = decoded.placement
         return ImageResult(placement.width, placement.height, Timing(done.queue_s, done.compute_s, done.batch_size), encoded)

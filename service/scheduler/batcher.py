@@ -138,7 +138,7 @@ class DynamicBatcher(Generic[T, R]):
             raise ModelNotReady(f"model {self.name} is not accepting requests")
         if len(self._queue) >= self.policy.max_queue_size:
             self._observer.dropped("queue_full")
-            raise QueueFull(f"model {self.name}: queue full ({self.policy.max_queue_size})", retry_after_s=self._retry_after())
+            raise QueueFull(f"model {self.name}: queue full ({self.policy.max_queue_size})", retry_after_s=self.retry_after())
         now = self._clock.now()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline already passed")
@@ -164,7 +164,7 @@ class DynamicBatcher(Generic[T, R]):
             timer.cancel()
         return future.done()
 
-    def _retry_after(self) -> float:
+    def retry_after(self) -> float:
         """Seconds until the queue ahead has likely drained; at least one."""
         batches_ahead = math.ceil(len(self._queue) / self.policy.max_batch_size) / len(self._runners)
         per_batch = self._batch_s_ewma or 0.1
@@ -232,7 +232,8 @@ class DynamicBatcher(Generic[T, R]):
                     raise RuntimeError(f"runner returned {len(results)} results for a batch of {len(batch)}")
             except Exception as exc:  # noqa: BLE001 - the batch's requests get the error, the worker lives on
                 compute_s = self._clock.now() - started
-                log.exception("model %s: batch of %d failed", self.name, len(batch))
+                # one line: each request's own answer logs the traceback, with its request id
+                log.error("model %s: batch of %d failed: %s: %s", self.name, len(batch), type(exc).__name__, exc)
                 self._observer.batch_done(len(batch), queue_s, compute_s, ok=False)
                 for job in batch:
                     self._fail(job, exc)

@@ -16,7 +16,6 @@ thread, so the engine is never busy with per-request pixel work.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,7 +31,7 @@ from segserve.engine import Engine
 from segserve.graphs.maskrcnn import Detections
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
 from segserve.pipelines.instance.paste import to_instances
-from segserve.pipelines.instance.preprocess import ImageMeta, preprocess, resize_scale
+from segserve.pipelines.instance.preprocess import ImageMeta, preprocess, resize_scale, resized_size
 from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
 from segserve.pipelines.options import parse_number
 from segserve.pipelines.video.instance import InstanceVideoModel
@@ -141,8 +140,7 @@ class InstanceModel(Pipeline):
         """The size the detector resizes to: a JPEG decodes at 1/2..1/8 scale down to it."""
         height, width = geometry
         p = self.params
-        scale = resize_scale(height, width, p.min_size, p.max_size, self._canvas)
-        return math.floor(height * scale), math.floor(width * scale)
+        return resized_size(height, width, resize_scale(height, width, p.min_size, p.max_size, self._canvas))
 
     def to_input(self, geometry: tuple[int, int], rgb: np.ndarray):
         """split: (resized CHW, meta) for the backbone batch; whole graph: the RGB image (the graph resizes)."""

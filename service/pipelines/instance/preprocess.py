@@ -45,6 +45,12 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int, canvas: 
     return scale
 
 
+def resized_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """torchvision's output size, floor(side * scale), but never 0: an image of extreme aspect
+    ratio (1x10000) keeps a row or column of pixels instead of breaking the resize."""
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
 def resize(image: np.ndarray, scale: float, dtype: str = "float32") -> torch.Tensor:
     """HWC uint8 -> CHW resized the way torchvision does (float bilinear, no antialias,
     size = floor(side * scale)), values 0..255: float32 as computed, or uint8 rounded."""
@@ -53,9 +59,10 @@ def resize(image: np.ndarray, scale: float, dtype: str = "float32") -> torch.Ten
     array = np.ascontiguousarray(image) if image.flags.writeable else image.copy(order="C")
     chw = torch.from_numpy(array).permute(2, 0, 1)
     if scale != 1.0:
-        chw = F.interpolate(
-            chw[None].float(), scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-        )[0]
+        # the size torchvision's scale_factor + recompute_scale_factor gives, passed as a size
+        # so that it can be kept >= 1 (the interpolation is the same: input/output ratio)
+        size = resized_size(*image.shape[:2], scale)
+        chw = F.interpolate(chw[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         if dtype == "uint8":
             return chw.round_().clamp_(0, 255).to(torch.uint8)
     return chw.to(getattr(torch, dtype))

@@ -20,7 +20,7 @@ class InstanceVideoModel:
 
     def __init__(self, pipeline):
         self.pipeline = pipeline  # segserve.pipelines.instance.model.InstanceModel, started
-        self._window = 2 * pipeline.config.max_batch_size
+        self.window = 2 * pipeline.config.max_batch_size  # frames of a chunk in flight at once
 
     def policy(self, interval: int | None, threshold: float | None) -> KeyframePolicy:
         return self.default_policy  # keyframe parameters do not apply: every frame is one
@@ -32,7 +32,7 @@ class InstanceVideoModel:
         """The pipeline stops its own batcher."""
 
     async def frames(self, chunk: PreparedChunk, tracker: KeyframeTracker, deadline: float) -> AsyncIterator[tuple[bool, Any]]:
-        async for found in in_order((self._detect(item, deadline) for item in chunk.inputs), self._window):
+        async for found in in_order((self._detect(item, deadline) for item in chunk.inputs), self.window):
             yield True, found
 
     async def _detect(self, item: Any, deadline: float) -> Any:

@@ -40,6 +40,7 @@ class VideoModel(Protocol):
     pipeline: Pipeline
     split: bool  # keyframe feature reuse
     default_policy: KeyframePolicy
+    window: int  # frames of one chunk in the batchers at once
 
     def policy(self, interval: int | None, threshold: float | None) -> KeyframePolicy: ...
 

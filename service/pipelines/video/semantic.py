@@ -131,7 +131,7 @@ class SemanticVideoModel:
         self._engines: dict[str, list[Engine]] = {}
         self._parts: dict[str, DynamicBatcher] = {}
         self._failure: str | None = None
-        self._window = 2 * self.config.max_batch_size
+        self.window = 2 * self.config.max_batch_size  # frames of a chunk in flight at once
         self._use_split(False)
 
     def _use_split(self, split: bool) -> None:
@@ -204,12 +204,12 @@ class SemanticVideoModel:
         """(keyframe, labels at model input size) per frame, in order. When it is exhausted,
         ``tracker`` holds the state the stream continues from."""
         if not self.split:
-            async for labels in in_order((self._whole_frame(t, deadline) for t in chunk.inputs), self._window):
+            async for labels in in_order((self._whole_frame(t, deadline) for t in chunk.inputs), self.window):
                 yield True, labels
             return
         run = _SplitRun(self._parts, tracker, deadline)
         try:
-            async for result in in_order((run.frame(t) for t in chunk.inputs), self._window):
+            async for result in in_order((run.frame(t) for t in chunk.inputs), self.window):
                 yield result
             tracker.keyframe_cache = (await run.latest_key()).copy()
         finally:

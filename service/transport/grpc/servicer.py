@@ -98,7 +98,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         request_id = request_id_from(dict(context.invocation_metadata() or ()).get("x-request-id"), request.id)
-        obs = Observation(self._metrics, "grpc", request.model_name or self._manager.default_model, request_id)
+        obs = Observation(self._metrics, "grpc", self._manager.label(request.model_name), request_id)
         code = grpc.StatusCode.OK
         try:
             pipeline = self._pipeline(request.model_name, request.model_version)
@@ -126,6 +126,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         parsed = pipeline.parse_options(options)
         outputs = requested_outputs(request)
         images = input_images(request, settings.max_body_bytes)
+        if len(images) > config.max_batch_size:  # one request must not take the whole queue
+            raise BadParameter(f"{IMAGE} holds {len(images)} images; at most {config.max_batch_size} (max_batch_size) per request")
         if LABELS in outputs:
             if not pipeline.label_map or len(config.classes) > 256:
                 raise BadParameter(f"{LABELS} (UINT8) is only answered by semantic models of at most 256 classes")
@@ -133,7 +135,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise BadParameter(f"{LABELS} is only answered for one image; {IMAGE} holds {len(images)}")
         # The tighter of the client's gRPC deadline and timeout_ms (or the server default).
         deadline = obs.deadline(timeout_ms, settings.request_timeout_s, context.time_remaining())
-        results = await segment_all(pipeline, images, parsed, deadline)
+        with pipeline.admit(cost=len(images)):
+            results = await segment_all(pipeline, images, parsed, deadline)
 
         response = pb.ModelInferResponse(model_name=config.name, model_version=str(pipeline.entry.version), id=request.id)
         for output in outputs:

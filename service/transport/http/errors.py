@@ -30,9 +30,13 @@ def status_of(exc: errors.ServiceError) -> int:
     return errors.status_in(STATUS, exc, 500)
 
 
-def error_response(status: int, code: str, message: str, retry_after_s: float | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, retry_after_s: float | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers or None)
 
 
 def service_error_response(exc: errors.ServiceError) -> JSONResponse:
@@ -53,4 +57,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)  # 405 keeps its Allow

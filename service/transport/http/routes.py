@@ -9,6 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from segserve.errors import BadParameter, ModelNotFound, ModelNotReady
 from segserve.model_manager import ModelManager, ModelStatus
@@ -84,12 +85,15 @@ async def run_unless_disconnected(request: Request, work):
 async def observed(request: Request, route: str, model: str | None, handle) -> Response:
     """``await handle(obs)`` -> its response; any error -> its JSON error response. The request
     is counted once, with the status it got (499 when the client went away first)."""
-    obs = Observation(request.app.state.metrics, route, model or manager_of(request).default_model)
+    obs = Observation(request.app.state.metrics, route, manager_of(request).label(model))
     try:
         response = await handle(obs)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # the server cancelled the request (the connection is gone)
         obs.done(str(CLIENT_CLOSED))
         raise
+    except ClientDisconnect:  # the client went away mid-upload: not an error, counted as 499
+        log.info("%s: client went away while sending the body", route)
+        response = Response(status_code=CLIENT_CLOSED)
     except Exception as exc:  # noqa: BLE001 - classified, logged and answered by obs.error
         response = service_error_response(obs.error(exc))
     obs.done(str(response.status_code))
@@ -125,15 +129,16 @@ async def segment(
     async def handle(obs: Observation) -> Response:
         manager = manager_of(request)
         settings = manager.settings
+        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)  # from arrival: body read included
         pipeline = manager.get(model)
         obs.model = pipeline.config.name
         options = pipeline.parse_options(request.query_params)
         fmt = choose_format(format, request.headers.get("accept", ""))
-        data = await read_image(request, settings.max_body_bytes)
-        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)
-        result = await run_unless_disconnected(request, pipeline.segment_image(data, options, fmt, deadline))
+        with pipeline.admit():  # refused before the body is read when the model is at capacity
+            data = await read_image(request, settings.max_body_bytes, deadline)
+            result = await run_unless_disconnected(request, pipeline.segment_image(data, options, fmt, deadline))
         if result is None:
-            log.info("client went away; request dropped")
+            log.info("segment: client went away; request dropped")
             return Response(status_code=CLIENT_CLOSED)
         return render(pipeline, result, obs.elapsed())
 
@@ -201,4 +206,6 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # rendered off the event loop: a scrape must not hold up requests
+    body = await asyncio.to_thread(generate_latest, request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -22,6 +22,7 @@ from segserve.codecs.video import VIDEO_TYPES
 from segserve.config import Settings
 from segserve.errors import BadParameter, UnsupportedMediaType
 from segserve.pipelines import OutputFormat
+from segserve.pipelines.base import check_deadline
 from segserve.pipelines.video.chunks import (
     FrameMapper,
     PreparedChunk,
@@ -69,7 +70,7 @@ VIDEO_BODY = {
 
 
 async def read_chunk(
-    request: Request, mapper: FrameMapper, settings: Settings, pool, frame_limit: int, frame_stride: int
+    request: Request, mapper: FrameMapper, settings: Settings, pool, frame_limit: int, frame_stride: int, deadline: float
 ) -> PreparedChunk:
     kind = media_type(request)
     if kind not in VIDEO_TYPES and kind != "multipart/form-data":
@@ -77,7 +78,7 @@ async def read_chunk(
             f"content type {kind or '(none)'!r} not supported: send {', '.join(sorted(VIDEO_TYPES))} "
             "or multipart/form-data with ordered file fields 'frame'"
         )
-    body = await read_limited(request, settings.max_body_bytes)
+    body = await read_limited(request, settings.max_body_bytes, deadline)
     loop = asyncio.get_running_loop()
     limits = {"max_frames": frame_limit, "frame_stride": frame_stride, "max_pixels": settings.max_image_pixels}
     if kind == "multipart/form-data":
@@ -157,6 +158,7 @@ async def segment_video(
     async def handle(obs: Observation) -> Response:
         manager = manager_of(request)
         settings = manager.settings
+        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)  # from arrival: body read and decode included
         if sequence is not None and stream_id is None:
             raise BadParameter("sequence needs a stream_id")
         pipeline = manager.get(model)
@@ -166,13 +168,20 @@ async def segment_video(
         options = pipeline.parse_options({k: v for k, v in request.query_params.items() if k not in VIDEO_OPTIONS})
         policy = video.policy(keyframe_interval, keyframe_threshold)
         frame_limit = min(max_frames or settings.video_max_frames, settings.video_max_frames)
-        chunk = await read_chunk(request, pipeline, settings, manager.codec_pool, frame_limit, frame_stride)
-        decode_s = obs.elapsed()
-        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)
-        segment_started = time.perf_counter()
-        run, new_stream = await manager.streams.start_chunk(
-            video, chunk, policy, OutputFormat(format), options, deadline, stream_id, sequence
-        )
+        # a chunk holds up to its window of frames in the model's batchers at once
+        admission = pipeline.admit(cost=video.window)  # refused before the body is read when at capacity
+        try:
+            chunk = await read_chunk(request, pipeline, settings, manager.codec_pool, frame_limit, frame_stride, deadline)
+            decode_s = obs.elapsed()
+            check_deadline(deadline, "segmenting the chunk")
+            segment_started = time.perf_counter()
+            run, new_stream = await manager.streams.start_chunk(
+                video, chunk, policy, OutputFormat(format), options, deadline, stream_id, sequence
+            )
+        except BaseException:
+            admission.release()
+            raise
+        run.task.add_done_callback(lambda _: admission.release())  # held until the chunk's frames are done
         summary = {
             "model": config.name,
             "task": config.task.value,
