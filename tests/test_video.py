@@ -36,6 +36,7 @@ from segserve.pipelines.video_streams import (
     StreamRegistry,
     feature_change,
 )
+from segserve.scheduler.clock import ManualClock
 from tests.conftest import copy_model
 from segserve_loadtest.server import SegserveProcess
 
@@ -220,14 +221,6 @@ class RecordingObserver:
         self.evictions.append(reason)
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 async def test_registry_orders_chunks_and_checks_sequences():
     registry = StreamRegistry(4, 60, RecordingObserver())
     stream = await registry.acquire("s", 0)
@@ -247,8 +240,8 @@ async def test_registry_orders_chunks_and_checks_sequences():
 
 
 async def test_registry_evicts_least_recently_used_idle_streams():
-    observer, clock = RecordingObserver(), FakeClock()
-    registry = StreamRegistry(2, 10, observer, clock)
+    observer, clock = RecordingObserver(), ManualClock(start=0.0)
+    registry = StreamRegistry(2, 10, observer, clock.now)
     registry.release(await registry.acquire("a", 0), KeyframeState(), 0)
     busy = await registry.acquire("b", 0)
     registry.release(await registry.acquire("c", 0), KeyframeState(), 0)  # evicts a (b is busy)
@@ -258,7 +251,7 @@ async def test_registry_evicts_least_recently_used_idle_streams():
         await registry.acquire("d", 0)
     registry.release(other)
     registry.release(busy)
-    clock.now = 11
+    await clock.advance(11)
     registry.evict_idle()
     assert observer.evictions == ["capacity", "idle", "idle"] and len(registry) == 0
 
