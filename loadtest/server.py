@@ -1,5 +1,6 @@
-"""A segserve server in a subprocess on a free loopback port, for load runs that have no URL
-to test and for the test suite: start, wait until ready, stop (SIGTERM, then SIGKILL)."""
+"""A segserve server in a subprocess on a free loopback port, for load runs and benchmarks that
+have no URL to test (`make loadtest`, `make bench`): start, wait until ready, stop (SIGTERM,
+then SIGKILL). The test suite has its own servers (tests/servers.py)."""
 
 from __future__ import annotations
 

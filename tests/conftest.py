@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segserve.contract.artifacts import CONFIG_FILE, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.model_config import load_config
-from segserve_loadtest.server import SegserveProcess
 from segserve_models.export import export_model
 from segserve_models.weights import WeightsSpec
+from tests.servers import InProcessServer, ServerProcess
 
 SEMANTIC = "lraspp_mobilenet_v3_large"
 SMALL_INPUT = (128, 128)
+INSTANCE_ARCH = "maskrcnn_mobilenet_v3_large_fpn"
+# The bundled Mask R-CNN, exported once: served on the split path and on its whole graph.
+INSTANCE_SPLIT, INSTANCE_WHOLE = "shapes", "shapes_whole"
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +46,40 @@ def copy_model(src_repo: Path, dst_repo: Path, name: str = SEMANTIC, **config_up
 
 
 @pytest.fixture(scope="session")
-def server(semantic_repo, tmp_path_factory):
-    with SegserveProcess(semantic_repo, log_path=tmp_path_factory.mktemp("logs") / "server.log") as s:
+def instance_repo(tmp_path_factory) -> Path:
+    """The bundled Mask R-CNN checkpoint exported once (with the exporter's parity check);
+    a second model serves the same version folder through its whole graph."""
+    from segserve_models.instance.export import export_instance_model
+
+    repo = tmp_path_factory.mktemp("instance_repo")
+    version_dir = export_instance_model(INSTANCE_ARCH, repo, WeightsSpec.parse("bundled:shapes_maskrcnn"), name=INSTANCE_SPLIT,
+                                        progress=False)
+    whole_dir = repo / INSTANCE_WHOLE
+    shutil.copytree(version_dir, whole_dir / version_dir.name)
+    config = load_config(version_dir.parent)
+    config = config.model_copy(
+        update={
+            "name": INSTANCE_WHOLE,
+            "backends": ["onnxruntime"],
+            "onnxruntime": config.onnxruntime.model_copy(update={"model_file": WHOLE_GRAPH_ARTIFACT}),
+            "parameters": {**config.parameters, "default_path": "whole_graph"},
+        }
+    )
+    config.dump(whole_dir / CONFIG_FILE)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(semantic_repo):
+    """The real app in this process (tests/servers.py) serving the exported LRASPP, defaults."""
+    with InProcessServer(semantic_repo) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def process_server(semantic_repo, tmp_path_factory):
+    """The same as a real `segserve serve` process, for the tests that need one (ab, sockets)."""
+    with ServerProcess(semantic_repo, tmp_path_factory.mktemp("logs") / "server.log") as s:
         yield s
 
 

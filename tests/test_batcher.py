@@ -4,8 +4,6 @@ for concurrency. No HTTP, no engine."""
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import threading
 import time
 
@@ -13,34 +11,7 @@ import pytest
 
 from segserve.errors import DeadlineExceeded, ModelNotReady, QueueFull
 from segserve.scheduler import BatchPolicy, DynamicBatcher
-
-
-class FakeClock:
-    """Time moves only when the test says so; sleepers wake when it passes their time."""
-
-    def __init__(self):
-        self.t = 1000.0
-        self._sleepers: list[tuple[float, int, asyncio.Future]] = []
-        self._ids = itertools.count()
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + seconds, next(self._ids), fut))
-        await fut
-
-    async def advance(self, seconds: float) -> None:
-        self.t += seconds
-        while self._sleepers and self._sleepers[0][0] <= self.t:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
-        await settle()
+from segserve.scheduler.clock import ManualClock
 
 
 async def settle(rounds: int = 20) -> None:
@@ -83,7 +54,7 @@ def make(runner, clock=None, max_batch=4, delay_s=0.005, queue=64, runners=1):
 
 
 async def test_fills_to_max_batch_without_waiting_for_the_delay():
-    clock, runner = FakeClock(), RecordingRunner()
+    clock, runner = ManualClock(), RecordingRunner()
     b = make(runner, clock, max_batch=4, delay_s=10.0)
     tasks = [asyncio.create_task(b.submit(i)) for i in range(5)]
     await settle()
@@ -100,7 +71,7 @@ async def test_fills_to_max_batch_without_waiting_for_the_delay():
 
 
 async def test_honours_the_queue_delay():
-    clock, runner = FakeClock(), RecordingRunner()
+    clock, runner = ManualClock(), RecordingRunner()
     b = make(runner, clock, max_batch=8, delay_s=0.005)
     task = asyncio.create_task(b.submit(21))
     await settle()
@@ -136,7 +107,7 @@ async def test_full_queue_refuses_immediately_with_retry_after():
 
 
 async def test_deadline_expires_while_queued_and_is_never_computed():
-    clock, runner = FakeClock(), RecordingRunner()
+    clock, runner = ManualClock(), RecordingRunner()
     runner.release.clear()
     b = make(runner, clock, max_batch=1, delay_s=0)
     blocker = asyncio.create_task(b.submit(0))

@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from segserve_loadtest.server import SegserveProcess
 from tests.conftest import make_image
+from tests.servers import ServerProcess
 
 BROKEN = "negative_labels"
 
@@ -46,7 +46,8 @@ def broken_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def broken_server(broken_repo, tmp_path_factory):
-    with SegserveProcess(broken_repo, log_path=tmp_path_factory.mktemp("logs") / "broken.log") as server:
+    # a real process: the log line format with the request id is the CLI's
+    with ServerProcess(broken_repo, tmp_path_factory.mktemp("logs") / "broken.log") as server:
         yield server
 
 

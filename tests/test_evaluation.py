@@ -1,18 +1,22 @@
-"""Accuracy through the whole stack: the bundled models served over HTTP vs the engines
-in-process, on held-out synthetic scenes with exact truth."""
+"""Accuracy through the whole stack: the bundled models served over HTTP (the real app in this
+process, tests/servers.py) vs the engines alone, on held-out synthetic scenes with exact truth.
+
+Real process: none here; the HTTP predictor needs the app, not the process.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from segserve_loadtest.server import SegserveProcess
 from segserve_models.evaluation import datasets
 from segserve_models.evaluation.metrics import ConfusionMatrix, InstanceAccumulator, encode_instance_mask
 from segserve_models.evaluation.predictors import EnginePredictor, HttpPredictor
 from segserve_models.evaluation.run import evaluate
 from segserve_models.export import export_model
 from segserve_models.weights import WeightsSpec
+from tests.conftest import INSTANCE_SPLIT
+from tests.servers import BASE_URL, InProcessServer
 
 SHAPES = "shapes_lraspp"
 EVAL_IMAGES = 12
@@ -51,13 +55,17 @@ def shapes_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shapes_server(shapes_repo):
-    with SegserveProcess(shapes_repo) as server:
+    with InProcessServer(shapes_repo) as server:
         yield server
+
+
+def predictor(server, model: str) -> HttpPredictor:
+    return HttpPredictor(BASE_URL, model, client=server.client)
 
 
 @pytest.fixture(scope="module")
 def http_result(shapes_server):
-    return evaluate(HttpPredictor(shapes_server.url, SHAPES), datasets.synthetic(EVAL_IMAGES))
+    return evaluate(predictor(shapes_server, SHAPES), datasets.synthetic(EVAL_IMAGES))
 
 
 def test_semantic_accuracy_through_the_service(http_result):
@@ -70,7 +78,7 @@ def test_semantic_accuracy_through_the_service(http_result):
 
 def test_one_posted_scene_matches_its_truth(shapes_server):
     sample = next(datasets.synthetic(1, first_seed=datasets.HELD_OUT_SEED_BASE + 500))
-    labels = HttpPredictor(shapes_server.url, SHAPES).semantic(sample)
+    labels = predictor(shapes_server, SHAPES).semantic(sample)
     assert labels.shape == sample.labels.shape
     assert (labels == sample.labels).mean() >= 0.85
 
@@ -82,20 +90,12 @@ def test_engine_direct_metrics_match_the_service_within_half_a_point(shapes_repo
         assert abs(direct[key] - http_result[key]) * 100 <= 0.5, (key, direct[key], http_result[key])
 
 
-@pytest.fixture(scope="module")
-def maskrcnn_repo(tmp_path_factory):
-    from segserve_models.instance.export import export_instance_model
-
-    repo = tmp_path_factory.mktemp("shapes_maskrcnn")
-    export_instance_model("maskrcnn_mobilenet_v3_large_fpn", repo, WeightsSpec.parse("bundled:shapes_maskrcnn"), name="shapes_maskrcnn")
-    return repo
-
-
-def test_instance_mask_ap_through_the_service_matches_the_engine(maskrcnn_repo):
+def test_instance_mask_ap_through_the_service_matches_the_engine(instance_repo):
+    """The bundled Mask R-CNN (exported once per session, tests/conftest.py) on its split path."""
     samples = list(datasets.synthetic(6, first_seed=datasets.HELD_OUT_SEED_BASE + 100))
-    with SegserveProcess(maskrcnn_repo) as server:
-        served = evaluate(HttpPredictor(server.url, "shapes_maskrcnn"), samples)
-    direct = evaluate(EnginePredictor(maskrcnn_repo, "shapes_maskrcnn", "onnxruntime"), samples)
+    with InProcessServer(instance_repo, models=[INSTANCE_SPLIT]) as server:
+        served = evaluate(predictor(server, INSTANCE_SPLIT), samples)
+    direct = evaluate(EnginePredictor(instance_repo, INSTANCE_SPLIT, "onnxruntime"), samples)
     # The bundled model reaches mask AP50 ~0.57-0.65 on held-out scenes; margin below.
     assert served["mask_ap50"] >= 0.35
     for key in ("mask_ap", "mask_ap50", "mask_ap75"):

@@ -1,10 +1,13 @@
-"""Export pipeline and backend parity: torch eager vs ONNX Runtime, engine-level and over HTTP."""
+"""Export pipeline and backend parity: torch eager vs ONNX Runtime, engine-level and over HTTP
+(the real app in this process, tests/servers.py).
+
+Real process: none here; serving an export needs the app, not the process.
+"""
 
 from __future__ import annotations
 
 import json
 
-import httpx
 import numpy as np
 import onnx
 import pytest
@@ -13,10 +16,10 @@ from torch import nn
 
 from segserve.engine import create_engine
 from segserve.repository import scan
-from segserve_loadtest.server import SegserveProcess
 from segserve_models.export import ExportError, ParityReport, export_model, sample_images
 from segserve_models.weights import WeightsError, WeightsSpec, download, verify_sha256
 from tests.conftest import SEMANTIC, make_image
+from tests.servers import InProcessServer
 
 
 def test_export_writes_a_versioned_repository_entry(semantic_repo):
@@ -44,11 +47,11 @@ def test_torch_and_onnxruntime_engines_agree(semantic_repo):
 
 def test_same_masks_over_http_from_both_backends(semantic_repo, server):
     data = make_image(240, 320, seed=5)
-    onnx_body = httpx.post(f"{server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
-    with SegserveProcess(semantic_repo, args=["--backend", "torch"]) as torch_server:
-        info = httpx.get(f"{torch_server.url}/v1/models").json()["models"][0]
+    onnx_body = server.client.post("/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+    with InProcessServer(semantic_repo, backend="torch") as torch_server:
+        info = torch_server.client.get("/v1/models").json()["models"][0]
         assert (info["backend"], info["device"]) == ("torch", "cpu")
-        torch_body = httpx.post(f"{torch_server.url}/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+        torch_body = torch_server.client.post("/segment", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60).json()
     areas = lambda body: {s["class_id"]: s["area"] for s in body["segments"]}  # noqa: E731
     a, b = areas(onnx_body), areas(torch_body)
     differing = sum(abs(a.get(k, 0) - b.get(k, 0)) for k in a.keys() | b.keys()) / 2
@@ -121,8 +124,8 @@ def test_any_onnx_model_dropped_into_the_repository_is_served(tmp_path):
         "name: unet\nclasses: [background, road, car]\nbackends: [onnxruntime]\n"
         "input: {name: input, height: 64, width: 64, dtype: float32}\noutput: {name: logits, kind: logits}\n"
     )
-    with SegserveProcess(tmp_path) as s:
-        r = httpx.post(f"{s.url}/segment?model=unet", content=make_image(50, 70), headers={"Content-Type": "image/jpeg"}, timeout=60)
+    with InProcessServer(tmp_path) as s:
+        r = s.client.post("/segment?model=unet", content=make_image(50, 70), headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["classes"] == ["background", "road", "car"]

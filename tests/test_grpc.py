@@ -1,8 +1,10 @@
 """The KServe v2 gRPC transport, spoken to by the real tritonclient.grpc client, against a real
-`segserve serve` (HTTP and gRPC in one process) serving a real exported ONNX model.
+`segserve serve` (HTTP and gRPC in one process) serving a real exported ONNX model and the
+bundled Mask R-CNN.
 
-Nothing from segserve.transport.grpc is imported here: its generated `inference.*` messages
-would clash with tritonclient's identically named ones in this process's descriptor pool.
+Real process, and why: every test here. Nothing from segserve.transport.grpc may be imported
+into the test process (so no in-process server with gRPC either): its generated `inference.*`
+messages would clash with tritonclient's identically named ones in the descriptor pool.
 """
 
 from __future__ import annotations
@@ -22,15 +24,22 @@ from pycocotools import mask as mask_utils
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from segserve_loadtest.server import SegserveProcess, free_port
-from tests.conftest import SEMANTIC, make_image
+from segserve_models.synthetic import make_scene
+from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
+from tests.servers import ServerProcess
+
+# pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 @pytest.fixture(scope="module")
-def grpc_server(semantic_repo, tmp_path_factory):
-    grpc_port = free_port()
-    with SegserveProcess(semantic_repo, args=["--grpc-port", str(grpc_port)], log_path=tmp_path_factory.mktemp("logs") / "grpc.log") as s:
-        s.grpc_url = f"127.0.0.1:{grpc_port}"
+def grpc_server(semantic_repo, instance_repo, tmp_path_factory):
+    """One process for every gRPC test: the random-weights LRASPP and the bundled Mask R-CNN
+    (its split path), linked into one repository."""
+    repo = tmp_path_factory.mktemp("grpc_repo")
+    (repo / SEMANTIC).symlink_to(semantic_repo / SEMANTIC)
+    (repo / INSTANCE_SPLIT).symlink_to(instance_repo / INSTANCE_SPLIT)
+    with ServerProcess(repo, tmp_path_factory.mktemp("logs") / "grpc.log", grpc=True) as s:
         yield s
 
 
@@ -61,8 +70,9 @@ def without_timing(body: bytes) -> bytes:
     return head
 
 
-def post_http(url: str, data: bytes, **params) -> httpx.Response:
-    r = httpx.post(f"{url}/segment", content=data, params=params, headers={"Content-Type": "image/jpeg"}, timeout=60)
+def post_http(server: ServerProcess, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
+    params.setdefault("model", SEMANTIC)
+    r = httpx.post(f"{server.url}/segment", content=data, params=params, headers={"Content-Type": content_type}, timeout=60)
     assert r.status_code == 200, r.text
     return r
 
@@ -102,7 +112,7 @@ def test_infer_answers_the_http_json_with_rle_masks_at_image_size(client, grpc_s
     result = infer(client, data)
     assert result.get_response().model_name == SEMANTIC and result.get_response().model_version == "1"
     (answer,) = masks_json(result)
-    assert without_timing(answer) == without_timing(post_http(grpc_server.url, data).content)
+    assert without_timing(answer) == without_timing(post_http(grpc_server, data).content)
     body = json.loads(answer)
     assert (body["width"], body["height"]) == (w, h) and body["timing_ms"]["compute"] > 0
     covered = np.zeros((h, w), np.int32)
@@ -118,7 +128,7 @@ def test_labels_output_equals_the_http_png_label_map(client, grpc_server):
     result = infer(client, data, outputs=("LABELS", "MASKS_JSON"))
     labels = result.as_numpy("LABELS")
     assert labels.dtype == np.uint8 and labels.shape == (1, 90, 170)
-    png = post_http(grpc_server.url, data, format="png").content
+    png = post_http(grpc_server, data, format="png").content
     assert (labels[0] == np.asarray(Image.open(io.BytesIO(png)))).all()
     assert json.loads(masks_json(result)[0])["width"] == 170
 
@@ -175,7 +185,7 @@ def test_concurrent_grpc_and_http_requests_all_succeed_in_shared_batches(grpc_se
             return masks_json(infer(c, data))[0]
 
     def http_call(_) -> bytes:
-        return post_http(grpc_server.url, data).content
+        return post_http(grpc_server, data).content
 
     with ThreadPoolExecutor(24) as pool:
         grpc_answers = pool.map(grpc_call, range(16))
@@ -187,3 +197,17 @@ def test_concurrent_grpc_and_http_requests_all_succeed_in_shared_batches(grpc_se
     assert (requests - requests_before) / (batches - batches_before) > 1  # concurrent requests were batched
     metrics = httpx.get(f"{grpc_server.url}/metrics").text
     assert f'segserve_requests_total{{model="{SEMANTIC}",route="grpc",status="OK"}}' in metrics
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_instance_model_gives_the_http_answer_and_validates_the_same_parameters(client, grpc_server):
+    data = encode_png(make_scene(3, 320, 416).image)
+    http = post_http(grpc_server, data, "image/png", model=INSTANCE_SPLIT, max_instances="2").content
+    (answer,) = masks_json(infer(client, data, model=INSTANCE_SPLIT, max_instances=2))
+    assert without_timing(answer) == without_timing(http)
+    assert status_of(lambda: infer(client, data, model=INSTANCE_SPLIT, score_threshold=2.0)) == "StatusCode.INVALID_ARGUMENT"

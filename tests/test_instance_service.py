@@ -1,50 +1,49 @@
-"""Mask R-CNN through POST /segment, against a real `segserve serve` serving the bundled
-shapes model (exported here, parity-checked by the exporter) on both paths:
+"""Mask R-CNN through POST /segment, against the real app in this process (tests/servers.py)
+serving the bundled shapes model (exported once per session, parity-checked by the exporter)
+on both paths:
 
 - ``shapes``: the split path (backbone.onnx on ONNX Runtime, batched, + torch heads)
 - ``shapes_whole``: the same version folder served through model_full.onnx
 
 Synthetic scenes come with exact ground truth; PNG bodies keep the pixels lossless where
 results are compared with torchvision eager.
+
+Real process: none here. The instance model over gRPC (tritonclient cannot share a process
+with segserve's gRPC messages) is tested in tests/test_grpc.py.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import tritonclient.grpc as triton
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segserve.contract.artifacts import CONFIG_FILE, WEIGHTS_ARTIFACT, WHOLE_GRAPH_ARTIFACT
+from segserve.contract.artifacts import WEIGHTS_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import load_config
 from segserve.graphs import zoo
 from segserve.transport.http.schemas import InstanceResponse
-from segserve_loadtest.server import SegserveProcess, free_port
 from segserve_loadtest.server_metrics import delta, scrape
-from segserve_models.instance.export import export_instance_model
 from segserve_models.instance.parity import compare_all, eager_instances
 from segserve_models.synthetic import make_scene, make_video
 from segserve_models.train import held_out_seeds
-from segserve_models.weights import WeightsSpec
+from tests.conftest import INSTANCE_ARCH as ARCH
+from tests.conftest import INSTANCE_SPLIT as SPLIT
+from tests.conftest import INSTANCE_WHOLE as WHOLE
+from tests.servers import BASE_URL, InProcessServer
 from tests.test_api import assert_error, post_image
-from tests.test_grpc import infer, masks_json, status_of, without_timing
 from tests.test_video import encode
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
-ARCH = "maskrcnn_mobilenet_v3_large_fpn"
-SPLIT, WHOLE = "shapes", "shapes_whole"
 # Measured on held_out_seeds(6) (batch 1, as here): 15 of 28 true instances (0.54) found
 # with the right class and mask IoU > 0.5 (the checkpoint's mask AP50 is 0.51-0.65).
 MIN_RECALL = 0.45
@@ -77,30 +76,13 @@ def decode(instance: dict) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """The bundled checkpoint exported once; a second model serves its whole graph."""
-    repo = tmp_path_factory.mktemp("instance_repo")
-    version_dir = export_instance_model(ARCH, repo, WeightsSpec.parse("bundled:shapes_maskrcnn"), name=SPLIT, progress=False)
-    whole_dir = repo / WHOLE
-    shutil.copytree(version_dir, whole_dir / version_dir.name)
-    config = load_config(version_dir.parent)
-    config = config.model_copy(
-        update={
-            "name": WHOLE,
-            "backends": ["onnxruntime"],
-            "onnxruntime": config.onnxruntime.model_copy(update={"model_file": WHOLE_GRAPH_ARTIFACT}),
-            "parameters": {**config.parameters, "default_path": "whole_graph"},
-        }
-    )
-    config.dump(whole_dir / CONFIG_FILE)
-    return repo
+def repo(instance_repo):
+    return instance_repo
 
 
 @pytest.fixture(scope="module")
-def server(repo, tmp_path_factory):
-    grpc_port = free_port()
-    with SegserveProcess(repo, tmp_path_factory.mktemp("logs") / "server.log", args=["--grpc-port", str(grpc_port)]) as s:
-        s.grpc_url = f"127.0.0.1:{grpc_port}"
+def server(repo):
+    with InProcessServer(repo) as s:
         yield s
 
 
@@ -117,7 +99,7 @@ def detector(repo):
 
 
 def segment(server, data: bytes, model: str = SPLIT, content_type: str = "image/png", **params) -> httpx.Response:
-    return post_image(server.url, data, content_type, params={"model": model, **params})
+    return post_image(server.client, data, content_type, params={"model": model, **params})
 
 
 def test_jpeg_scene_gives_instances_with_masks_at_the_original_size(server, repo):
@@ -171,15 +153,6 @@ def test_request_thresholds_apply(server):
     assert sum(decode(i).sum() for i in strict_masks) < sum(decode(i).sum() for i in default)
 
 
-def test_grpc_gives_the_http_answer_and_validates_the_same_parameters(server):
-    data = png(make_scene(3, 320, 416).image)
-    http = segment(server, data, max_instances="2").content
-    with triton.InferenceServerClient(server.grpc_url) as client:
-        (answer,) = masks_json(infer(client, data, model=SPLIT, max_instances=2))
-        assert without_timing(answer) == without_timing(http)
-        assert status_of(lambda: infer(client, data, model=SPLIT, score_threshold=2.0)) == "StatusCode.INVALID_ARGUMENT"
-
-
 def test_png_instance_ids_match_the_json_masks(server):
     data = png(make_scene(3, 320, 416).image)
     instances = r_json(segment(server, data))["instances"]
@@ -218,11 +191,10 @@ def test_whole_graph_path_matches_the_split_path(server):
 
 def test_concurrent_requests_are_batched(server):
     bodies = [png(make_scene(seed, 256, 320).image) for seed in range(8)]
-    with httpx.Client(timeout=60) as client:
-        before = scrape(client, server.url)
-        with ThreadPoolExecutor(8) as clients:
-            responses = list(clients.map(lambda b: segment(server, b), bodies * 3))
-        after = scrape(client, server.url)
+    before = scrape(server.client, BASE_URL)
+    with ThreadPoolExecutor(8) as clients:
+        responses = list(clients.map(lambda b: segment(server, b), bodies * 3))
+    after = scrape(server.client, BASE_URL)
     assert all(r.status_code == 200 for r in responses)
     assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
     assert delta(before, after, SPLIT).batch_size > 1
@@ -230,8 +202,7 @@ def test_concurrent_requests_are_batched(server):
 
 # -- video ----------------------------------------------------------------------------
 def post_video(server, **kwargs) -> httpx.Response:
-    with httpx.Client(timeout=120) as client:
-        return client.post(f"{server.url}/segment/video", **kwargs)
+    return server.client.post("/segment/video", **kwargs)
 
 
 def test_video_frames_go_through_the_batched_detector_like_images(server):
@@ -239,11 +210,9 @@ def test_video_frames_go_through_the_batched_detector_like_images(server):
     and gives what /segment gives for that frame alone."""
     images = [scene.image for scene in make_video(held_out_seeds(1)[0], 6, 240, 320).frames]
     files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
-    with httpx.Client(timeout=60) as client:
-        before = scrape(client, server.url)
+    before = scrape(server.client, BASE_URL)
     body = r_json(post_video(server, params={"model": SPLIT, "score_threshold": "0.3"}, files=files))
-    with httpx.Client(timeout=60) as client:
-        after = scrape(client, server.url)
+    after = scrape(server.client, BASE_URL)
     assert (body["task"], body["width"], body["height"], body["keyframes"]) == ("instance", 320, 240, 6)
     assert [f["index"] for f in body["frames"]] == list(range(6)) and all(f["keyframe"] for f in body["frames"])
     assert delta(before, after, SPLIT).batch_size > 1  # the chunk's frames shared batches

@@ -1,5 +1,10 @@
-"""The load-test tools against a real segserve (subprocess on a free port, a random-weights
-LRASPP exported at 128x128 so that it loads and answers quickly on a small CPU)."""
+"""The load-test tools against a real segserve (subprocess on a free port, the session's
+random-weights LRASPP exported at 128x128 so that it loads and answers quickly on a small CPU).
+
+Real process, and why: every test here. ab and locust are other processes speaking HTTP to a
+socket, and the sweep runner starts its own server (segserve_loadtest.server, what `make
+loadtest` uses).
+"""
 
 from __future__ import annotations
 
@@ -16,28 +21,23 @@ from segserve_loadtest.ab import run_ab, segment_url
 from segserve_loadtest.locust_csv import aggregated, read_failures, read_stats
 from segserve_loadtest.payloads import default_images
 from segserve_loadtest.run import main as run_main
-from segserve_loadtest.server import SegserveProcess
+from tests.conftest import SEMANTIC
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL = "lraspp_mobilenet_v3_large"
+MODEL = SEMANTIC
 
 
 @pytest.fixture(scope="module")
-def model_repository(tmp_path_factory) -> Path:
-    from segserve_models.export import export_model
-    from segserve_models.weights import WeightsSpec
-
-    repository = tmp_path_factory.mktemp("model_repository")
-    export_model(MODEL, repository, WeightsSpec.parse("random"), input_size=(128, 128), progress=False)
-    return repository
+def model_repository(semantic_repo) -> Path:
+    return semantic_repo
 
 
 @pytest.fixture(scope="module")
-def server(model_repository, tmp_path_factory):
-    with SegserveProcess(model_repository, tmp_path_factory.mktemp("server") / "server.log") as process:
-        yield process
+def server(process_server):
+    """The session's `segserve serve` process (tests/conftest.py) on the same repository."""
+    return process_server
 
 
 def locust(host: str, out: Path, *args: str) -> subprocess.CompletedProcess:

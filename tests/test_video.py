@@ -1,5 +1,9 @@
-"""Video: the LRASPP split, keyframe policy, streams, and POST /segment/video against real
-`segserve serve` processes serving a real exported model (random weights, 128x128 input)."""
+"""Video: the LRASPP split, keyframe policy, streams, and POST /segment/video against the real
+app in this process (tests/servers.py) serving a real exported model (random weights, 128x128
+input) on ONNX Runtime.
+
+Real process: none here; nothing in the video API depends on the socket or the process.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from segserve.pipelines.video.streams import (
     StreamRegistry,
     feature_change,
 )
-from segserve_loadtest.server import SegserveProcess
+from segserve.scheduler.clock import ManualClock
 from segserve_models.export import ExportError, sample_images
 from segserve_models.synthetic import make_video
 from segserve_models.train import CHECKPOINT_DIR
@@ -38,6 +42,7 @@ from segserve_models.video_correction import save as save_correction
 from segserve_models.video_correction import train as train_correction
 from segserve_models.video_split import export_video_split, load_served_net
 from tests.conftest import copy_model
+from tests.servers import InProcessServer
 
 SPLIT, PLAIN, BROKEN, CORRECTED = "lraspp_video", "lraspp_plain", "lraspp_broken_split", "lraspp_corrected"
 HEIGHT, WIDTH = 96, 128
@@ -71,17 +76,14 @@ def random_correction(model_dir, workdir):
 
 
 @pytest.fixture(scope="module")
-def video_server(video_repo, tmp_path_factory):
-    env = {"SEGSERVE_VIDEO_MAX_STREAMS": "3", "SEGSERVE_VIDEO_MAX_FRAMES": "16", "SEGSERVE_MAX_BODY_BYTES": "262144"}
-    with SegserveProcess(video_repo, env=env, log_path=tmp_path_factory.mktemp("logs") / "video.log") as server:
+def video_server(video_repo):
+    with InProcessServer(video_repo, video_max_streams=3, video_max_frames=16, max_body_bytes=262144) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def idle_server(video_repo, tmp_path_factory):
-    env = {"SEGSERVE_VIDEO_STREAM_IDLE_S": "0.5", "SEGSERVE_WARMUP": "false"}
-    args = ["--models", SPLIT]
-    with SegserveProcess(video_repo, env=env, args=args, log_path=tmp_path_factory.mktemp("logs") / "idle.log") as server:
+@pytest.fixture
+def idle_server(video_repo):
+    with InProcessServer(video_repo, video_stream_idle_s=0.5, warmup=False, models=[SPLIT]) as server:
         yield server
 
 
@@ -103,9 +105,8 @@ def encode(images: list[np.ndarray], codec: str = "libx264", container: str = "m
 
 def post_video(server, data: bytes, content_type: str = "video/mp4", headers=None, **params) -> httpx.Response:
     params.setdefault("model", SPLIT)
-    return httpx.post(
-        f"{server.url}/segment/video", content=data, params=params,
-        headers={"Content-Type": content_type, **(headers or {})}, timeout=60,
+    return server.client.post(
+        "/segment/video", content=data, params=params, headers={"Content-Type": content_type, **(headers or {})}, timeout=60,
     )
 
 
@@ -127,8 +128,17 @@ def label_map(segments: list[dict], height: int, width: int) -> np.ndarray:
     return labels
 
 
+def until(condition, timeout_s: float = 10.0) -> None:
+    """Poll (real time) for what the server does on its own timers."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout_s:g} s")
+        time.sleep(0.05)
+
+
 def metric(server, name: str, **labels) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
+    text = server.client.get("/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -220,14 +230,6 @@ class RecordingObserver:
         self.evictions.append(reason)
 
 
-class FakeClock:
-    def __init__(self):
-        self.time = 0.0
-
-    def now(self) -> float:
-        return self.time
-
-
 async def test_registry_orders_chunks_and_checks_sequences():
     registry = StreamRegistry(4, 60, RecordingObserver())
     stream = await registry.acquire("s", 0)
@@ -247,7 +249,7 @@ async def test_registry_orders_chunks_and_checks_sequences():
 
 
 async def test_registry_evicts_least_recently_used_idle_streams():
-    observer, clock = RecordingObserver(), FakeClock()
+    observer, clock = RecordingObserver(), ManualClock(start=0.0)
     registry = StreamRegistry(2, 10, observer, clock)
     registry.release(await registry.acquire("a", 0), KeyframeState(), 0)
     busy = await registry.acquire("b", 0)
@@ -258,7 +260,7 @@ async def test_registry_evicts_least_recently_used_idle_streams():
         await registry.acquire("d", 0)
     registry.release(other)
     registry.release(busy)
-    clock.time = 11
+    await clock.advance(11)
     registry.evict_idle()
     assert observer.evictions == ["capacity", "idle", "idle"] and len(registry) == 0
 
@@ -318,10 +320,10 @@ def png(image: np.ndarray) -> bytes:
 
 def test_multipart_frames(video_server):
     files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(frames(5))]
-    r = httpx.post(f"{video_server.url}/segment/video", params={"model": SPLIT, "frame_stride": 2}, files=files, timeout=60)
+    r = video_server.client.post("/segment/video", params={"model": SPLIT, "frame_stride": 2}, files=files, timeout=60)
     assert keyframes(r)[0]
     assert [(f["index"], f["pts"]) for f in r.json()["frames"]] == [(0, None), (2, None), (4, None)]
-    r = httpx.post(f"{video_server.url}/segment/video", params={"model": SPLIT}, files={"image": ("a.png", png(frames(1)[0]))}, timeout=60)
+    r = video_server.client.post("/segment/video", params={"model": SPLIT}, files={"image": ("a.png", png(frames(1)[0]))}, timeout=60)
     assert_error(r, 400, "bad_parameter")
 
 
@@ -338,7 +340,7 @@ def test_non_keyframes_use_the_trained_correction_across_chunks(video_server, vi
     def post(images, sequence):
         files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
         params = {"model": CORRECTED, "stream_id": "corrected", "sequence": sequence, "keyframe_interval": 3}
-        return httpx.post(f"{video_server.url}/segment/video", params=params, files=files, timeout=60)
+        return video_server.client.post("/segment/video", params=params, files=files, timeout=60)
 
     assert keyframes(post(clip[:1], 0)) == [True]
     second = post(clip[1:], 1)
@@ -391,8 +393,7 @@ def test_stream_cap_evicts_the_least_recently_used(video_server):
 def test_idle_stream_is_dropped(idle_server):
     data = encode(frames(2))
     assert keyframes(post_video(idle_server, data, stream_id="idle", sequence=0, keyframe_interval=8)) == [True, False]
-    time.sleep(1.5)  # idle timeout 0.5 s; the sweeper runs every 0.25 s
-    assert metric(idle_server, "segserve_video_streams") == 0
+    until(lambda: metric(idle_server, "segserve_video_streams") == 0)  # idle timeout 0.5 s; the sweeper runs every 0.25 s
     assert metric(idle_server, "segserve_video_stream_evictions_total", reason="idle") == 1
     r = post_video(idle_server, data, stream_id="idle", sequence=1, keyframe_interval=8)
     assert r.json()["new_stream"] and keyframes(r) == [True, False]
@@ -464,7 +465,7 @@ def test_skip_existing_reexports_when_the_bundled_correction_changed(tmp_path):
 
 
 def test_models_list_the_video_parts_with_their_state(video_server):
-    models = {m["name"]: m for m in httpx.get(f"{video_server.url}/v1/models", timeout=10).json()["models"]}
+    models = {m["name"]: m for m in video_server.client.get("/v1/models").json()["models"]}
     split = models[SPLIT]["parts"]
     assert [p["name"] for p in split] == ["video/shallow", "video/deep", "video/fuse"]
     assert all(p["state"] == "READY" and p["backend"] == "onnxruntime" and p["device"] for p in split)

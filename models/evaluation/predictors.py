@@ -21,10 +21,13 @@ def _decode(rle: dict) -> np.ndarray:
 
 
 class HttpPredictor:
-    def __init__(self, url: str, model: str, timeout_s: float = 120.0):
+    """``client``: an ``httpx.Client`` to send the requests with (e.g. one bound to an app in
+    this process); a new one by default."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = 120.0, client: httpx.Client | None = None):
         self.url = url.rstrip("/")
         self.model = model
-        self.client = httpx.Client(timeout=timeout_s)
+        self.client = client or httpx.Client(timeout=timeout_s)
         info = self.client.get(f"{self.url}/v1/models/{model}")
         info.raise_for_status()
         self.task = info.json()["task"]

@@ -1,0 +1,227 @@
+"""The two ways the tests run segserve.
+
+``InProcessServer``: the real app (``segserve.server.create_app``) with its lifespan (model
+repository loaded, real ONNX Runtime / torch engines, batchers, video service) running on an
+event loop in a thread of the test process, spoken to through ``httpx.ASGITransport``. No
+socket, no fakes; starting one costs the model loads, not a Python + torch start-up. Most API
+tests use it.
+
+``ServerProcess``: ``python -m segserve serve`` in a subprocess on a free loopback port, for
+what needs a real process: uvicorn and its HTTP/1.0 keep-alive protocol (ab), real sockets
+(clients that hang up), SIGTERM, gRPC spoken to by tritonclient (its generated protobuf
+messages cannot share a process with segserve's, see segserve/server.py), the load harness.
+
+Both offer ``client`` (an ``httpx.Client`` on the server) and ``log()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import httpx
+
+from segserve.config import Settings
+from segserve.server import create_app
+
+BASE_URL = "http://segserve"
+REQUEST_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 180.0
+
+
+class _OnAppLoop(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """``httpx.ASGITransport`` run on the app's event loop, for a sync ``httpx.Client`` in any
+    thread or an ``httpx.AsyncClient`` on any other loop: requests from several threads or
+    tasks reach the app concurrently, as they would over several connections."""
+
+    def __init__(self, server: "InProcessServer"):
+        self._server = server
+        self._asgi = httpx.ASGITransport(app=server.app)
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        response = await self._asgi.handle_async_request(request)
+        body = await response.aread()
+        # A stream, not content=: httpx would add a Content-Length the app did not send.
+        return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(body),
+                              extensions=response.extensions)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()  # the body in memory: readable from the app's loop
+        return self._server.call(self._handle(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        future = asyncio.run_coroutine_threadsafe(self._handle(request), self._server.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), REQUEST_TIMEOUT_S)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class InProcessServer:
+    """``with InProcessServer(repo, max_body_bytes=...) as server: server.client.post("/segment", ...)``
+
+    Keyword arguments are ``Settings`` fields (what SEGSERVE_* variables set for a process).
+    gRPC stays off: see the module docstring.
+    """
+
+    def __init__(self, model_repository: Path, **settings: Any):
+        self.settings = Settings(model_repository=Path(model_repository), **{"grpc_port": None, **settings})
+        if self.settings.grpc_port:
+            raise ValueError("gRPC cannot run in the test process (tritonclient's protobuf messages); use ServerProcess")
+        self.app = create_app(self.settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="segserve-app-loop", daemon=True)
+        self._lifespan = None
+        self._records = _Records()
+        self.client: httpx.Client | None = None
+
+    def call(self, work: Awaitable, timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
+        """Run a coroutine on the app's loop and return its result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout_s)
+
+    def run(self, fn: Callable[[httpx.AsyncClient], Awaitable], timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
+        """``fn(async_client)`` on a loop of its own: for bursts of concurrent requests."""
+
+        async def main():
+            async with self.async_client() as client:
+                return await fn(client)
+
+        return asyncio.run(asyncio.wait_for(main(), timeout_s))
+
+    def async_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=_OnAppLoop(self), base_url=BASE_URL)
+
+    def start(self) -> "InProcessServer":
+        logging.getLogger("segserve").addHandler(self._records)
+        self._thread.start()
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        try:
+            self.call(self._lifespan.__aenter__(), START_TIMEOUT_S)
+        except BaseException:
+            self._lifespan = None
+            self.stop()
+            raise
+        self.client = httpx.Client(transport=_OnAppLoop(self), base_url=BASE_URL)
+        return self
+
+    def stop(self) -> None:
+        """The lifespan's shutdown (batchers drain), then the loop and its thread end."""
+        try:
+            if self.client is not None:
+                self.client.close()
+            if self._lifespan is not None:
+                lifespan, self._lifespan = self._lifespan, None
+                self.call(lifespan.__aexit__(None, None, None), START_TIMEOUT_S)
+        finally:
+            if self._thread.is_alive():
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self._thread.join(30)
+            if not self._thread.is_alive() and not self.loop.is_closed():
+                self.loop.close()
+            logging.getLogger("segserve").removeHandler(self._records)
+
+    def log(self) -> str:
+        """What segserve logged (at the levels its loggers pass) while this server ran."""
+        return "\n".join(self._records.lines)
+
+    def __enter__(self) -> "InProcessServer":
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    # The port can in principle be taken between this close and the server's bind; the
+    # server then fails to start and start() says so with its log.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    """``with ServerProcess(repo, tmp_path / "server.log") as server: server.client.get(...)``
+
+    ``args`` are extra `segserve serve` flags, ``env`` extra environment (SEGSERVE_* settings).
+    ``grpc=True`` serves KServe v2 gRPC on a free port too (``grpc_url``); off otherwise.
+    """
+
+    def __init__(self, model_repository: Path, log_path: Path, *, args: list[str] | None = None,
+                 env: dict[str, str] | None = None, grpc: bool = False):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_url = None
+        grpc_port = 0
+        if grpc:
+            grpc_port = free_port()
+            self.grpc_url = f"127.0.0.1:{grpc_port}"
+        self.command = [sys.executable, "-m", "segserve", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                        "--grpc-port", str(grpc_port), "--model-repository", str(model_repository), *(args or [])]
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = Path(log_path)
+        self.process: subprocess.Popen | None = None
+        self.client: httpx.Client | None = None
+
+    def start(self, ready_path: str = "/readyz") -> "ServerProcess":
+        """Start, and wait until ``ready_path`` answers 200 (``/healthz``: not waiting for models)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"segserve exited with {self.process.returncode} before ready:\n{self.log()[-3000:]}")
+            try:
+                if self.client.get(ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError(f"segserve not ready within {START_TIMEOUT_S:g} s:\n{self.log()[-3000:]}")
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        """SIGTERM (the server drains), SIGKILL after ``grace_s``; returns the exit code."""
+        if self.client is not None:
+            self.client.close()
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
