@@ -205,10 +205,10 @@ def test_client_that_disconnects_does_not_hurt_the_server(process_server):
     assert post_image(process_server.client, make_image(32, 32)).status_code == 200
 
 
-def raw_post(port: int, data: bytes) -> socket.socket:
+def raw_post(port: int, data: bytes, model: str = SEMANTIC) -> socket.socket:
     """A whole POST /segment sent on a socket of its own; the answer is left to read."""
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    head = f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    head = f"POST /segment?model={model} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
     s.sendall(head.encode() + data)
     return s
 

@@ -167,9 +167,11 @@ def test_images_may_come_in_bytes_contents_and_the_request_id_is_echoed(grpc_ser
         (lambda c: infer(c, make_image(16, 16), make_image(8, 8), outputs=("LABELS",)), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda c: infer(c, make_image(400, 400), timeout_ms=1), grpc.StatusCode.DEADLINE_EXCEEDED),
         (lambda c: infer(c, b"\0" * (21 * 1024 * 1024)), grpc.StatusCode.RESOURCE_EXHAUSTED),  # over max_body_bytes (20 MiB)
+        # more images than max_batch_size (8): one request may not take the whole queue
+        (lambda c: infer(c, *[make_image(16, 16)] * 9), grpc.StatusCode.INVALID_ARGUMENT),
     ],
     ids=["unknown-model", "garbage", "empty", "unknown-parameter", "format-png", "timeout-0", "unknown-output",
-         "labels-for-two-images", "deadline", "too-large"],
+         "labels-for-two-images", "deadline", "too-large", "too-many-images"],
 )
 def test_errors_get_their_grpc_status(client, call, status):
     assert status_of(lambda: call(client)) == str(status)
