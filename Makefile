@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve test train train-video bench loadtest lock proto clean
+.PHONY: setup models serve lint test train train-video bench loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -41,7 +41,12 @@ models: setup
 serve: models
 	$(BIN)/segserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO)
 
-test: setup
+# The one-way layering (.importlinter: build side -> runtime -> graphs -> contract); also checked
+# inside the suite (tests/test_layering.py), here first so that a broken contract fails fast.
+lint: setup
+	$(BIN)/lint-imports --no-logo
+
+test: lint
 	$(BIN)/python -m pytest
 
 # Retrain the bundled models from scratch (fixed seed and steps, ~29 min on 2 quiet CPU cores):
