@@ -70,12 +70,16 @@ bench: setup
 loadtest: $(if $(URL),setup,models)
 	$(BIN)/python -m segserve_loadtest.run $(if $(URL),--url $(URL),--model-repository $(REPO)) $(if $(MODEL),--model $(MODEL)) --out $(or $(OUT),out/loadtest) $(LOADTEST_ARGS)
 
-# Rebuild requirements.lock from pyproject.toml in a scratch venv.
+# Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
+# i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the
+# packaging tests build with, and torch pulls in) pinned; pip itself and segserve are left out.
+LOCK_EXTRAS := export,train,loadtest,test
 lock:
 	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock
-	/tmp/segserve-lock/bin/pip install -q ".[test]" 2>&1 | $(QUIET_PIP)
+	/tmp/segserve-lock/bin/pip install -q ".[$(LOCK_EXTRAS)]" 2>&1 | $(QUIET_PIP)
+	rm -rf build segserve.egg-info  # pip builds in the tree; leave no stale build/lib behind
 	{ echo "# Full pinned environment for segserve (pip freeze of a working install). Regenerate with \`make lock\`."; \
-	  /tmp/segserve-lock/bin/pip freeze --exclude segserve; } > requirements.lock
+	  /tmp/segserve-lock/bin/pip freeze --all --exclude pip --exclude segserve; } > requirements.lock
 
 # Regenerate the gRPC code from service/transport/grpc/inference.proto in a scratch venv:
 # grpcio-tools 1.85 needs protobuf 7, which tritonclient refuses; 1.76 generates for protobuf 6.
