@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve test train train-video bench loadtest lock proto clean
+.PHONY: setup models serve lint test train train-video bench loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -41,7 +41,12 @@ models: setup
 serve: models
 	$(BIN)/segserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO)
 
-test: setup
+# The one-way layering (.importlinter: build side -> runtime -> graphs -> contract); also checked
+# inside the suite (tests/test_layering.py), here first so that a broken contract fails fast.
+lint: setup
+	$(BIN)/lint-imports --no-logo
+
+test: lint
 	$(BIN)/python -m pytest
 
 # Retrain the bundled models from scratch (fixed seed and steps, ~29 min on 2 quiet CPU cores):
@@ -65,12 +70,16 @@ bench: setup
 loadtest: $(if $(URL),setup,models)
 	$(BIN)/python -m segserve_loadtest.run $(if $(URL),--url $(URL),--model-repository $(REPO)) $(if $(MODEL),--model $(MODEL)) --out $(or $(OUT),out/loadtest) $(LOADTEST_ARGS)
 
-# Rebuild requirements.lock from pyproject.toml in a scratch venv.
+# Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
+# i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the
+# packaging tests build with, and torch pulls in) pinned; pip itself and segserve are left out.
+LOCK_EXTRAS := export,train,loadtest,test
 lock:
 	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock
-	/tmp/segserve-lock/bin/pip install -q ".[test]" 2>&1 | $(QUIET_PIP)
+	/tmp/segserve-lock/bin/pip install -q ".[$(LOCK_EXTRAS)]" 2>&1 | $(QUIET_PIP)
+	rm -rf build segserve.egg-info  # pip builds in the tree; leave no stale build/lib behind
 	{ echo "# Full pinned environment for segserve (pip freeze of a working install). Regenerate with \`make lock\`."; \
-	  /tmp/segserve-lock/bin/pip freeze --exclude segserve; } > requirements.lock
+	  /tmp/segserve-lock/bin/pip freeze --all --exclude pip --exclude segserve; } > requirements.lock
 
 # Regenerate the gRPC code from service/transport/grpc/inference.proto in a scratch venv:
 # grpcio-tools 1.85 needs protobuf 7, which tritonclient refuses; 1.76 generates for protobuf 6.
