@@ -21,7 +21,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from segserve import logs
     from segserve.config import Settings
     from segserve.server import create_app
-    from segserve.transport.http.keepalive import Http10KeepAliveProtocol
+    from segserve.transport.http.keepalive import http_protocol
+    from segserve.transport.http.server import DrainingServer
 
     overrides = {k: v for k, v in {
         "host": args.host,
@@ -35,16 +36,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     logs.configure(settings.log_level)
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
-        http=Http10KeepAliveProtocol,
+        http=http_protocol(settings.header_timeout_s, app.state.metrics.slow_clients.inc),
         access_log=False,
         timeout_keep_alive=30,
+        # beyond this many open connections (or requests), new requests get an immediate 503
+        limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,
     )
+    DrainingServer(config, app.state.manager, settings.shutdown_delay_s).run()
     return 0
 
 

@@ -31,6 +31,9 @@ class Metrics:
         self.dropped = Counter("segserve_dropped", "Requests dropped before compute, by reason", ["model", "reason"], registry=r)
         self.failed_batches = Counter("segserve_failed_batches", "Batches whose engine run raised", ["model"], registry=r)
         self.model_ready = Gauge("segserve_model_ready", "1 when the model serves, 0 otherwise", ["model"], registry=r)
+        self.slow_clients = Counter(
+            "segserve_slow_clients", "HTTP connections closed for not sending their request headers in time", registry=r
+        )
 
     def batch_observer(self, model: str) -> "BatcherMetrics":
         return BatcherMetrics(self, model)

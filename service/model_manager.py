@@ -12,6 +12,7 @@ from segserve.config import Settings
 from segserve.errors import ModelNotFound, ModelNotReady
 from segserve.metrics import Metrics
 from segserve.pipelines import PIPELINES, ModelState, Pipeline, PipelineContext
+from segserve.pipelines.base import PixelBudget
 from segserve.pipelines.video.runs import VideoStreams
 from segserve.repository import ModelEntry, scan
 
@@ -40,6 +41,7 @@ class ModelManager:
         self.context = PipelineContext(
             codec_pool=self.codec_pool,
             metrics=metrics,
+            pixels=PixelBudget(settings.max_inflight_pixels),
             max_image_pixels=settings.max_image_pixels,
             backend=settings.backend,
             warmup=settings.warmup,
@@ -61,6 +63,10 @@ class ModelManager:
         ``unknown`` -- a client's made-up names must not become label values (series)."""
         name = name or self.default_model
         return name if name in self.models else UNKNOWN_MODEL
+
+    def in_flight(self) -> dict[str, int]:
+        """Each loaded model's share of admitted requests and chunks now in flight."""
+        return {name: s.pipeline.in_flight for name, s in self.models.items() if s.pipeline is not None}
 
     def ready_models(self) -> list[str]:
         return [name for name, s in self.models.items() if s.ready]
@@ -118,6 +124,8 @@ class ModelManager:
     async def stop(self) -> None:
         """Streams first (no new chunk finds its state), then every model drains its batchers."""
         self.ready = False
+        queued = {name: s.pipeline.batcher.depth for name, s in self.models.items() if s.pipeline is not None and s.pipeline.batcher}
+        log.info("stopping: %d video streams dropped; draining batchers (%d queued)", len(self.streams.streams), sum(queued.values()))
         await self.streams.stop()
         running = [s for s in self.models.values() if s.pipeline is not None]
         outcomes = await asyncio.gather(*(s.pipeline.stop() for s in running), return_exceptions=True)
@@ -125,3 +133,4 @@ class ModelManager:
             if isinstance(outcome, Exception):
                 log.error("model %s failed to stop cleanly", status.entry.config.name, exc_info=outcome)
         self.codec_pool.shutdown(wait=False)
+        log.info("stopped: every model's batchers drained")

@@ -4,6 +4,7 @@ and stops them in reverse (gRPC finishes its RPCs, then the models drain their b
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,6 +13,8 @@ from segserve.config import Settings
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
 from segserve.transport.http.app import build_app
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             if grpc_server is not None:  # in-flight RPCs finish before the batchers drain
+                log.info("stopping gRPC: in-flight RPCs get up to %g s", settings.shutdown_drain_s)
                 await grpc_server.stop(settings.shutdown_drain_s)
             await manager.stop()
 

@@ -4,7 +4,7 @@ for the API itself, and through a real `segserve serve` process (ServerProcess) 
 needs one.
 
 Real process, and why: ``ab`` with and without ``-k`` and the HTTP/1.0 keep-alive header
-(uvicorn's protocol and segserve's Http10KeepAliveProtocol on a socket), clients that hang up
+(uvicorn's protocol and segserve's SegserveHttpProtocol on a socket), clients that hang up
 mid-request (a socket to close), and SIGTERM (uvicorn's graceful shutdown, then the drain).
 """
 
@@ -288,3 +288,19 @@ def test_http10_keepalive_is_announced_with_content_length(process_server):
         head = s.recv(4096).lower()
     assert b"200" in head.split(b"\r\n")[0]
     assert b"connection: keep-alive" in head and b"content-length" in head
+
+
+def test_sigterm_turns_readiness_off_first_and_serves_through_the_delay(semantic_repo, tmp_path):
+    """With SEGSERVE_SHUTDOWN_DELAY_S, a SIGTERM first takes the server out of readiness (what a
+    load balancer watches) while it goes on answering, then stops gracefully."""
+    with ServerProcess(semantic_repo, tmp_path / "server.log", env={"SEGSERVE_SHUTDOWN_DELAY_S": "3"}) as s:
+        assert s.client.get("/readyz").status_code == 200
+        s.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while s.client.get("/readyz").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert post_image(s.client, make_image(32, 32)).status_code == 200  # still serving
+        assert s.stop() in (0, -15)
+    log = s.log()
+    assert "readiness off" in log and "draining batchers" in log and "batchers drained" in log

@@ -113,7 +113,8 @@ def tight_server(semantic_repo, tmp_path_factory):
     """One engine instance, batch 1, a queue of 1: at most 2 requests in flight."""
     repo = tmp_path_factory.mktemp("tight_repo")
     copy_model(semantic_repo, repo, SEMANTIC, instances=1, max_batch_size=1, dynamic_batching__max_queue_size=1)
-    with ServerProcess(repo, tmp_path_factory.mktemp("logs") / "tight.log") as server:
+    env = {"SEGSERVE_HEADER_TIMEOUT_S": "0.5"}
+    with ServerProcess(repo, tmp_path_factory.mktemp("logs") / "tight.log", env=env) as server:
         yield server
 
 
@@ -172,3 +173,23 @@ def test_a_client_that_hangs_up_mid_upload_is_not_an_error(tight_server):
     metrics = tight_server.client.get("/metrics").text
     assert 'route="segment",status="500"' not in metrics
     assert tight_server.log().count("Traceback") == tracebacks
+
+
+def test_the_in_flight_pixel_budget_refuses_before_decoding(semantic_repo):
+    with InProcessServer(semantic_repo, max_inflight_pixels=1000, warmup=False) as server:
+        r = post(server, make_image(40, 50))  # 2000 declared pixels: over the whole budget
+        assert r.status_code == 503 and r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"]
+        for _ in range(3):  # the budget is given back after every answer
+            assert post(server, make_image(20, 20)).status_code == 200
+
+
+def test_a_client_that_never_finishes_its_headers_is_cut_off(tight_server):
+    sock = socket.create_connection(("127.0.0.1", tight_server.port), timeout=10)
+    try:
+        sock.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\n")  # and no more
+        started = time.perf_counter()
+        assert sock.recv(1024) == b""  # closed by the server
+        assert time.perf_counter() - started < 5
+    finally:
+        sock.close()
+    assert "segserve_slow_clients_total 1.0" in tight_server.client.get("/metrics").text

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from segserve.errors import TooManyPixels, UndecodableInput
+from segserve.errors import ServiceError, TooManyPixels, UndecodableInput
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
@@ -43,10 +43,13 @@ def describe(exc: Exception) -> str:
 DraftSize = Callable[[int, int], tuple[int, int]]  # original (h, w) -> smallest useful (h, w)
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: DraftSize | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes, max_pixels: int, draft_size: DraftSize | None = None, reserve: Callable[[int], None] | None = None
+) -> DecodedImage:
     """Decode ``data`` to RGB. ``draft_size`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as
     long as the result stays at least that large (the model resizes it down anyway): a
-    12 MP photo for a 512 px model decodes several times faster."""
+    12 MP photo for a 512 px model decodes several times faster. ``reserve`` is called with
+    the pixel count the header declares, before any pixel is decoded (it may raise)."""
     if not data:
         raise UndecodableInput("empty body: expected image bytes")
     try:
@@ -58,6 +61,8 @@ def decode_image(data: bytes, max_pixels: int, draft_size: DraftSize | None = No
                 raise TooManyPixels(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             if image.format not in IMAGE_TYPES.values():
                 raise UndecodableInput(f"unsupported image format {image.format}; send JPEG, PNG or WebP")
+            if reserve is not None:
+                reserve(width * height)
             orientation = image.getexif().get(ORIENTATION_TAG, 1)
             if orientation in TRANSPOSED:
                 width, height = height, width
@@ -68,7 +73,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: DraftSize | None = No
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             rgb = np.array(image)  # writable (np.asarray's is not): torch can take it as is
-    except (TooManyPixels, UndecodableInput):
+    except ServiceError:  # ours, and reserve's
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise UndecodableInput(f"cannot decode image: {describe(exc)}") from exc

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from segserve.config import available_cpus
 from segserve.contract.model_config import OnnxRuntimeOptions
 from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
 
@@ -26,8 +26,7 @@ def choose_providers(requested: list[str] | str, available: list[str]) -> list[s
 
 
 def default_threads(instances: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // max(1, instances))
+    return max(1, available_cpus() // max(1, instances))
 
 
 class OnnxRuntimeEngine:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -62,6 +63,31 @@ class Placement:
 class Decoded:
     model_input: Any  # what the batcher and ``predict`` take
     placement: Placement
+    reserved_pixels: int = 0  # of the server's PixelBudget, held until the answer is encoded
+
+
+class PixelBudget:
+    """The pixels of every image in flight in the server, as their headers declare them
+    (``max_inflight_pixels``): reserved before decoding, released after encoding. Thread-safe:
+    decoding runs on the codec pool."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, pixels: int) -> None:
+        with self._lock:
+            if self.in_use + pixels > self.limit:
+                raise QueueFull(
+                    f"the server is decoding {self.in_use} pixels; {pixels} more would pass its limit of {self.limit}",
+                    retry_after_s=1.0,
+                )
+            self.in_use += pixels
+
+    def release(self, pixels: int) -> None:
+        with self._lock:
+            self.in_use -= pixels
 
 
 @dataclass(frozen=True)
@@ -104,6 +130,7 @@ class PipelineContext:
 
     codec_pool: Executor
     metrics: Metrics
+    pixels: PixelBudget
     max_image_pixels: int
     backend: str | None  # forced for every model (SEGSERVE_BACKEND), else each config's preference
     warmup: bool
@@ -253,10 +280,22 @@ class Pipeline:
         raise NotImplementedError
 
     def decode(self, data: bytes) -> Decoded:
-        """Image bytes -> the model input, decoded no larger than it needs (blocking: codec pool)."""
-        image = decode_image(data, self.context.max_image_pixels, lambda h, w: self.decode_size(self.geometry(h, w)))
-        geometry = self.geometry(image.height, image.width)
-        return Decoded(self.to_input(geometry, image.rgb), Placement(image.height, image.width, geometry))
+        """Image bytes -> the model input, decoded no larger than it needs (blocking: codec pool).
+        Its declared pixels are reserved in the server's budget first; the caller releases them."""
+        budget, reserved = self.context.pixels, 0
+
+        def reserve(pixels: int) -> None:
+            nonlocal reserved
+            budget.reserve(pixels)
+            reserved = pixels
+
+        try:
+            image = decode_image(data, self.context.max_image_pixels, lambda h, w: self.decode_size(self.geometry(h, w)), reserve)
+            geometry = self.geometry(image.height, image.width)
+            return Decoded(self.to_input(geometry, image.rgb), Placement(image.height, image.width, geometry), reserved)
+        except BaseException:
+            budget.release(reserved)
+            raise
 
     # -- one request ----------------------------------------------------------------------
     async def segment_image(self, data: bytes, options: Any, fmt: OutputFormat, deadline: float) -> ImageResult:
@@ -266,9 +305,12 @@ class Pipeline:
         pool = self.context.codec_pool
         check_deadline(deadline, "decoding")
         decoded = await loop.run_in_executor(pool, self.decode, data)
-        done = await self.batcher.submit(decoded.model_input, deadline)
-        check_deadline(deadline, "encoding")
-        encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
+        try:
+            done = await self.batcher.submit(decoded.model_input, deadline)
+            check_deadline(deadline, "encoding")
+            encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
+        finally:
+            self.context.pixels.release(decoded.reserved_pixels)
         placement = decoded.placement
         return ImageResult(placement.width, placement.height, Timing(done.queue_s, done.compute_s, done.batch_size), encoded)
 
