@@ -12,7 +12,7 @@ from segserve.config import Settings
 from segserve.errors import ModelNotFound, ModelNotReady
 from segserve.metrics import Metrics
 from segserve.pipelines import PIPELINES, ModelState, Pipeline, PipelineContext
-from segserve.pipelines.base import PixelBudget
+from segserve.pipelines.limits import PixelBudget
 from segserve.pipelines.video.runs import VideoStreams
 from segserve.repository import ModelEntry, scan
 
@@ -66,7 +66,7 @@ class ModelManager:
 
     def in_flight(self) -> dict[str, int]:
         """Each loaded model's share of admitted requests and chunks now in flight."""
-        return {name: s.pipeline.in_flight for name, s in self.models.items() if s.pipeline is not None}
+        return {name: s.pipeline.in_flight.count for name, s in self.models.items() if s.pipeline is not None}
 
     def ready_models(self) -> list[str]:
         return [name for name, s in self.models.items() if s.ready]

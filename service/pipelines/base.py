@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,8 +27,9 @@ import numpy as np
 from segserve.codecs.image import decode_image
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine, EngineInfo, create_engine
-from segserve.errors import BadParameter, DeadlineExceeded, QueueFull
+from segserve.errors import BadParameter
 from segserve.metrics import Metrics
+from segserve.pipelines.limits import Admission, InFlight, PixelBudget, check_deadline
 from segserve.repository import ModelEntry
 from segserve.scheduler import BatchPolicy, DynamicBatcher
 
@@ -64,30 +63,6 @@ class Decoded:
     model_input: Any  # what the batcher and ``predict`` take
     placement: Placement
     reserved_pixels: int = 0  # of the server's PixelBudget, held until the answer is encoded
-
-
-class PixelBudget:
-    """The pixels of every image in flight in the server, as their headers declare them
-    (``max_inflight_pixels``): reserved before decoding, released after encoding. Thread-safe:
-    decoding runs on the codec pool."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.in_use = 0
-        self._lock = threading.Lock()
-
-    def reserve(self, pixels: int) -> None:
-        with self._lock:
-            if self.in_use + pixels > self.limit:
-                raise QueueFull(
-                    f"the server is decoding {self.in_use} pixels; {pixels} more would pass its limit of {self.limit}",
-                    retry_after_s=1.0,
-                )
-            self.in_use += pixels
-
-    def release(self, pixels: int) -> None:
-        with self._lock:
-            self.in_use -= pixels
 
 
 @dataclass(frozen=True)
@@ -137,11 +112,6 @@ class PipelineContext:
     drain_timeout_s: float
 
 
-def check_deadline(deadline: float, stage: str) -> None:
-    if time.monotonic() >= deadline:
-        raise DeadlineExceeded(f"the deadline passed before {stage}")
-
-
 def batch_policy(config: ModelConfig) -> BatchPolicy:
     return BatchPolicy(
         max_batch_size=config.max_batch_size,
@@ -163,25 +133,6 @@ async def warm_up(run: Callable[[int], object], max_batch_size: int) -> None:
         await loop.run_in_executor(None, run, n)
 
 
-class Admission:
-    """A request's share of its model's in-flight budget (``Pipeline.admit``)."""
-
-    def __init__(self, pipeline: "Pipeline", cost: int):
-        self._pipeline, self._cost = pipeline, cost
-
-    def release(self) -> None:
-        """Idempotent: the share goes back once."""
-        if self._cost:
-            self._pipeline.in_flight -= self._cost
-            self._cost = 0
-
-    def __enter__(self) -> "Admission":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-
 class Pipeline:
     """One model version of one task: its engine instances behind one dynamic batcher."""
 
@@ -196,20 +147,12 @@ class Pipeline:
         self.engines: list[Engine] = []
         self.batcher: DynamicBatcher | None = None
         self.video = None  # segserve.pipelines.video.runs.VideoModel, set by start()
-        # Admission: what the model holds at once, from before its body is read to its answer
-        # (queued, running, and being read or decoded or encoded), so that overload is refused
-        # before any of that work is done, not after it.
-        self.in_flight = 0
-        self.max_in_flight = self.config.dynamic_batching.max_queue_size + self.config.instances * self.config.max_batch_size
+        config = self.config
+        self.in_flight = InFlight(config.name, config.dynamic_batching.max_queue_size + config.instances * config.max_batch_size)
 
-    def admit(self, cost: int = 1) -> "Admission":
-        """``cost`` of the model's in-flight budget, held until the Admission is released (or its
-        ``with`` block ends); QueueFull (503 + Retry-After) at once when the budget is spent."""
-        if self.in_flight + cost > self.max_in_flight:
-            retry_after_s = self.batcher.retry_after() if self.batcher is not None else 1.0
-            raise QueueFull(f"model {self.config.name} is at capacity ({self.max_in_flight} in flight)", retry_after_s=retry_after_s)
-        self.in_flight += cost
-        return Admission(self, cost)
+    def admit(self, cost: int = 1) -> Admission:
+        """The request's share of the model's in-flight budget (limits.InFlight)."""
+        return self.in_flight.admit(cost, self.batcher.retry_after() if self.batcher is not None else 1.0)
 
     @property
     def engine_info(self) -> EngineInfo | None:

@@ -22,7 +22,7 @@ from segserve.codecs.video import VIDEO_TYPES
 from segserve.config import Settings
 from segserve.errors import BadParameter, UnsupportedMediaType
 from segserve.pipelines import OutputFormat
-from segserve.pipelines.base import check_deadline
+from segserve.pipelines.limits import check_deadline
 from segserve.pipelines.video.chunks import (
     FrameMapper,
     PreparedChunk,
