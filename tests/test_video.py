@@ -367,7 +367,7 @@ def test_non_keyframes_use_the_trained_correction_across_chunks(video_server, vi
 def test_stream_continues_across_chunks(video_server):
     clip = frames(6)
     first = post_video(video_server, encode(clip[:3]), stream_id="cont", sequence=0, keyframe_interval=4)
-    assert keyframes(first) == [True, False, False] and first.json()["new_stream"]
+    assert keyframes(first) == [True, False, False] and first.json()["new_stream"] and not first.json()["stream_restarted"]
     second = post_video(video_server, encode(clip[3:]), stream_id="cont", sequence=1, keyframe_interval=4)
     # frame 3 of the stream reuses frame 0's deep features from the first chunk
     assert keyframes(second) == [False, True, False] and not second.json()["new_stream"]
@@ -385,9 +385,12 @@ def test_stream_cap_evicts_the_least_recently_used(video_server):
         assert post_video(video_server, data, stream_id=name, sequence=0).status_code == 200
     assert metric(video_server, "segserve_video_streams") == 3
     assert metric(video_server, "segserve_video_stream_evictions_total", reason="capacity") >= 1
-    assert not post_video(video_server, data, stream_id="cap-d", sequence=1).json()["new_stream"]
+    continued = post_video(video_server, data, stream_id="cap-d", sequence=1).json()
+    assert not continued["new_stream"] and not continued["stream_restarted"]
+    restarts = metric(video_server, "segserve_video_stream_restarts_total")
     restarted = post_video(video_server, data, stream_id="cap-a", sequence=1, keyframe_interval=8)
-    assert restarted.json()["new_stream"] and keyframes(restarted) == [True, False]
+    assert restarted.json()["new_stream"] and restarted.json()["stream_restarted"] and keyframes(restarted) == [True, False]
+    assert metric(video_server, "segserve_video_stream_restarts_total") == restarts + 1
 
 
 def test_idle_stream_is_dropped(idle_server):
@@ -396,7 +399,7 @@ def test_idle_stream_is_dropped(idle_server):
     until(lambda: metric(idle_server, "segserve_video_streams") == 0)  # idle timeout 0.5 s; the sweeper runs every 0.25 s
     assert metric(idle_server, "segserve_video_stream_evictions_total", reason="idle") == 1
     r = post_video(idle_server, data, stream_id="idle", sequence=1, keyframe_interval=8)
-    assert r.json()["new_stream"] and keyframes(r) == [True, False]
+    assert r.json()["new_stream"] and r.json()["stream_restarted"] and keyframes(r) == [True, False]
 
 
 def test_limits(video_server):

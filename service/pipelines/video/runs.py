@@ -77,6 +77,9 @@ class VideoMetrics:
         self.evictions = Counter(
             "segserve_video_stream_evictions", "Video streams dropped, by reason (idle, capacity, shutdown)", ["reason"], registry=registry
         )
+        self.restarts = Counter(
+            "segserve_video_stream_restarts", "Chunks past a stream's first that found no state for it (a fresh keyframe)", registry=registry
+        )
         self.frames = Counter("segserve_video_frames", "Video frames segmented, by model and keyframe", ["model", "keyframe"], registry=registry)
 
     def live(self, count: int) -> None:
@@ -186,10 +189,16 @@ class VideoStreams:
         deadline: float,
         stream_id: str | None,
         sequence: int | None,
-    ) -> tuple[ChunkRun, bool]:
-        """The chunk running on its stream (waiting for an earlier chunk of it first), and
-        whether the stream is new. Without a ``stream_id`` the chunk is a stream of its own."""
+    ) -> tuple[ChunkRun, bool, bool]:
+        """The chunk running on its stream (waiting for an earlier chunk of it first), whether
+        the stream is new here, and whether it was restarted: a chunk past the first (sequence
+        > 0) of a stream this server holds no state for -- evicted, idle, or sent to another
+        replica -- starts afresh with a keyframe, and says so instead of losing state silently.
+        Without a ``stream_id`` the chunk is a stream of its own."""
         stream = None if stream_id is None else await self.streams.acquire((model.pipeline.config.name, stream_id), sequence)
         new = stream is None or stream.new
+        restarted = stream is not None and stream.new and bool(sequence)
+        if restarted:
+            self.metrics.restarts.inc()
         tracker = KeyframeTracker(policy, stream.state if stream else KeyframeState(), chunk.geometry)
-        return ChunkRun(model, chunk, tracker, fmt, options, deadline, self, stream, sequence), new
+        return ChunkRun(model, chunk, tracker, fmt, options, deadline, self, stream, sequence), new, restarted

@@ -132,7 +132,7 @@ async def ndjson_lines(
     "since the last keyframe, at least every `keyframe_interval` frames (the model's default when omitted). "
     "`stream_id` + `sequence` (0, 1, 2, ...) continue a stream's keyframe state across chunks; a repeated or "
     "out-of-order sequence is 409, and a stream the server dropped (idle, or evicted for a newer one) starts "
-    f"afresh (`new_stream: true`). With `Accept: {NDJSON}` one JSON line per frame is streamed as frames "
+    f"afresh (`new_stream: true`; `stream_restarted: true` when it was not the stream's first chunk: its keyframe state was lost). With `Accept: {NDJSON}` one JSON line per frame is streamed as frames "
     "complete, then a summary line. `format=png` gives each frame's label map as a base64 PNG in `png`. "
     "Instance models run every frame (each is a keyframe) through their batcher, take /segment's "
     "`score_threshold`, `max_instances` and `mask_threshold`, and give each frame's `instances` as /segment does "
@@ -175,7 +175,7 @@ async def segment_video(
             decode_s = obs.elapsed()
             check_deadline(deadline, "segmenting the chunk")
             segment_started = time.perf_counter()
-            run, new_stream = await manager.streams.start_chunk(
+            run, new_stream, stream_restarted = await manager.streams.start_chunk(
                 video, chunk, policy, OutputFormat(format), options, deadline, stream_id, sequence
             )
         except BaseException:
@@ -191,6 +191,7 @@ async def segment_video(
             "stream_id": stream_id,
             "sequence": sequence,
             "new_stream": new_stream,
+            "stream_restarted": stream_restarted,
             "keyframe_policy": {"interval": policy.interval, "threshold": policy.threshold, "split": video.split},
         }
         if NDJSON in request.headers.get("accept", ""):
