@@ -9,6 +9,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import get_args
 
 log = logging.getLogger("segserve")
 
@@ -32,6 +33,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "models": args.models.split(",") if args.models else None,
         "backend": args.backend,
         "log_level": args.log_level,
+        "api_key_file": args.api_key_file,
+        "tls_cert_file": args.tls_cert_file,
+        "tls_key_file": args.tls_key_file,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
+        "docs": args.docs,
     }.items() if v is not None}
     settings = Settings(**overrides)
     logs.configure(settings.log_level)
@@ -47,12 +54,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # beyond this many open connections (or requests), new requests get an immediate 503
         limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
     )
     DrainingServer(config, app.state.manager, settings.shutdown_delay_s).run()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from segserve.config import Settings
+
     parser = argparse.ArgumentParser(prog="segserve", description="Image and video segmentation serving")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -64,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", help="comma-separated models to load (default: all)")
     serve.add_argument("--backend", choices=["onnxruntime", "torch"], help="force one backend for all models")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    access = serve.add_argument_group("access control (docs/deployment.md, Security)")
+    # No --api-key: a key on the command line is visible to every user of the host (ps, /proc).
+    access.add_argument("--api-key-file", type=Path,
+                        help="file holding the API key that HTTP and gRPC requests must carry "
+                             "(env SEGSERVE_API_KEY_FILE; or the key itself in SEGSERVE_API_KEY)")
+    access.add_argument("--tls-cert-file", type=Path, help="PEM certificate (chain): HTTPS and gRPC TLS (env SEGSERVE_TLS_CERT_FILE)")
+    access.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file (env SEGSERVE_TLS_KEY_FILE)")
+    access.add_argument("--metrics-port", type=int,
+                        help="serve /metrics on this plain-HTTP port instead of the main one (env SEGSERVE_METRICS_PORT)")
+    access.add_argument("--metrics-host", help="bind address of --metrics-port (env SEGSERVE_METRICS_HOST; default: --host)")
+    access.add_argument("--docs", choices=get_args(Settings.model_fields["docs"].annotation),
+                        help="where /docs and /openapi.json are served: behind the key, public, on the metrics port, "
+                             "or nowhere (env SEGSERVE_DOCS)")
     serve.set_defaults(func=cmd_serve)
 
     for command in entry_points(group=COMMANDS):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
@@ -72,6 +72,58 @@ class Settings(BaseSettings):
     # Port of the gRPC server that runs beside HTTP in the same process (Triton's default
     # 8001, so tritonclient.grpc users need no change); 0 or unset disables it.
     grpc_port: int | None = Field(8001, ge=0, le=65535)
+
+    # --- access control (service/transport/access.py; docs/deployment.md "Security") ------
+    # The API key every request must carry, as `Authorization: Bearer <key>` or `X-API-Key:
+    # <key>`, over HTTP and gRPC alike; unset = no key (everything open, as before). Probes stay
+    # open: /healthz, /readyz and gRPC ServerLive/ServerReady. Either the key itself (env
+    # SEGSERVE_API_KEY) or a file holding it (a mounted Kubernetes/Docker secret), not both.
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    # TLS for HTTP (uvicorn) and gRPC alike: a PEM certificate (chain) and its private key,
+    # both or neither; unset = plain text. The metrics port never speaks TLS.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # A separate plain-HTTP port for /metrics (Prometheus scrapes it without key or TLS: bind
+    # it where only the scraper reaches, see metrics_host); /metrics then leaves the main
+    # port. Unset or 0 = /metrics on the main port, behind the key when one is set.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # The metrics port's bind address; unset = `host`.
+    metrics_host: str | None = None
+    # Where /docs, /redoc and /openapi.json are served: "key" = on the main port, behind the
+    # key when one is set; "public" = on the main port, open even with a key; "metrics_port" =
+    # only on the metrics port (needs metrics_port); "off" = nowhere.
+    docs: Literal["key", "public", "metrics_port", "off"] = "key"
+
+    @model_validator(mode="after")
+    def _access(self) -> "Settings":
+        if self.api_key_file is not None:  # read once, here: api_key is then the one place to look
+            try:
+                key = self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from None
+            if self.api_key is not None and self.api_key.get_secret_value() != key:  # (equal: these settings, re-validated)
+                raise ValueError("set api_key or api_key_file, not both")
+            self.api_key = SecretStr(key)
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+            source = "api_key_file" if self.api_key_file is not None else "api_key"
+            if not key:
+                raise ValueError(f"{source} is empty; unset it to serve without a key")
+            # What an HTTP header and gRPC metadata carry unchanged: visible ASCII, no spaces.
+            if not all("!" <= c <= "~" for c in key):
+                raise ValueError(f"{source} may hold only visible ASCII characters (no spaces)")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.docs == "metrics_port" and not self.metrics_port:
+            raise ValueError("docs='metrics_port' needs metrics_port")
+        if self.metrics_port and self.metrics_port in (self.port, self.grpc_port):
+            raise ValueError(f"metrics_port {self.metrics_port} is already the HTTP or gRPC port")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     def codec_thread_count(self) -> int:
         return self.codec_threads or max(2, available_cpus())

@@ -35,6 +35,12 @@ class SequenceConflict(ServiceError):
     code = "sequence_conflict"
 
 
+class Unauthorized(ServiceError):
+    """No API key, or the wrong one, on a server that requires one (transport/access.py)."""
+
+    code = "unauthorized"
+
+
 class ModelNotFound(ServiceError):
     code = "model_not_found"
 

@@ -30,6 +30,9 @@ class Metrics:
         self.queue_depth = Gauge("segserve_queue_depth", "Requests waiting in the batching queue", ["model"], registry=r)
         self.dropped = Counter("segserve_dropped", "Requests dropped before compute, by reason", ["model", "reason"], registry=r)
         self.failed_batches = Counter("segserve_failed_batches", "Batches whose engine run raised", ["model"], registry=r)
+        self.unauthorized = Counter(
+            "segserve_unauthorized", "Requests refused for a missing or wrong API key, by protocol", ["protocol"], registry=r
+        )
         self.model_ready = Gauge("segserve_model_ready", "1 when the model serves, 0 otherwise", ["model"], registry=r)
         self.slow_clients = Counter(
             "segserve_slow_clients", "HTTP connections closed for not sending their request headers in time", registry=r

@@ -1,9 +1,12 @@
 """The composition root: one place that builds the models, the HTTP app and the gRPC server,
 starts them in order (models, then gRPC; HTTP serves once the app's lifespan has started)
-and stops them in reverse (gRPC finishes its RPCs, then the models drain their batchers)."""
+and stops them in reverse (gRPC finishes its RPCs, then the models drain their batchers).
+A metrics port (settings.metrics_port) opens before all of them and closes after, so model
+loading and the drain can be watched."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from contextlib import asynccontextmanager
 
@@ -13,8 +16,42 @@ from segserve.config import Settings
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
 from segserve.transport.http.app import build_app
+from segserve.transport.http.metrics_port import MetricsServer, build_metrics_app
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("segserve.server")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def log_access(settings: Settings) -> None:
+    """One line saying what is exposed, and a warning where a key would cross the network in clear."""
+    key = "API key required" if settings.api_key is not None else "no API key (open)"
+    metrics = f"/metrics on :{settings.metrics_port}" if settings.metrics_port else "/metrics on the main port"
+    log.info("access: %s, %s, %s, docs: %s", key, "TLS" if settings.tls else "plain text", metrics, settings.docs)
+    if settings.api_key is not None and not settings.tls and not _loopback(settings.host):
+        log.warning("the API key travels in clear text on %s: set tls_cert_file/tls_key_file or terminate TLS in front",
+                    settings.host)
+
+
+def with_metrics_port(lifespan, metrics_server: MetricsServer):
+    """``lifespan`` inside the metrics server's life: a port already taken fails start-up
+    before any model loads."""
+
+    @asynccontextmanager
+    async def lifespan_with_metrics(app: FastAPI):
+        await metrics_server.start()
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            await metrics_server.stop()
+
+    return lifespan_with_metrics
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        log_access(settings)
         await manager.start()
         grpc_server = None
         if settings.grpc_port:
@@ -40,4 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(settings.shutdown_drain_s)
             await manager.stop()
 
-    return build_app(settings, metrics, manager, lifespan)
+    app = build_app(settings, metrics, manager, lifespan)
+    if settings.metrics_port:  # its docs (settings.docs) are the app's: built once the app is
+        metrics_server = MetricsServer(settings, build_metrics_app(settings, metrics, app))
+        app.router.lifespan_context = with_metrics_port(app.router.lifespan_context, metrics_server)
+    return app

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -165,12 +166,15 @@ class ServerProcess:
 
     ``args`` are extra `segserve serve` flags, ``env`` extra environment (SEGSERVE_* settings).
     ``grpc=True`` serves KServe v2 gRPC on a free port too (``grpc_url``); off otherwise.
+    ``tls_ca``: the server speaks TLS (its --tls-* flags are in ``args``) with a certificate that
+    this CA file verifies; ``url`` is then https and ``client`` verifies with ``ssl_context``.
     """
 
     def __init__(self, model_repository: Path, log_path: Path, *, args: list[str] | None = None,
-                 env: dict[str, str] | None = None, grpc: bool = False):
+                 env: dict[str, str] | None = None, grpc: bool = False, tls_ca: Path | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
+        self.ssl_context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
         self.grpc_url = None
         grpc_port = 0
         if grpc:
@@ -188,7 +192,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
+        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S, verify=self.ssl_context or True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -8,6 +8,7 @@ from segserve import errors
 
 STATUS = {
     errors.BadParameter: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,

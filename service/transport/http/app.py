@@ -8,10 +8,12 @@ from segserve import __version__
 from segserve.config import Settings
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
+from segserve.transport.access import ApiKey
 from segserve.transport.http import errors
+from segserve.transport.http.access import PROBES, ApiKeyMiddleware, docs_paths, document_api_key
 from segserve.transport.http.keepalive import Http10KeepAliveHeader
 from segserve.transport.http.middleware import RequestIdMiddleware
-from segserve.transport.http.routes import router
+from segserve.transport.http.routes import metrics_router, router
 from segserve.transport.http.video_routes import router as video_router
 
 
@@ -22,6 +24,8 @@ def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifes
         version=__version__,
         description="Dynamically batched image segmentation: semantic label maps and instance masks as COCO RLE or PNG.",
         lifespan=lifespan,
+        # On this port unless they live on the metrics port (or nowhere): settings.docs.
+        **({} if settings.docs in ("key", "public") else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -29,6 +33,13 @@ def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifes
     errors.install(app)
     app.include_router(router)
     app.include_router(video_router)
+    if not settings.metrics_port:  # else the metrics port's alone (transport/http/metrics_port.py)
+        app.include_router(metrics_router)
+    key = ApiKey.from_settings(settings)
+    if key is not None:  # added first: inside RequestIdMiddleware, so a 401 carries X-Request-ID
+        open_paths = PROBES | (docs_paths(app) if settings.docs == "public" else frozenset())
+        app.add_middleware(ApiKeyMiddleware, key=key, open_paths=open_paths, metrics=metrics)
+        document_api_key(app, open_paths)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(Http10KeepAliveHeader)
     return app

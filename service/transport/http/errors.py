@@ -13,6 +13,7 @@ from segserve import errors
 
 STATUS = {
     errors.BadParameter: 400,
+    errors.Unauthorized: 401,
     errors.ModelNotFound: 404,
     errors.SequenceConflict: 409,
     errors.PayloadTooLarge: 413,

@@ -31,6 +31,8 @@ from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+# /metrics alone: on the main port unless settings.metrics_port serves it (transport/http/app.py)
+metrics_router = APIRouter()
 
 IMAGE_BODY = {
     "requestBody": {
@@ -204,7 +206,7 @@ async def readyz(request: Request) -> Response:
     return service_error_response(ModelNotReady("models are loading" if not manager.ready else "no model is ready"))
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     # rendered off the event loop: a scrape must not hold up requests
     body = await asyncio.to_thread(generate_latest, request.app.state.metrics.registry)
