@@ -4,6 +4,10 @@
   -k it sends `Connection: keep-alive` and reuses the connection only if the response says
   `keep-alive` and has a Content-Length. uvicorn closes every HTTP/1.0 connection, so without
   this every ab request pays a new TCP connection and ab's "Keep-Alive requests" reads 0.
+* A graceful shutdown that does not reset a connection whose request was sent but not yet
+  read: uvicorn closes every connection without a request in progress at once, and closing a
+  socket with unread bytes sends a reset. Here such a connection gets ``SHUTDOWN_GRACE_S`` for
+  its request to arrive; it is answered (with ``Connection: close``) and then closed.
 * A header timeout, which uvicorn lacks: a client that opens a connection (or starts a
   request) and does not finish sending its headers within ``header_timeout_s`` is cut off and
   counted, so slow-header clients cannot hold connections open forever. (Slow bodies are the
@@ -17,11 +21,14 @@ from typing import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+SHUTDOWN_GRACE_S = 0.5
+
 
 class SegserveHttpProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     on_cut_off: Callable[[], None] = staticmethod(lambda: None)
     _header_timer: asyncio.TimerHandle | None = None
+    _shutting_down = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -34,8 +41,23 @@ class SegserveHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         super().on_headers_complete()
-        if self.cycle is not None and self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive():
+        if self.cycle is None:
+            return
+        if self._shutting_down:
+            self.cycle.keep_alive = False
+        elif self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive():
             self.cycle.keep_alive = True
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self._shutting_down = True
+            self.loop.call_later(SHUTDOWN_GRACE_S, self._close_if_idle)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
