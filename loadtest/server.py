@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ class SegserveProcess:
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.verify: bool | ssl.SSLContext = True  # how the readiness probe checks a TLS certificate
         self.process: subprocess.Popen | None = None
 
     def start(self, ready_path: str = "/readyz") -> "SegserveProcess":
@@ -73,7 +75,7 @@ class SegserveProcess:
             if self.process.poll() is not None:
                 raise ServerError(f"segserve exited with {self.process.returncode} before ready:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + ready_path, timeout=2).status_code == 200:
+                if httpx.get(self.url + ready_path, timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass  # not listening yet

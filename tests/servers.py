@@ -18,14 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import socket
 import ssl
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -33,6 +27,7 @@ import httpx
 
 from segserve.config import Settings
 from segserve.server import create_app
+from segserve_loadtest.server import SegserveProcess, free_port
 
 BASE_URL = "http://segserve"
 REQUEST_TIMEOUT_S = 120.0
@@ -149,83 +144,38 @@ class InProcessServer:
         self.stop()
 
 
-def free_port() -> int:
-    # The port can in principle be taken between this close and the server's bind; the
-    # server then fails to start and start() says so with its log.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerError(RuntimeError):
-    pass
-
-
-class ServerProcess:
+class ServerProcess(SegserveProcess):
     """``with ServerProcess(repo, tmp_path / "server.log") as server: server.client.get(...)``
 
-    ``args`` are extra `segserve serve` flags, ``env`` extra environment (SEGSERVE_* settings).
-    ``grpc=True`` serves KServe v2 gRPC on a free port too (``grpc_url``); off otherwise.
-    ``tls_ca``: the server speaks TLS (its --tls-* flags are in ``args``) with a certificate that
-    this CA file verifies; ``url`` is then https and ``client`` verifies with ``ssl_context``.
+    The load harness's ``SegserveProcess`` (segserve_loadtest.server) with what the tests add:
+    ``client``, an ``httpx.Client`` on the server; ``grpc=True`` serves KServe v2 gRPC on a free
+    port too (``grpc_url``; off otherwise); ``tls_ca``: the server speaks TLS (its --tls-* flags
+    are in ``args``) with a certificate that this CA file verifies, ``url`` is then https and
+    ``client`` verifies with ``ssl_context``. ``args`` are extra `segserve serve` flags, ``env``
+    extra environment (SEGSERVE_* settings).
     """
 
     def __init__(self, model_repository: Path, log_path: Path, *, args: list[str] | None = None,
                  env: dict[str, str] | None = None, grpc: bool = False, tls_ca: Path | None = None):
-        self.port = free_port()
-        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
-        self.ssl_context = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else None
-        self.grpc_url = None
-        grpc_port = 0
-        if grpc:
-            grpc_port = free_port()
-            self.grpc_url = f"127.0.0.1:{grpc_port}"
-        self.command = [sys.executable, "-m", "segserve", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                        "--grpc-port", str(grpc_port), "--model-repository", str(model_repository), *(args or [])]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
+        grpc_port = free_port() if grpc else 0
+        super().__init__(model_repository, log_path, args=["--grpc-port", str(grpc_port), *(args or [])], env=env,
+                         ready_timeout_s=START_TIMEOUT_S)
+        self.grpc_url = f"127.0.0.1:{grpc_port}" if grpc else None
+        if tls_ca is not None:
+            self.url = f"https://127.0.0.1:{self.port}"
+            self.ssl_context = self.verify = ssl.create_default_context(cafile=str(tls_ca))
+        else:
+            self.ssl_context = None
         self.client: httpx.Client | None = None
 
     def start(self, ready_path: str = "/readyz") -> "ServerProcess":
         """Start, and wait until ``ready_path`` answers 200 (``/healthz``: not waiting for models)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S, verify=self.ssl_context or True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"segserve exited with {self.process.returncode} before ready:\n{self.log()[-3000:]}")
-            try:
-                if self.client.get(ready_path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.1)
-        self.stop()
-        raise ServerError(f"segserve not ready within {START_TIMEOUT_S:g} s:\n{self.log()[-3000:]}")
+        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S, verify=self.verify)
+        super().start(ready_path)
+        return self
 
     def stop(self, grace_s: float = 30.0) -> int | None:
         """SIGTERM (the server drains), SIGKILL after ``grace_s``; returns the exit code."""
         if self.client is not None:
             self.client.close()
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> "ServerProcess":
-        return self.start()
-
-    def __exit__(self, *_exc) -> None:
-        self.stop()
+        return super().stop(grace_s)
