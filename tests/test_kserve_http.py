@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 from tritonclient.utils import InferenceServerException
 
@@ -191,6 +193,35 @@ def test_v2_requests_are_counted_under_their_route(client, v2_server):
     status_of(lambda: infer(client, make_image(16, 16), model="nope"))
     metrics = httpx.get(f"{v2_server.url}/metrics").text
     assert 'segserve_requests_total{model="unknown",route="v2_infer",status="404"}' in metrics
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(batches run, requests in them) for the semantic model, from /metrics."""
+    samples = {
+        s.name: s.value
+        for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        for s in f.samples
+        if s.labels.get("model") == SEMANTIC and s.name.startswith("segserve_batch_size_")
+    }
+    return samples["segserve_batch_size_count"], samples["segserve_batch_size_sum"]
+
+
+def test_concurrent_v2_and_segment_requests_share_batches(v2_server):
+    batches_before, requests_before = batch_totals(v2_server.url)
+    data = make_image(120, 160, seed=9)
+
+    def v2_call(_) -> bytes:
+        with triton.InferenceServerClient(v2_server.url.removeprefix("http://"), network_timeout=120) as c:
+            return masks_json(infer(c, data))[0]
+
+    with ThreadPoolExecutor(24) as pool:
+        v2_answers = pool.map(v2_call, range(16))
+        http_answers = pool.map(lambda _: post_segment(v2_server.url, data).content, range(8))
+        answers = {without_timing(a) for a in [*v2_answers, *http_answers]}
+    assert len(answers) == 1  # the same masks, whichever route and batch
+    batches, requests = batch_totals(v2_server.url)
+    assert requests - requests_before == 24
+    assert (requests - requests_before) / (batches - batches_before) > 1  # concurrent requests were batched
 
 
 # -- the raw protocol, in process ------------------------------------------------------------------

@@ -66,7 +66,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         header, binary = body, b""
     else:
         if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise BadParameter(f"{HEADER_LENGTH} must be the JSON header's length, at most the body's {len(body)} bytes; got {header_length!r}")
+            raise BadParameter(
+                f"{HEADER_LENGTH} must be the JSON header's length, at most the body's {len(body)} bytes; got {header_length!r}"
+            )
         size = int(header_length)
         header, binary = body[:size], body[size:]
     try:
