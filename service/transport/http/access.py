@@ -3,9 +3,10 @@ refuses a request without the key before the route runs and before its body is r
 unauthenticated upload costs its headers only (with `Expect: 100-continue` the client sends
 no body at all). It sits inside RequestIdMiddleware: every 401 carries X-Request-ID.
 
-Open without the key: the probes (/healthz, /readyz, /v2/health/live, /v2/health/ready), and the docs when settings.docs is
-"public". Everything else, unknown paths included, needs it: a missing route answers 401,
-not 404, to a client without the key. Under /v2 the 401 body is KServe v2's {"error": "..."}."""
+Open without the key: the probes (/healthz, /readyz, /v2/health/live, /v2/health/ready), and
+the docs when settings.docs is "public". Everything else, unknown paths included, needs it: a
+missing route answers 401, not 404, to a client without the key. Under /v2 the 401 body is
+KServe v2's {"error": "..."}."""
 
 from __future__ import annotations
 
