@@ -131,6 +131,17 @@ def test_probes_stay_open(keyed):
     assert keyed.client.get("/healthz").status_code == 200
     assert keyed.client.get("/readyz").status_code == 200
     assert keyed.client.get("/healthz", headers={"X-API-Key": "wrong"}).status_code == 200
+    assert keyed.client.get("/v2/health/live").status_code == 200
+    assert keyed.client.get("/v2/health/ready").status_code == 200
+
+
+def test_kserve_v2_needs_the_key_and_refuses_in_its_own_error_form(keyed):
+    """/v2 errors are v2's {"error": "<message>"}, the 401 of the middleware included."""
+    r = keyed.client.get(f"/v2/models/{SEMANTIC}")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert r.json()["error"].startswith("unauthorized: ")
+    assert keyed.client.get(f"/v2/models/{SEMANTIC}", headers=X_API_KEY).json()["name"] == SEMANTIC
+    assert keyed.client.get(f"/v2/models/{SEMANTIC}/ready", headers=BEARER).status_code == 200
 
 
 def test_the_openapi_documents_the_key(keyed):

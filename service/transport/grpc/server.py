@@ -16,12 +16,9 @@ from segserve.transport.grpc.inference_pb2_grpc import (
     add_GRPCInferenceServiceServicer_to_server,
 )
 from segserve.transport.grpc.servicer import InferenceServicer
+from segserve.transport.kserve import ENVELOPE_BYTES
 
 log = logging.getLogger(__name__)
-
-# Room for the protobuf envelope around the image bytes (tensor metadata, parameters,
-# length prefixes), so an image of exactly max_body_bytes is still accepted as over HTTP.
-ENVELOPE_BYTES = 64 * 1024
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

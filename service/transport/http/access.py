@@ -3,9 +3,10 @@ refuses a request without the key before the route runs and before its body is r
 unauthenticated upload costs its headers only (with `Expect: 100-continue` the client sends
 no body at all). It sits inside RequestIdMiddleware: every 401 carries X-Request-ID.
 
-Open without the key: the probes (/healthz, /readyz), and the docs when settings.docs is
-"public". Everything else, unknown paths included, needs it: a missing route answers 401,
-not 404, to a client without the key."""
+Open without the key: the probes (/healthz, /readyz, /v2/health/live, /v2/health/ready), and
+the docs when settings.docs is "public". Everything else, unknown paths included, needs it: a
+missing route answers 401, not 404, to a client without the key. Under /v2 the 401 body is
+KServe v2's {"error": "..."}."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from fastapi import FastAPI
 from segserve.errors import Unauthorized
 from segserve.metrics import Metrics
 from segserve.transport.access import CHALLENGE, CHALLENGE_INVALID, ApiKey, InvalidKey
-from segserve.transport.http.errors import error_response, status_of
+from segserve.transport.http.errors import error_response, is_v2, status_of, v2_error_response
 
 log = logging.getLogger(__name__)
 
-PROBES = frozenset({"/healthz", "/readyz"})
+PROBES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "`X-API-Key: <key>`"},
@@ -52,7 +53,8 @@ class ApiKeyMiddleware:
                 await send({"type": "websocket.close", "code": 1008})
                 return
             challenge = CHALLENGE_INVALID if isinstance(exc, InvalidKey) else CHALLENGE
-            response = error_response(status_of(exc), exc.code, exc.message, headers={"WWW-Authenticate": challenge})
+            respond = v2_error_response if is_v2(scope["path"]) else error_response
+            response = respond(status_of(exc), exc.code, exc.message, headers={"WWW-Authenticate": challenge})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -14,6 +14,7 @@ from segserve.transport.http.access import PROBES, ApiKeyMiddleware, docs_paths,
 from segserve.transport.http.keepalive import Http10KeepAliveHeader
 from segserve.transport.http.middleware import RequestIdMiddleware
 from segserve.transport.http.routes import metrics_router, router
+from segserve.transport.http.v2_routes import router as v2_router
 from segserve.transport.http.video_routes import router as video_router
 
 
@@ -33,6 +34,7 @@ def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifes
     errors.install(app)
     app.include_router(router)
     app.include_router(video_router)
+    app.include_router(v2_router)  # KServe v2 over HTTP, the twin of gRPC
     if not settings.metrics_port:  # else the metrics port's alone (transport/http/metrics_port.py)
         app.include_router(metrics_router)
     key = ApiKey.from_settings(settings)

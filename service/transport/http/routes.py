@@ -84,9 +84,10 @@ async def run_unless_disconnected(request: Request, work):
     return None
 
 
-async def observed(request: Request, route: str, model: str | None, handle) -> Response:
-    """``await handle(obs)`` -> its response; any error -> its JSON error response. The request
-    is counted once, with the status it got (499 when the client went away first)."""
+async def observed(request: Request, route: str, model: str | None, handle, respond=service_error_response) -> Response:
+    """``await handle(obs)`` -> its response; any error -> its JSON error response (``respond``:
+    segserve's own body, or KServe v2's on /v2). The request is counted once, with the status
+    it got (499 when the client went away first)."""
     obs = Observation(request.app.state.metrics, route, manager_of(request).label(model))
     try:
         response = await handle(obs)
@@ -97,7 +98,7 @@ async def observed(request: Request, route: str, model: str | None, handle) -> R
         log.info("%s: client went away while sending the body", route)
         response = Response(status_code=CLIENT_CLOSED)
     except Exception as exc:  # noqa: BLE001 - classified, logged and answered by obs.error
-        response = service_error_response(obs.error(exc))
+        response = respond(obs.error(exc))
     obs.done(str(response.status_code))
     return response
 
