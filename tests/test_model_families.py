@@ -18,11 +18,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
+from torchvision.models import segmentation as tvseg
 
 from segserve.graphs import zoo
 from segserve.graphs.serving import Normalize
@@ -50,15 +52,17 @@ def sample_photos() -> list[bytes]:
 
 
 def calibrated_random_weights(arch: str, path: Path, seed: int = 0) -> WeightsSpec:
-    """Random weights (the exporter's own initialisation) with BatchNorm statistics measured on
-    sample images and the test's images instead of the identity (mean 0, var 1) a fresh network has in eval mode.
+    """Random weights (torchvision's initialisation) with BatchNorm statistics measured on sample
+    images and on the test's images, instead of the identity (mean 0, var 1) of a fresh network.
 
     Uncalibrated, DeepLabV3-MobileNetV3 shrinks its activations layer by layer: its logits stay
     within ~0.05 of the classifier's random biases, so it labels every pixel with one class and a
-    backend comparison would agree trivially. The two ResNet-50 families do not need this."""
+    backend comparison would agree trivially. The two ResNet-50 families do not need this.
+    The checkpoint keeps torchvision's auxiliary head, as its pretrained files do: the export drops it."""
     architecture = zoo.get(arch)
     torch.manual_seed(seed)
-    net = architecture.build(len(architecture.pretrained_classes)).train()
+    net = getattr(tvseg, arch)(weights=None, weights_backbone=None, num_classes=len(architecture.pretrained_classes), aux_loss=True)
+    net.train()
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # a plain average over the calibration batch
@@ -125,6 +129,9 @@ def test_export_records_onnx_vs_eager_parity(family_repo, arch):
     assert (parity["batch"], parity["height"], parity["width"]) == (2, *INPUT)  # batch 2: the dynamic axis too
     assert parity["max_abs_diff"] <= 1e-3 * max(1.0, parity["max_abs_logit"])
     assert parity["label_agreement"] >= 0.999
+    graph = onnx.load(str(entry.version_dir / "model.onnx")).graph
+    assert not any("aux" in init.name for init in graph.initializer)
+    assert not any("aux" in key for key in torch.load(entry.version_dir / "weights.pt"))
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
