@@ -155,6 +155,7 @@ def model_info(status: ModelStatus) -> ModelInfo:
     return ModelInfo(
         name=cfg.name,
         task=cfg.task.value,
+        architecture=cfg.architecture,
         state=status.state,
         reason=status.reason,
         backend=engine.backend if engine else None,

@@ -87,6 +87,7 @@ class PartInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     task: str
+    architecture: str | None = Field(None, description="segserve architecture (config.yaml); none for a dropped-in ONNX model")
     state: ModelState
     reason: str | None = None
     backend: str | None = None
