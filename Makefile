@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test train train-video bench loadtest lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -50,6 +50,13 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The images for real (not part of `make test`: builds are slow): CPU images built, `docker compose --profile
+# scale up -d`, /segment, gRPC, ab, locust's UI, a video stream through HAProxy with 2 replicas, Prometheus'
+# targets UP, torn down. First run as root installs docker.io, debootstrap and the compose plugin
+# (docker/test.sh; docs/deployment.md). DOCKER_BASE_IMAGE=python:3.11-slim where Docker Hub is reachable.
+docker-test: setup
+	docker/test.sh
 
 # Retrain the bundled models from scratch (fixed seed and steps, ~29 min on 2 quiet CPU cores):
 # rewrites models/checkpoints/*.pth + SHA256SUMS byte for byte; `git diff` shows nothing when reproduced.
