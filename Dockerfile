@@ -16,7 +16,7 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # Everything runs in a venv at /opt/venv, so any base with python3 >= 3.11 and its venv module works:
 # python:3.11-slim (the default) or a plain Debian bookworm with python3-venv (as `make docker-test`
-# builds here, docker/base.sh). pip takes docker/certs/ca-bundle.crt as its CA bundle when present.
+# builds here, docker/test.sh). pip takes docker/certs/ca-bundle.crt as its CA bundle when present.
 FROM ${BASE_IMAGE} AS deps
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
