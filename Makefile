@@ -12,12 +12,14 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test train train-video bench loadtest lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
 	@command -v ab >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq apache2-utils >/dev/null; } \
 		|| echo "warning: ab (apache2-utils) is not installed; the ab load tests will be skipped"
+	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } \
+		|| echo "warning: haproxy is not installed; the stream affinity test (tests/test_affinity.py) will be skipped"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.lock 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
@@ -48,6 +50,13 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The images for real (not part of `make test`: builds are slow): CPU images built, `docker compose --profile
+# scale up -d`, /segment, gRPC, ab, locust's UI, a video stream through HAProxy with 2 replicas, Prometheus'
+# targets UP, torn down. First run as root installs docker.io, debootstrap and the compose plugin
+# (docker/test.sh; docs/deployment.md). DOCKER_BASE_IMAGE=python:3.11-slim where Docker Hub is reachable.
+docker-test: setup
+	docker/test.sh
 
 # Retrain the bundled models from scratch (fixed seed and steps, ~29 min on 2 quiet CPU cores):
 # rewrites models/checkpoints/*.pth + SHA256SUMS byte for byte; `git diff` shows nothing when reproduced.

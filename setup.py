@@ -5,10 +5,14 @@ when those folders are present. A runtime-only tree (the container image's, whic
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 FOLDERS = {"segserve": "service", "segserve_models": "models", "segserve_loadtest": "loadtest"}
 present = {package: folder for package, folder in FOLDERS.items() if Path(folder, "__init__.py").is_file()}
-packages = [sub for package, folder in present.items() for sub in [package, *(f"{package}.{p}" for p in find_packages(folder))]]
+# Every folder holding Python modules is a package, with or without an __init__.py (implicit
+# namespace packages such as service/pipelines/video would be left out by find_packages).
+packages = [sub for package, folder in present.items()
+            for sub in [package, *(f"{package}.{p}" for p in find_namespace_packages(folder, exclude=["*__pycache__*"])
+                                   if any(Path(folder, *p.split(".")).glob("*.py")))]]
 
 setup(package_dir=present, packages=packages)

@@ -156,3 +156,16 @@ def test_requirements_lock_pins_the_whole_dev_environment(full_wheel):
     assert needed - lock.keys() == set(), f"missing from requirements.lock (make lock): {sorted(needed - lock.keys())}"
     stale = {n: (lock[n], metadata.version(n)) for n in needed if lock[n] != metadata.version(n)}
     assert not stale, f"lock vs installed (make setup): {stale}"
+
+
+def test_every_module_of_the_tree_is_in_the_wheels(runtime_wheel, full_wheel):
+    """Folders without an __init__.py (namespace packages, e.g. service/pipelines/video) too: an
+    editable install imports them from the tree, so only the wheel (the image) shows what is missing."""
+    folders = {"segserve": "service", "segserve_models": "models", "segserve_loadtest": "loadtest"}
+    for wheel, packages in ((runtime_wheel, ["segserve"]), (full_wheel, list(folders))):
+        with zipfile.ZipFile(wheel) as z:
+            names = set(z.namelist())
+        for package in packages:
+            expected = {f"{package}/{p.relative_to(ROOT / folders[package]).as_posix()}"
+                        for p in (ROOT / folders[package]).rglob("*.py") if "__pycache__" not in p.parts}
+            assert expected - names == set(), f"{wheel.name}: modules missing from the wheel"
