@@ -339,6 +339,7 @@ def export_video_split(
         max_keyframe_interval = CORRECTED_MAX_KEYFRAME_INTERVAL if head is not None else DEFAULT_MAX_KEYFRAME_INTERVAL
 
     staging = Path(tempfile.mkdtemp(prefix=".video-", dir=version_dir))  # same filesystem: rename is atomic
+    staging.chmod(0o755)  # mkdtemp's is owner-only: a server running as another user must read the parts
     try:
         with torch.no_grad():
             images = sample_images(1, height, width)
