@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench loadtest lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -73,6 +73,12 @@ train-video: setup
 # Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
 bench: setup
 	$(BIN)/python -m segserve_loadtest.bench_service --out docs/bench
+
+# Serving overhead: a generated trivial ONNX model under ab -n 3000 -c 32 -k -l against the codec floor
+# measured in the same run (docs/benchmarks.md); writes docs/bench/bench_overhead.{md,json}.
+#   make bench-overhead [BENCH_OVERHEAD_ARGS="--rounds 5 --profile"]   (--profile needs py-spy)
+bench-overhead: setup
+	$(BIN)/python -m segserve_loadtest.bench_overhead --out docs/bench $(BENCH_OVERHEAD_ARGS)
 
 # The standard sweep + report (docs: loadtest/README.md). Without URL it starts a server itself.
 #   make loadtest [URL=http://127.0.0.1:8000] [MODEL=name] [OUT=dir] [LOADTEST_ARGS="--levels 1,4 --duration 5"]

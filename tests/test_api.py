@@ -170,7 +170,8 @@ def test_overload_gets_immediate_503_with_retry_after_and_every_request_one_answ
     responses = limited_server.run(flood)
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}
-    assert statuses.count(200) >= 2 and statuses.count(503) >= 1
+    # the model holds 2 at once (queue 1 + one running): the rest are refused at the door, at once
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 30
     for r in responses:
         if r.status_code == 503:
             assert_error(r, 503, "queue_full")

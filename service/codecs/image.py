@@ -69,7 +69,8 @@ def decode_image(
             if draft_size is not None and image.format == "JPEG":
                 min_h, min_w = draft_size(height, width)  # as displayed; the draft is in stored order
                 image.draft("RGB", (min_h, min_w) if orientation in TRANSPOSED else (min_w, min_h))
-            image = image.convert("RGB")
+            if image.mode != "RGB":  # every JPEG drafted to "RGB" is already: convert would only copy it
+                image = image.convert("RGB")
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             rgb = np.array(image)  # writable (np.asarray's is not): torch can take it as is

@@ -16,15 +16,16 @@ video chunk decoder share, says which request ``options`` it takes, and register
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Callable, ClassVar, Hashable, Mapping
 
 import numpy as np
 
 from segserve.codecs.image import decode_image
+from segserve.codecs.jsonbytes import dumps
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine, EngineInfo, create_engine
 from segserve.errors import BadParameter
@@ -69,7 +70,13 @@ class Decoded:
 class Encoded:
     body: dict[str, Any] = field(default_factory=dict)  # task-specific fields ("segments" / "instances")
     png: bytes | None = None
-    label_map: np.ndarray | None = None  # semantic: the (height, width) class ids the masks were made from
+    # semantic: computes the (height, width) class-id map the masks describe. Only gRPC's LABELS
+    # output needs that full-size map, so it is made on demand (the masks come from the runs).
+    make_label_map: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def label_map(self) -> np.ndarray | None:
+        return None if self.make_label_map is None else self.make_label_map()
 
 
 @dataclass
@@ -139,6 +146,9 @@ class Pipeline:
     task: ClassVar[Task]
     options: ClassVar[tuple[str, ...]] = ()  # the task's own request options
     label_map: ClassVar[bool] = False  # results carry a uint8 class-id map (gRPC LABELS)
+    # Whether the answer's fields (encode's body, response_fields) may hold floats or None;
+    # without, the JSON renderer checks less (segserve.codecs.jsonbytes.dumps).
+    json_floats: ClassVar[bool] = True
 
     def __init__(self, entry: ModelEntry, context: PipelineContext):
         self.entry = entry
@@ -267,15 +277,15 @@ def fixed_width_ms(seconds: float) -> str:
 
 def render_json(pipeline: Pipeline, result: ImageResult, total_s: float) -> bytes:
     """The JSON answer to one segmented image, shared by every transport so HTTP `/segment` and
-    gRPC `MASKS_JSON` carry byte-for-byte the same document."""
+    gRPC `MASKS_JSON` carry byte-for-byte the same document (json.dumps' bytes, via orjson:
+    segserve.codecs.jsonbytes)."""
     config = pipeline.config
     body = {"model": config.name, "task": config.task.value, "width": result.width, "height": result.height}
     body.update(pipeline.response_fields())
     body.update(result.encoded.body)
     timing = result.timing
-    encoded = json.dumps(body, separators=(",", ":"))
-    encoded = (
-        f'{encoded[:-1]},"timing_ms":{{"queue":{fixed_width_ms(timing.queue_s)},'
+    timing_ms = (
+        f',"timing_ms":{{"queue":{fixed_width_ms(timing.queue_s)},'
         f'"compute":{fixed_width_ms(timing.compute_s)},"total":{fixed_width_ms(total_s)}}}}}'
     )
-    return encoded.encode()
+    return dumps(body, floats=pipeline.json_floats)[:-1] + timing_ms.encode()

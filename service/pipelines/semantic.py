@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
 from segserve.codecs.geometry import Letterbox
-from segserve.codecs.masks import encode_label_png, semantic_segments
+from segserve.codecs.masks import encode_label_png, restored_segments
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.contract.video import SemanticParameters
 from segserve.engine import Engine
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class SemanticModel(Pipeline):
     task = Task.semantic
     label_map = True
+    json_floats = False  # class ids, labels, areas and RLE strings
 
     async def start(self) -> None:
         self.params = SemanticParameters.model_validate(self.config.parameters)
@@ -52,10 +54,13 @@ class SemanticModel(Pipeline):
         return run
 
     def encode(self, labels: np.ndarray, placement: Placement, options: None, fmt: OutputFormat) -> Encoded:
-        full = placement.geometry.restore(labels)
+        box: Letterbox = placement.geometry
         if fmt == OutputFormat.png:
-            return Encoded(png=encode_label_png(full), label_map=full)
-        return Encoded({"segments": semantic_segments(full, self.config.classes)}, label_map=full)
+            full = box.restore(labels)
+            return Encoded(png=encode_label_png(full), make_label_map=lambda: full)
+        # The RLEs and areas straight from the model-resolution map's runs: no full-size pass.
+        segments = restored_segments(labels, box.restore_index(), self.config.classes)
+        return Encoded({"segments": segments}, make_label_map=partial(box.restore, labels))
 
 
 def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:

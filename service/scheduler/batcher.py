@@ -157,6 +157,25 @@ class DynamicBatcher(Generic[T, R]):
                 job.future.cancel()
 
     async def _wait_until(self, future: asyncio.Future, deadline: float) -> bool:
+        """Wait for ``future`` until ``deadline``; whether it finished (else it is cancelled)."""
+        if type(self._clock) is MonotonicClock:
+            # The loop's own timer on the future: no sleeping task, no asyncio.wait, no extra
+            # loop pass to cancel either, per request (the batcher's clock is the loop's then).
+            expired = False
+
+            def expire() -> None:
+                nonlocal expired
+                expired = future.cancel()
+
+            timer = asyncio.get_running_loop().call_later(deadline - self._clock.now(), expire)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if not expired:
+                    raise
+            finally:
+                timer.cancel()
+            return not expired
         timer = asyncio.ensure_future(self._clock.sleep(deadline - self._clock.now()))
         try:
             await asyncio.wait({future, timer}, return_when=asyncio.FIRST_COMPLETED)

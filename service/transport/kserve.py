@@ -228,7 +228,9 @@ async def infer(
             total_s = obs.elapsed()
             bodies = [render_json(pipeline, r, total_s) for r in results]
             tensors.append(OutputTensor(MASKS_JSON, "BYTES", [len(bodies)], bodies))
-        else:
-            labels = results[0].encoded.label_map.astype(np.uint8, copy=False)
+        else:  # the full-size map, made on demand off the event loop
+            encoded = results[0].encoded
+            labels = await asyncio.get_running_loop().run_in_executor(manager.codec_pool, lambda: encoded.label_map)
+            labels = labels.astype(np.uint8, copy=False)
             tensors.append(OutputTensor(LABELS, "UINT8", [1, *labels.shape], labels))
     return tensors
