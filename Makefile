@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest soak lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -84,6 +84,13 @@ bench-overhead: setup
 #   make loadtest [URL=http://127.0.0.1:8000] [MODEL=name] [OUT=dir] [LOADTEST_ARGS="--levels 1,4 --duration 5"]
 loadtest: $(if $(URL),setup,models)
 	$(BIN)/python -m segserve_loadtest.run $(if $(URL),--url $(URL),--model-repository $(REPO)) $(if $(MODEL),--model $(MODEL)) --out $(or $(OUT),out/loadtest) $(LOADTEST_ARGS)
+
+# 10 minutes at 2x the measured saturation throughput (open loop) against `segserve serve` with the bundled
+# default model: 0 lost requests, every 503 with Retry-After, RSS growth < 5 %, p99s; writes docs/soak.{md,json},
+# exits non-zero when a check fails. Needs the machine to itself (~13 min). docs: loadtest/soak.py
+#   make soak [SOAK_ARGS="--duration 60 --out out/soak"]
+soak: setup
+	$(BIN)/python -m segserve_loadtest.soak $(SOAK_ARGS)
 
 # Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
 # i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the

@@ -50,7 +50,8 @@ def decode_video(data: bytes, *, max_frames: int, frame_stride: int, max_pixels:
     if not data:
         raise UndecodableInput("empty body: expected a video chunk")
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        # metadata is never used: a tag that is not UTF-8 (e.g. a Latin-1 title) must not make the chunk undecodable
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="replace") as container:
             if not container.streams.video:
                 raise UndecodableInput("the container has no video stream")
             stream = container.streams.video[0]

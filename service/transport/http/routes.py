@@ -46,6 +46,10 @@ IMAGE_BODY = {
     }
 }
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503, 504)}
+# Every 503 (at capacity, not ready) says when to come back.
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "required": True,
+                               "schema": {"type": "integer", "minimum": 1}}}
+ERRORS[503]["headers"] = RETRY_AFTER
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
 
 
@@ -186,7 +190,9 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(default_model=manager.default_model, models=[model_info(s) for s in manager.models.values()])
 
 
-@router.get("/v1/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorResponse}}, summary="One model")
+# Declaring 4XX drops FastAPI's default 422 HTTPValidationError, a body this server never sends.
+@router.get("/v1/models/{name}", response_model=ModelInfo, summary="One model",
+            responses={404: {"model": ErrorResponse}, "4XX": {"model": ErrorResponse, "description": "Client error"}})
 async def get_model(name: str, request: Request) -> ModelInfo | JSONResponse:
     status = manager_of(request).models.get(name)
     if status is None:
@@ -199,7 +205,7 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: models loaded and warmed", responses={503: {"model": ErrorResponse}})
+@router.get("/readyz", summary="Readiness: models loaded and warmed", responses={503: {"model": ErrorResponse, "headers": RETRY_AFTER}})
 async def readyz(request: Request) -> Response:
     manager = manager_of(request)
     ready = manager.ready_models()

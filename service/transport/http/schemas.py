@@ -105,3 +105,43 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default_model: str | None
     models: list[ModelInfo]
+
+
+class KeyframePolicyInfo(BaseModel):
+    interval: int = Field(description="a keyframe at least every this many frames")
+    threshold: float | None = Field(description="adaptive keyframes: relative shallow-feature change, if set")
+    split: bool = Field(description="the model computes deep features on keyframes only (video split)")
+
+
+class VideoTimingMs(BaseModel):
+    decode: float = Field(description="arrival to decoded chunk (body read included)")
+    segment: float = Field(description="the chunk's frames through the model")
+    total: float
+
+
+class VideoFrame(BaseModel):
+    """One segmented frame: ``segments`` (semantic), ``instances`` (instance) or, with format=png, ``png``."""
+
+    index: int = Field(description="position among the chunk's decoded frames")
+    pts: float | None = Field(description="presentation time, seconds")
+    keyframe: bool
+    segments: list[Segment] | None = None
+    instances: list[Instance] | None = None
+    png: str | None = Field(None, description="format=png: the label (or instance-id) map, base64 PNG")
+
+
+class VideoResponse(BaseModel):
+    """POST /segment/video as JSON; with Accept: application/x-ndjson the same, one frame per line, then the rest."""
+
+    model: str
+    task: Literal["semantic", "instance"]
+    width: int
+    height: int
+    classes: list[str]
+    stream_id: str | None
+    sequence: int | None
+    new_stream: bool
+    keyframe_policy: KeyframePolicyInfo
+    frames: list[VideoFrame]
+    keyframes: int
+    timing_ms: VideoTimingMs

@@ -22,6 +22,7 @@ from segserve.codecs.video import VIDEO_TYPES
 from segserve.config import Settings
 from segserve.errors import BadParameter, UnsupportedMediaType
 from segserve.pipelines import OutputFormat
+from segserve.pipelines.instance.model import MAX_INSTANCES_LIMIT
 from segserve.pipelines.limits import check_deadline
 from segserve.pipelines.video.chunks import (
     FrameMapper,
@@ -38,7 +39,7 @@ from segserve.transport.http.routes import (
     observed,
     run_unless_disconnected,
 )
-from segserve.transport.http.schemas import ErrorResponse
+from segserve.transport.http.schemas import ErrorResponse, VideoResponse
 from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ VIDEO_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"frame": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "properties": {"frame": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}},
                     "required": ["frame"],
                 }
             },
@@ -137,7 +138,7 @@ async def ndjson_lines(
     "Instance models run every frame (each is a keyframe) through their batcher, take /segment's "
     "`score_threshold`, `max_instances` and `mask_threshold`, and give each frame's `instances` as /segment does "
     "(`png`: the instance-id map).",
-    responses={200: {"content": {NDJSON: {}}}, 409: {"model": ErrorResponse}, **ERRORS},
+    responses={200: {"model": VideoResponse, "content": {NDJSON: {}}}, 409: {"model": ErrorResponse}, **ERRORS},
     openapi_extra=VIDEO_BODY,
 )
 async def segment_video(
@@ -151,9 +152,9 @@ async def segment_video(
     frame_stride: int = Query(1, ge=1, le=1000, description="segment every N-th frame"),
     stream_id: str | None = Query(None, pattern=STREAM_ID_PATTERN, description="continue this stream's keyframe state"),
     sequence: int | None = Query(None, ge=0, description="chunk number within the stream: 0, 1, 2, ..."),
-    score_threshold: float | None = Query(None, description="instance models: as for /segment"),
-    max_instances: int | None = Query(None, description="instance models: as for /segment"),
-    mask_threshold: float | None = Query(None, description="instance models: as for /segment"),
+    score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: as for /segment"),
+    max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: as for /segment"),
+    mask_threshold: float | None = Query(None, ge=0, le=1, description="instance models: as for /segment"),
 ) -> Response:
     async def handle(obs: Observation) -> Response:
         manager = manager_of(request)
