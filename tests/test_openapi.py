@@ -14,6 +14,7 @@ the in-process server's httpx client instead."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,13 @@ from tests.conftest import INSTANCE_SPLIT
 from tests.servers import BASE_URL, InProcessServer
 
 # The OpenAPI document does not depend on the repository: an app that is never started gives it.
-schema = schemathesis.openapi.from_dict(create_app(Settings(model_repository=Path("unused"), grpc_port=None)).openapi())
+# The KServe v2 routes (/v2/...) answer errors in the v2 REST spec's shape ({"error": "..."}), which
+# tritonclient parses, not segserve's ErrorResponse: tests/test_kserve_http.py drives them with
+# tritonclient and checks every status; here only segserve's own API.
+V2 = "^/v2"
+schema = schemathesis.openapi.from_dict(create_app(Settings(model_repository=Path("unused"), grpc_port=None)).openapi()).exclude(
+    path_regex=V2
+)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], deterministic=True)
 # A video body is bytes as an image body is (bytes no decoder accepts are a 422 like any other).
 schemathesis.serializer.alias(sorted(VIDEO_TYPES), "application/octet-stream")
@@ -87,11 +94,13 @@ def test_an_instance_model_does_what_the_openapi_says(case, instance_server):
 
 def test_the_openapi_names_no_error_shape_the_server_never_sends():
     """Every validation error is a 400 ErrorResponse: FastAPI's default 422 HTTPValidationError is not documented."""
-    assert "HTTPValidationError" not in schema.raw_schema["components"]["schemas"]
     for path, operations in schema.raw_schema["paths"].items():
+        if re.match(V2, path):
+            continue
         for method, operation in operations.items():
             for status, response in operation["responses"].items():
                 refs = str(response.get("content", {}))
+                assert "HTTPValidationError" not in refs, f"{method} {path} {status}: FastAPI's 422 shape"
                 assert status == "200" or "ErrorResponse" in refs, f"{method} {path} {status}: {refs}"
                 if status == "503":
                     assert response["headers"]["Retry-After"]["required"], f"{method} {path}: 503 without Retry-After"
