@@ -531,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = "python -m segserve_loadtest.soak " + shlex.join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python -m segserve_loadtest.soak", *([shlex.join(given)] if given else [])])
     started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     facts = machine()
     args.out.mkdir(parents=True, exist_ok=True)
