@@ -22,10 +22,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
+from tests.kserve_clients import post_segment, status_of, without_timing
 from tests.servers import ServerProcess
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
@@ -64,23 +64,10 @@ def masks_json(result: triton.InferResult) -> list[bytes]:
     return list(result.as_numpy("MASKS_JSON"))
 
 
-def without_timing(body: bytes) -> bytes:
-    """The answer up to its timing fields, which differ between any two requests."""
-    head, _, _ = body.partition(b',"timing_ms":')
-    return head
 
 
-def post_http(server: ServerProcess, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
-    params.setdefault("model", SEMANTIC)
-    r = httpx.post(f"{server.url}/segment", content=data, params=params, headers={"Content-Type": content_type}, timeout=60)
-    assert r.status_code == 200, r.text
-    return r
 
 
-def status_of(call) -> str:
-    with pytest.raises(InferenceServerException) as info:
-        call()
-    return info.value.status()
 
 
 def batch_totals(url: str) -> tuple[float, float]:
@@ -112,7 +99,7 @@ def test_infer_answers_the_http_json_with_rle_masks_at_image_size(client, grpc_s
     result = infer(client, data)
     assert result.get_response().model_name == SEMANTIC and result.get_response().model_version == "1"
     (answer,) = masks_json(result)
-    assert without_timing(answer) == without_timing(post_http(grpc_server, data).content)
+    assert without_timing(answer) == without_timing(post_segment(grpc_server.url, data).content)
     body = json.loads(answer)
     assert (body["width"], body["height"]) == (w, h) and body["timing_ms"]["compute"] > 0
     covered = np.zeros((h, w), np.int32)
@@ -128,7 +115,7 @@ def test_labels_output_equals_the_http_png_label_map(client, grpc_server):
     result = infer(client, data, outputs=("LABELS", "MASKS_JSON"))
     labels = result.as_numpy("LABELS")
     assert labels.dtype == np.uint8 and labels.shape == (1, 90, 170)
-    png = post_http(grpc_server, data, format="png").content
+    png = post_segment(grpc_server.url, data, format="png").content
     assert (labels[0] == np.asarray(Image.open(io.BytesIO(png)))).all()
     assert json.loads(masks_json(result)[0])["width"] == 170
 
@@ -187,7 +174,7 @@ def test_concurrent_grpc_and_http_requests_all_succeed_in_shared_batches(grpc_se
             return masks_json(infer(c, data))[0]
 
     def http_call(_) -> bytes:
-        return post_http(grpc_server, data).content
+        return post_segment(grpc_server.url, data).content
 
     with ThreadPoolExecutor(24) as pool:
         grpc_answers = pool.map(grpc_call, range(16))
@@ -209,7 +196,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def test_instance_model_gives_the_http_answer_and_validates_the_same_parameters(client, grpc_server):
     data = encode_png(make_scene(3, 320, 416).image)
-    http = post_http(grpc_server, data, "image/png", model=INSTANCE_SPLIT, max_instances="2").content
+    http = post_segment(grpc_server.url, data, "image/png", model=INSTANCE_SPLIT, max_instances="2").content
     (answer,) = masks_json(infer(client, data, model=INSTANCE_SPLIT, max_instances=2))
     assert without_timing(answer) == without_timing(http)
     assert status_of(lambda: infer(client, data, model=INSTANCE_SPLIT, score_threshold=2.0)) == "StatusCode.INVALID_ARGUMENT"

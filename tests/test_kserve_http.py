@@ -26,6 +26,7 @@ from segserve import errors
 from segserve.transport.http.errors import v2_service_error_response
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
+from tests.kserve_clients import post_segment, status_of, without_timing
 from tests.servers import InProcessServer, ServerProcess
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
@@ -66,22 +67,10 @@ def masks_json(result: triton.InferResult) -> list[bytes]:
     return [e.encode() if isinstance(e, str) else e for e in result.as_numpy("MASKS_JSON")]
 
 
-def without_timing(body: bytes) -> bytes:
-    head, _, _ = body.partition(b',"timing_ms":')
-    return head
 
 
-def post_segment(url: str, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
-    params.setdefault("model", SEMANTIC)
-    r = httpx.post(f"{url}/segment", content=data, params=params, headers={"Content-Type": content_type}, timeout=60)
-    assert r.status_code == 200, r.text
-    return r
 
 
-def status_of(call) -> str:
-    with pytest.raises(InferenceServerException) as info:
-        call()
-    return info.value.status()
 
 
 def encode_png(image: np.ndarray) -> bytes:

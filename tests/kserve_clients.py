@@ -1,0 +1,31 @@
+"""What the tritonclient tests of both KServe v2 transports share (tests/test_grpc.py,
+tests/test_kserve_http.py): the /segment answer to compare with, and a call's error status."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import SEMANTIC
+
+
+def without_timing(body: bytes) -> bytes:
+    """The answer up to its timing fields, which differ between any two requests."""
+    head, _, _ = body.partition(b',"timing_ms":')
+    return head
+
+
+def post_segment(url: str, data: bytes, content_type: str = "image/jpeg", **params) -> httpx.Response:
+    """``/segment`` on the server at ``url`` (the default test model unless ``model=``): a 200."""
+    params.setdefault("model", SEMANTIC)
+    r = httpx.post(f"{url}/segment", content=data, params=params, headers={"Content-Type": content_type}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def status_of(call) -> str:
+    """The status tritonclient reports for ``call()``, which must fail."""
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return info.value.status()
