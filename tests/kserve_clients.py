@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import SEMANTIC
@@ -29,3 +30,14 @@ def status_of(call) -> str:
     with pytest.raises(InferenceServerException) as info:
         call()
     return info.value.status()
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(batches run, requests in them) for the semantic model, from /metrics."""
+    samples = {
+        s.name: s.value
+        for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        for s in f.samples
+        if s.labels.get("model") == SEMANTIC and s.name.startswith("segserve_batch_size_")
+    }
+    return samples["segserve_batch_size_count"], samples["segserve_batch_size_sum"]

@@ -19,13 +19,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
-from tests.kserve_clients import post_segment, status_of, without_timing
+from tests.kserve_clients import batch_totals, post_segment, status_of, without_timing
 from tests.servers import ServerProcess
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
@@ -62,23 +61,6 @@ def infer(client, *images: bytes, outputs=("MASKS_JSON",), model=SEMANTIC, **par
 
 def masks_json(result: triton.InferResult) -> list[bytes]:
     return list(result.as_numpy("MASKS_JSON"))
-
-
-
-
-
-
-
-
-def batch_totals(url: str) -> tuple[float, float]:
-    """(batches run, requests in them) for the model, from /metrics."""
-    samples = {
-        s.name: s.value
-        for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
-        for s in f.samples
-        if s.labels.get("model") == SEMANTIC and s.name.startswith("segserve_batch_size_")
-    }
-    return samples["segserve_batch_size_count"], samples["segserve_batch_size_sum"]
 
 
 def test_health_and_metadata(client):

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 from tritonclient.utils import InferenceServerException
 
@@ -26,7 +25,7 @@ from segserve import errors
 from segserve.transport.http.errors import v2_service_error_response
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
-from tests.kserve_clients import post_segment, status_of, without_timing
+from tests.kserve_clients import batch_totals, post_segment, status_of, without_timing
 from tests.servers import InProcessServer, ServerProcess
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
@@ -65,12 +64,6 @@ def infer(client, *images: bytes, outputs=("MASKS_JSON",), binary=True, model=SE
 def masks_json(result: triton.InferResult) -> list[bytes]:
     """MASKS_JSON elements as bytes, whether they came as binary data (bytes) or JSON (str)."""
     return [e.encode() if isinstance(e, str) else e for e in result.as_numpy("MASKS_JSON")]
-
-
-
-
-
-
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -182,17 +175,6 @@ def test_v2_requests_are_counted_under_their_route(client, v2_server):
     status_of(lambda: infer(client, make_image(16, 16), model="nope"))
     metrics = httpx.get(f"{v2_server.url}/metrics").text
     assert 'segserve_requests_total{model="unknown",route="v2_infer",status="404"}' in metrics
-
-
-def batch_totals(url: str) -> tuple[float, float]:
-    """(batches run, requests in them) for the semantic model, from /metrics."""
-    samples = {
-        s.name: s.value
-        for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
-        for s in f.samples
-        if s.labels.get("model") == SEMANTIC and s.name.startswith("segserve_batch_size_")
-    }
-    return samples["segserve_batch_size_count"], samples["segserve_batch_size_sum"]
 
 
 def test_concurrent_v2_and_segment_requests_share_batches(v2_server):
