@@ -4,8 +4,10 @@ tests/test_kserve_http.py): the /segment answer to compare with, and a call's er
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pycocotools import mask as mask_utils
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import SEMANTIC
@@ -41,3 +43,13 @@ def batch_totals(url: str) -> tuple[float, float]:
         if s.labels.get("model") == SEMANTIC and s.name.startswith("segserve_batch_size_")
     }
     return samples["segserve_batch_size_count"], samples["segserve_batch_size_sum"]
+
+
+def assert_masks_cover_the_image(body: dict, h: int, w: int) -> None:
+    """A semantic answer's RLEs: each at the image size with its area, together every pixel once."""
+    covered = np.zeros((h, w), np.int32)
+    for segment in body["segments"]:
+        mask = mask_utils.decode({"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode()})
+        assert mask.shape == (h, w) and mask.sum() == segment["area"]
+        covered += mask
+    assert (covered == 1).all()

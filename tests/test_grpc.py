@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from PIL import Image
-from pycocotools import mask as mask_utils
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
-from tests.kserve_clients import batch_totals, post_segment, status_of, without_timing
+from tests.kserve_clients import assert_masks_cover_the_image, batch_totals, post_segment, status_of, without_timing
 from tests.servers import ServerProcess
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
@@ -84,12 +83,7 @@ def test_infer_answers_the_http_json_with_rle_masks_at_image_size(client, grpc_s
     assert without_timing(answer) == without_timing(post_segment(grpc_server.url, data).content)
     body = json.loads(answer)
     assert (body["width"], body["height"]) == (w, h) and body["timing_ms"]["compute"] > 0
-    covered = np.zeros((h, w), np.int32)
-    for segment in body["segments"]:
-        mask = mask_utils.decode({"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode()})
-        assert mask.shape == (h, w) and mask.sum() == segment["area"]
-        covered += mask
-    assert (covered == 1).all()
+    assert_masks_cover_the_image(body, h, w)
 
 
 def test_labels_output_equals_the_http_png_label_map(client, grpc_server):

@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
-from pycocotools import mask as mask_utils
 from tritonclient.utils import InferenceServerException
 
 from segserve import errors
 from segserve.transport.http.errors import v2_service_error_response
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
-from tests.kserve_clients import batch_totals, post_segment, status_of, without_timing
+from tests.kserve_clients import assert_masks_cover_the_image, batch_totals, post_segment, status_of, without_timing
 from tests.servers import InProcessServer, ServerProcess
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
@@ -105,12 +104,7 @@ def test_semantic_infer_answers_the_segment_json_and_the_png_label_map(client, v
     assert without_timing(answer) == without_timing(post_segment(v2_server.url, data).content)
     body = json.loads(answer)
     assert (body["width"], body["height"]) == (w, h) and body["timing_ms"]["compute"] > 0
-    covered = np.zeros((h, w), np.int32)
-    for segment in body["segments"]:
-        mask = mask_utils.decode({"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode()})
-        assert mask.shape == (h, w) and mask.sum() == segment["area"]
-        covered += mask
-    assert (covered == 1).all()
+    assert_masks_cover_the_image(body, h, w)
     labels = result.as_numpy("LABELS")
     assert labels.dtype == np.uint8 and labels.shape == (1, h, w)
     png = post_segment(v2_server.url, data, format="png").content
