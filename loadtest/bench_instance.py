@@ -43,7 +43,7 @@ from segserve.pipelines.instance.model import (
     instance_id_map,
     served_instances,
 )
-from segserve.pipelines.instance.preprocess import ImageMeta
+from segserve.codecs.rcnn_input import ImageMeta
 from segserve.pipelines.instance.runner import SplitRunner, load_heads
 from segserve.repository import ModelEntry, scan
 from segserve_loadtest.bench_service import levels_markdown, service_level

@@ -6,7 +6,7 @@
 Paths, each from uint8 RGB images to served instances (boxes, labels, scores, COCO RLE):
 
 - split:  preprocess + collate -> backbone.onnx on ONNX Runtime (batched) -> torch heads
-          -> paste-to-RLE (segserve.pipelines.instance.paste)
+          -> paste-to-RLE (segserve.codecs.box_masks)
 - whole:  model_full.onnx on ONNX Runtime, one image per run -> paste-to-RLE
 - eager:  torchvision's MaskRCNN forward (batched, pastes full-size masks) -> threshold
           -> pycocotools encode
@@ -38,8 +38,8 @@ from segserve.contract.model_config import OnnxRuntimeOptions
 from segserve.engine.onnxruntime import OnnxRuntimeEngine
 from segserve.graphs import zoo
 from segserve.graphs.maskrcnn import MaskRCNNHeads
-from segserve.pipelines.instance.paste import masks_to_rles
-from segserve.pipelines.instance.preprocess import collate
+from segserve.codecs.box_masks import masks_to_rles
+from segserve.codecs.rcnn_input import collate
 from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner
 from segserve_models.export import resolve_weights, sample_images
 from segserve_models.instance.export import export_backbone, export_whole_graph

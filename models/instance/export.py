@@ -118,7 +118,7 @@ def check_parity(detector, config: ModelConfig, version_dir: Path, whole_graph: 
     }
     # A float32 canvas is torchvision's exact input: compare with eager as is. A uint8
     # canvas rounds resized pixels, which eager cannot be expected to survive (see
-    # segserve.pipelines.instance.preprocess); compare with eager given the same rounding.
+    # segserve.codecs.rcnn_input); compare with eager given the same rounding.
     uint8 = params.canvas_dtype == "uint8"
     split_reference = reference(images, uint8_resize=uint8)
     checks = []  # (name, reference, served)

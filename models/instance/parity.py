@@ -15,7 +15,7 @@ whichever is higher -- or the lowest kept score when max_instances was reached):
 Two references: torchvision eager as is, and torchvision eager whose resized image is
 rounded to uint8 (``uint8_resize``) like a uint8 split-path canvas. A float32 canvas must
 match the first; a uint8 one cannot (the rounding moves scores by ~1e-3, see
-``segserve.pipelines.instance.preprocess``), so it is held to the second, which still pins down
+``segserve.codecs.rcnn_input``), so it is held to the second, which still pins down
 everything else -- padding, the split, heads, mapping back, paste, RLE.
 """
 
@@ -29,7 +29,7 @@ from pycocotools import mask as mask_utils
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from segserve.pipelines.instance.preprocess import resize, resize_scale
+from segserve.codecs.rcnn_input import resize, resize_scale
 
 
 @dataclass

@@ -4,7 +4,7 @@ torch's legacy ONNX exporter traces Mask R-CNN one image per graph (pytorch/visi
 #2309) and the dynamo exporter fails in batched_nms, so this path cannot batch; it exists
 as a second serving path and a cross-check of the split one. Everything torchvision does
 runs inside -- /255, normalisation, its own resize, RPN, RoI heads -- except pasting masks
-into the image, which (like the split path) is left to ``segserve.pipelines.instance.paste``: the
+into the image, which (like the split path) is left to ``segserve.codecs.box_masks``: the
 pasted output would be N full-size float masks, and its Loop is what TensorRT rejects.
 """
 

@@ -30,9 +30,8 @@ from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine
 from segserve.graphs.maskrcnn import Detections
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
-from segserve.pipelines.instance.paste import to_instances
-from segserve.pipelines.instance.preprocess import ImageMeta, preprocess, resize_scale, resized_size
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
+from segserve.codecs.rcnn_input import ImageMeta, preprocess, resize_scale, resized_size
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads, to_instances
 from segserve.pipelines.options import parse_number
 from segserve.pipelines.video.instance import InstanceVideoModel
 

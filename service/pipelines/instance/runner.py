@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segserve.codecs.box_masks import masks_to_rles
+from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_boxes
 from segserve.contract.artifacts import WEIGHTS_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import ModelConfig
 from segserve.engine.base import Engine
 from segserve.graphs import zoo
 from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
-from segserve.pipelines.instance.paste import to_instances
-from segserve.pipelines.instance.preprocess import ImageMeta, collate, preprocess
 
 
 def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> MaskRCNNHeads:
@@ -81,3 +81,30 @@ class WholeGraphRunner:
         p = self.params
         threshold = p.score_threshold if score_threshold is None else score_threshold
         return [to_instances(d, meta, threshold, p.max_instances, p.mask_threshold) for d, meta in self.run_batch(images)]
+
+
+def to_instances(
+    detections: Detections,
+    meta: ImageMeta,
+    score_threshold: float = 0.5,
+    max_instances: int = 100,
+    mask_threshold: float = 0.5,
+) -> list[dict]:
+    """One image's detections -> [{class_id, score, box, rle}] in original-image pixels,
+    best first. ``box`` is [x0, y0, x1, y1] floats; ``rle`` a COCO RLE with str counts."""
+    keep = np.flatnonzero(detections.scores >= score_threshold)[:max_instances]
+    boxes = scale_boxes(detections.boxes[keep], meta)
+    rles = masks_to_rles(detections.masks[keep], boxes, meta.original_size, mask_threshold)
+    # pasted from the unclipped boxes as torchvision does; served boxes stay in the image
+    # (float32 rescaling can overshoot the border by ~1e-5)
+    height, width = meta.original_size
+    boxes = np.clip(boxes, 0, [width, height, width, height])
+    return [
+        {
+            "class_id": int(detections.labels[i]),
+            "score": float(detections.scores[i]),
+            "box": [float(v) for v in box],
+            "rle": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+        }
+        for i, box, rle in zip(keep, boxes, rles)
+    ]

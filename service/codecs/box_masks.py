@@ -16,18 +16,8 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from segserve.graphs.maskrcnn import Detections
-from segserve.pipelines.instance.preprocess import ImageMeta
 
 MASK_PADDING = 1  # torchvision's paste_masks_in_image default
-
-
-def scale_boxes(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
-    """Network-input boxes -> original-image boxes (torchvision's resize_boxes, float32)."""
-    (oh, ow), (rh, rw) = meta.original_size, meta.resized_size
-    ratio_w = np.float32(ow) / np.float32(rw)
-    ratio_h = np.float32(oh) / np.float32(rh)
-    return boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
 
 
 def paste_boxes(boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
@@ -86,30 +76,3 @@ def masks_to_rles(masks: np.ndarray, boxes: np.ndarray, image_size: tuple[int, i
             flips = np.empty(0, dtype=np.int64)
         uncompressed.append({"size": [height, width], "counts": flips_to_counts(flips, height * width)})
     return mask_utils.frPyObjects(uncompressed, height, width)
-
-
-def to_instances(
-    detections: Detections,
-    meta: ImageMeta,
-    score_threshold: float = 0.5,
-    max_instances: int = 100,
-    mask_threshold: float = 0.5,
-) -> list[dict]:
-    """One image's detections -> [{class_id, score, box, rle}] in original-image pixels,
-    best first. ``box`` is [x0, y0, x1, y1] floats; ``rle`` a COCO RLE with str counts."""
-    keep = np.flatnonzero(detections.scores >= score_threshold)[:max_instances]
-    boxes = scale_boxes(detections.boxes[keep], meta)
-    rles = masks_to_rles(detections.masks[keep], boxes, meta.original_size, mask_threshold)
-    # pasted from the unclipped boxes as torchvision does; served boxes stay in the image
-    # (float32 rescaling can overshoot the border by ~1e-5)
-    height, width = meta.original_size
-    boxes = np.clip(boxes, 0, [width, height, width, height])
-    return [
-        {
-            "class_id": int(detections.labels[i]),
-            "score": float(detections.scores[i]),
-            "box": [float(v) for v in box],
-            "rle": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-        }
-        for i, box, rle in zip(keep, boxes, rles)
-    ]

@@ -89,3 +89,11 @@ def collate(images: list[np.ndarray], metas: list[ImageMeta]) -> dict[str, np.nd
     for out, image in zip(batch, images):
         out[:, : image.shape[1], : image.shape[2]] = image
     return {"images": batch, "image_sizes": sizes}
+
+
+def scale_boxes(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Network-input boxes -> original-image boxes (torchvision's resize_boxes, float32)."""
+    (oh, ow), (rh, rw) = meta.original_size, meta.resized_size
+    ratio_w = np.float32(ow) / np.float32(rw)
+    ratio_h = np.float32(oh) / np.float32(rh)
+    return boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
