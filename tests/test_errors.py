@@ -82,3 +82,23 @@ def test_a_client_error_is_still_4xx_and_not_logged_as_a_failure(broken_server):
                    headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_parameter"
     assert broken_server.log().count("Traceback") == tracebacks
+
+
+def test_refusals_at_capacity_are_reported_once_per_interval_with_their_count(caplog):
+    from segserve.scheduler.clock import ManualClock
+    from segserve.transport.observe import ShedLog
+
+    clock = ManualClock()
+    shed = ShedLog(interval_s=10.0, clock=clock)
+    with caplog.at_level("WARNING", logger="segserve.transport.observe"):
+        for _ in range(500):
+            shed.refused("segment", "m", "model m is at capacity")
+        clock.t += 10.0
+        shed.refused("segment", "m", "model m is at capacity")
+        shed.refused("segment_video", "m", "model m is at capacity")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "segment m: refused 1 request(s) at capacity: model m is at capacity",
+        "segment m: refused 500 request(s) at capacity in the last 10 s: model m is at capacity",
+        "segment_video m: refused 1 request(s) at capacity: model m is at capacity",
+    ]

@@ -8,14 +8,46 @@ from __future__ import annotations
 import logging
 import time
 
-from segserve.errors import InternalError, ServiceError
+from segserve.errors import InternalError, QueueFull, ServiceError
 from segserve.logs import request_id_var
 from segserve.metrics import Metrics
+from segserve.scheduler.clock import Clock, MonotonicClock
 
 log = logging.getLogger(__name__)
 
 # The longest deadline a request may ask for (HTTP's timeout_ms, gRPC's timeout_ms parameter).
 MAX_TIMEOUT_MS = 600_000
+# Overload is answered with 503s by the thousand: a line per refusal would cost the event loop
+# time exactly when it has none and bury the log, so shedding is reported once per interval.
+SHED_REPORT_INTERVAL_S = 10.0
+
+
+class ShedLog:
+    """One WARNING per route and model per interval, with how many requests were refused at
+    capacity since the last one (the first refusal is reported at once). The exact counts are
+    the ``segserve_requests_total`` series with status 503."""
+
+    def __init__(self, interval_s: float = SHED_REPORT_INTERVAL_S, clock: Clock | None = None):
+        self.interval_s = interval_s
+        self.clock = clock or MonotonicClock()
+        self._pending: dict[tuple[str, str], int] = {}
+        self._reported_at: dict[tuple[str, str], float] = {}
+
+    def refused(self, route: str, model: str, reason: str) -> None:
+        key = (route, model)
+        count = self._pending.get(key, 0) + 1
+        now = self.clock.now()
+        last = self._reported_at.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._pending[key] = count
+            return
+        since = "" if last is None else f" in the last {now - last:.0f} s"
+        log.warning("%s %s: refused %d request(s) at capacity%s: %s", route, model, count, since, reason)
+        self._reported_at[key] = now
+        self._pending[key] = 0
+
+
+shed_log = ShedLog()
 
 
 class Observation:
@@ -46,6 +78,9 @@ class Observation:
     def error(self, exc: BaseException) -> ServiceError:
         """A domain error as it is; anything else is the server's fault: logged with its
         traceback (the log line carries the request id) and answered as an InternalError."""
+        if isinstance(exc, QueueFull):
+            shed_log.refused(self.route, self.model, exc.message)
+            return exc
         if isinstance(exc, ServiceError):
             if exc.server_side:
                 log.warning("%s %s: %s: %s", self.route, self.model, exc.code, exc.message)
