@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # key when one is set; "public" = on the main port, open even with a key; "metrics_port" =
     # only on the metrics port (needs metrics_port); "off" = nowhere.
     docs: Literal["key", "public", "metrics_port", "off"] = "key"
+    # FastAPI's own OpenTelemetry spans and metrics, for a process with an OpenTelemetry SDK
+    # configured. Off by default: asking for the providers costs every request, and
+    # segserve's Prometheus metrics (segserve.metrics) already count and time each one.
+    opentelemetry: bool = False
 
     @model_validator(mode="after")
     def _access(self) -> "Settings":

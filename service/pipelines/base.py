@@ -31,12 +31,9 @@ from segserve.engine import Engine, EngineInfo, create_engine
 from segserve.errors import BadParameter
 from segserve.metrics import Metrics
 from segserve.pipelines.limits import Admission, InFlight, PixelBudget, check_deadline
+from segserve.pipelines.options import MODEL, TIMEOUT_MS, ChoiceOption, Option
 from segserve.repository import ModelEntry
 from segserve.scheduler import BatchPolicy, DynamicBatcher
-
-# Request options every task takes; a task's own come from its ``options``.
-COMMON_OPTIONS = ("model", "format", "timeout_ms")
-
 
 class ModelState(str, Enum):
     loading = "LOADING"
@@ -47,6 +44,11 @@ class ModelState(str, Enum):
 class OutputFormat(str, Enum):
     json = "json"
     png = "png"
+
+
+FORMAT = ChoiceOption("format", "json (default) or png", tuple(f.value for f in OutputFormat))
+# Request options every task takes; a task's own come from its ``options``.
+COMMON_OPTIONS: tuple[Option, ...] = (MODEL, FORMAT, TIMEOUT_MS)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class Pipeline:
     """One model version of one task: its engine instances behind one dynamic batcher."""
 
     task: ClassVar[Task]
-    options: ClassVar[tuple[str, ...]] = ()  # the task's own request options
+    options: ClassVar[tuple[Option, ...]] = ()  # the task's own request options
     label_map: ClassVar[bool] = False  # results carry a uint8 class-id map (gRPC LABELS)
     # Whether the answer's fields (encode's body, response_fields) may hold floats or None;
     # without, the JSON renderer checks less (segserve.codecs.jsonbytes.dumps).
@@ -195,7 +197,7 @@ class Pipeline:
     # -- request options ---------------------------------------------------------------
     def parse_options(self, query: Mapping[str, str]) -> Any:
         """Validate the request's options (HTTP query or gRPC parameters; raises BadParameter)."""
-        unknown = set(query) - set(COMMON_OPTIONS) - set(self.options)
+        unknown = set(query) - {o.name for o in COMMON_OPTIONS + self.options}
         if unknown:
             raise BadParameter(f"unknown query parameter(s) for a {self.task.value} model: {sorted(unknown)}")
         return self.read_options(query)

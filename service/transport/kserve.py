@@ -26,8 +26,8 @@ from segserve.errors import BadParameter, ModelNotFound, PayloadTooLarge
 from segserve.model_manager import ModelManager
 from segserve.pipelines import ImageResult, OutputFormat, Pipeline
 from segserve.pipelines.base import render_json
-from segserve.pipelines.options import parse_number
-from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
+from segserve.pipelines.options import TIMEOUT_MS
+from segserve.transport.observe import Observation
 
 IMAGE = "IMAGE"
 MASKS_JSON = "MASKS_JSON"
@@ -104,8 +104,8 @@ def option_text(name: str, value: Any) -> str:
 
 
 def timeout_ms_of(options: Mapping[str, str]) -> int | None:
-    """The ``timeout_ms`` parameter, within the bound HTTP's query validation gives it too."""
-    return parse_number(options, "timeout_ms", int, 1, MAX_TIMEOUT_MS, None)
+    """The ``timeout_ms`` parameter, with the bounds it has on every transport."""
+    return TIMEOUT_MS.parse(options)
 
 
 def check_format(options: Mapping[str, str]) -> None:

@@ -15,8 +15,6 @@ from segserve.scheduler.clock import Clock, MonotonicClock
 
 log = logging.getLogger(__name__)
 
-# The longest deadline a request may ask for (HTTP's timeout_ms, gRPC's timeout_ms parameter).
-MAX_TIMEOUT_MS = 600_000
 # Overload is answered with 503s by the thousand: a line per refusal would cost the event loop
 # time exactly when it has none and bury the log, so shedding is reported once per interval.
 SHED_REPORT_INTERVAL_S = 10.0

@@ -32,10 +32,13 @@ from segserve.graphs.maskrcnn import Detections
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
 from segserve.codecs.rcnn_input import ImageMeta, preprocess, resize_scale, resized_size
 from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads, to_instances
-from segserve.pipelines.options import parse_number
+from segserve.pipelines.options import NumberOption
 from segserve.pipelines.video.instance import InstanceVideoModel
 
-MAX_INSTANCES_LIMIT = 1000  # the HTTP route's bound on max_instances, for every transport
+MAX_INSTANCES_LIMIT = 1000  # the bound on max_instances, for every transport
+SCORE_THRESHOLD = NumberOption("score_threshold", "minimum score (default 0.5)", float, 0.0, 1.0)
+MAX_INSTANCES = NumberOption("max_instances", "at most this many (default 100)", int, 1, MAX_INSTANCES_LIMIT)
+MASK_THRESHOLD = NumberOption("mask_threshold", "mask probability cut (default 0.5)", float, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class InstanceModel(Pipeline):
     graph) behind one dynamic batcher; each image's detections are pasted per request."""
 
     task = Task.instance
-    options = ("score_threshold", "max_instances", "mask_threshold")
+    options = (SCORE_THRESHOLD, MAX_INSTANCES, MASK_THRESHOLD)
 
     async def start(self) -> None:
         config = self.config
@@ -127,9 +130,9 @@ class InstanceModel(Pipeline):
     def read_options(self, query) -> InstanceOptions:
         d = self._defaults
         return InstanceOptions(
-            score_threshold=parse_number(query, "score_threshold", float, 0.0, 1.0, d.score_threshold),
-            max_instances=parse_number(query, "max_instances", int, 1, MAX_INSTANCES_LIMIT, d.max_instances),
-            mask_threshold=parse_number(query, "mask_threshold", float, 0.0, 1.0, d.mask_threshold),
+            score_threshold=SCORE_THRESHOLD.parse(query, d.score_threshold),
+            max_instances=MAX_INSTANCES.parse(query, d.max_instances),
+            mask_threshold=MASK_THRESHOLD.parse(query, d.mask_threshold),
         )
 
     def geometry(self, height: int, width: int) -> tuple[int, int]:

@@ -11,9 +11,10 @@ from segserve.model_manager import ModelManager
 from segserve.transport.access import ApiKey
 from segserve.transport.http import errors
 from segserve.transport.http.access import PROBES, ApiKeyMiddleware, docs_paths, document_api_key
+from segserve.transport.http.direct import DirectRoutes
 from segserve.transport.http.keepalive import Http10KeepAliveHeader
 from segserve.transport.http.middleware import RequestIdMiddleware
-from segserve.transport.http.routes import metrics_router, router
+from segserve.transport.http.routes import metrics_router, router, segment
 from segserve.transport.http.v2_routes import router as v2_router
 from segserve.transport.http.video_routes import router as video_router
 
@@ -25,6 +26,7 @@ def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifes
         version=__version__,
         description="Dynamically batched image segmentation: semantic label maps and instance masks as COCO RLE or PNG.",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
         # On this port unless they live on the metrics port (or nowhere): settings.docs.
         **({} if settings.docs in ("key", "public") else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
@@ -37,6 +39,8 @@ def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifes
     app.include_router(v2_router)  # KServe v2 over HTTP, the twin of gRPC
     if not settings.metrics_port:  # else the metrics port's alone (transport/http/metrics_port.py)
         app.include_router(metrics_router)
+    # innermost: past the API key, the request id and the keep-alive header like every route
+    app.add_middleware(DirectRoutes, routes={("POST", "/segment"): segment})
     key = ApiKey.from_settings(settings)
     if key is not None:  # added first: inside RequestIdMiddleware, so a 401 carries X-Request-ID
         open_paths = PROBES | (docs_paths(app) if settings.docs == "public" else frozenset())

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from segserve.errors import BadParameter, ModelNotFound, ModelNotReady
+from segserve.errors import ModelNotFound, ModelNotReady
 from segserve.model_manager import ModelManager, ModelStatus
-from segserve.pipelines import ImageResult, OutputFormat, Pipeline
-from segserve.pipelines.base import render_json
-from segserve.pipelines.instance.model import MAX_INSTANCES_LIMIT
+from segserve.pipelines import PIPELINES, ImageResult, OutputFormat, Pipeline
+from segserve.pipelines.base import COMMON_OPTIONS, FORMAT, render_json
+from segserve.pipelines.options import MODEL, TIMEOUT_MS
 from segserve.transport.http.body import read_image
 from segserve.transport.http.errors import service_error_response
 from segserve.transport.http.schemas import (
@@ -26,7 +25,7 @@ from segserve.transport.http.schemas import (
     PartInfo,
     SemanticResponse,
 )
-from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
+from segserve.transport.observe import Observation
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +56,26 @@ def manager_of(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def choose_format(fmt: str | None, accept: str) -> OutputFormat:
+def choose_format(query, accept: str) -> OutputFormat:
+    fmt = FORMAT.parse(query)
     if fmt is not None:
-        try:
-            return OutputFormat(fmt)
-        except ValueError:
-            raise BadParameter(f"format must be one of {[f.value for f in OutputFormat]}, got {fmt!r}") from None
+        return OutputFormat(fmt)
     return OutputFormat.png if "image/png" in accept and "application/json" not in accept else OutputFormat.json
+
+
+def query_parameters() -> list[dict]:
+    """/segment's query for /docs, from the options every task declares (a task's own say which
+    tasks take them). The route reads the query itself: FastAPI's parameter binding would cost
+    more per request than the JSON and RLE of a cheap model's answer."""
+    tasks: dict[str, list[str]] = {}
+    declared = {}
+    for cls in PIPELINES.values():
+        for option in cls.options:
+            declared.setdefault(option.name, option)
+            tasks.setdefault(option.name, []).append(cls.task.value)
+    return [o.openapi() for o in COMMON_OPTIONS] + [
+        o.openapi(f"{', '.join(tasks[name])} models") for name, o in declared.items()
+    ]
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -122,25 +134,20 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG.",
     response_model=SemanticResponse | InstanceResponse,
     responses={200: {"content": {"image/png": {}}}, **ERRORS},
-    openapi_extra=IMAGE_BODY,
+    openapi_extra={**IMAGE_BODY, "parameters": query_parameters()},
 )
-async def segment(
-    request: Request,
-    model: str | None = Query(None, description="model name; the server default when omitted"),
-    format: Literal["json", "png"] | None = Query(None, description="json (default) or png"),
-    timeout_ms: int | None = Query(None, ge=1, le=MAX_TIMEOUT_MS, description="deadline for this request (default: server setting)"),
-    score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: minimum score (default 0.5)"),
-    max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: at most this many (default 100)"),
-    mask_threshold: float | None = Query(None, ge=0, le=1, description="instance models: mask probability cut (default 0.5)"),
-) -> Response:
+async def segment(request: Request) -> Response:
+    query = request.query_params
+    model = MODEL.parse(query)
+
     async def handle(obs: Observation) -> Response:
         manager = manager_of(request)
         settings = manager.settings
-        deadline = obs.deadline(timeout_ms, settings.request_timeout_s)  # from arrival: body read included
+        deadline = obs.deadline(TIMEOUT_MS.parse(query), settings.request_timeout_s)  # from arrival: body read included
         pipeline = manager.get(model)
         obs.model = pipeline.config.name
-        options = pipeline.parse_options(request.query_params)
-        fmt = choose_format(format, request.headers.get("accept", ""))
+        options = pipeline.parse_options(query)
+        fmt = choose_format(query, request.headers.get("accept", ""))
         with pipeline.admit():  # refused before the body is read when the model is at capacity
             data = await read_image(request, settings.max_body_bytes, deadline)
             result = await run_unless_disconnected(request, pipeline.segment_image(data, options, fmt, deadline))

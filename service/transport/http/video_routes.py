@@ -40,7 +40,8 @@ from segserve.transport.http.routes import (
     run_unless_disconnected,
 )
 from segserve.transport.http.schemas import ErrorResponse, VideoResponse
-from segserve.transport.observe import MAX_TIMEOUT_MS, Observation
+from segserve.pipelines.options import MAX_TIMEOUT_MS
+from segserve.transport.observe import Observation
 
 log = logging.getLogger(__name__)
 
