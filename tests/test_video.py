@@ -379,6 +379,19 @@ def test_stream_continues_across_chunks(video_server):
     assert_error(post_video(video_server, encode(clip[:2]), sequence=0), 400, "bad_parameter")
 
 
+def test_the_affinity_header_names_the_stream_too(video_server):
+    clip = frames(4)
+    header = {"X-Stream-ID": "by-header"}
+    first = post_video(video_server, encode(clip[:2]), headers=header, sequence=0, keyframe_interval=4)
+    assert first.json()["stream_id"] == "by-header" and first.json()["new_stream"]
+    second = post_video(video_server, encode(clip[2:]), headers=header, stream_id="by-header", sequence=1, keyframe_interval=4)
+    assert keyframes(second) == [False, False] and not second.json()["new_stream"]
+    r = post_video(video_server, encode(clip[:2]), headers=header, stream_id="another", sequence=2)
+    assert_error(r, 400, "bad_parameter")
+    assert "name different streams" in r.json()["error"]["message"]
+    assert_error(post_video(video_server, encode(clip[:2]), headers={"X-Stream-ID": "no spaces"}), 400, "bad_parameter")
+
+
 def test_stream_cap_evicts_the_least_recently_used(video_server):
     data = encode(frames(2))
     for name in ("cap-a", "cap-b", "cap-c", "cap-d"):  # the server keeps 3 streams

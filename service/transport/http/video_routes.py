@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from functools import partial
 from typing import AsyncIterator, Literal
@@ -47,6 +48,20 @@ log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# The balancers' affinity header (deploy/haproxy/haproxy.cfg): it names the stream to the
+# server too, so a client may send it instead of the stream_id parameter.
+STREAM_ID_HEADER = "x-stream-id"
+
+
+def stream_of(query_id: str | None, header_id: str | None) -> str | None:
+    """The chunk's stream: the X-Stream-ID header or the stream_id parameter; both must agree."""
+    if header_id is None:
+        return query_id
+    if query_id is not None and query_id != header_id:
+        raise BadParameter(f"X-Stream-ID {header_id!r} and stream_id {query_id!r} name different streams")
+    if re.fullmatch(STREAM_ID_PATTERN, header_id) is None:
+        raise BadParameter(f"X-Stream-ID must match {STREAM_ID_PATTERN}")
+    return header_id
 # This route's own query parameters; the others are the model's options, validated by its
 # pipeline exactly as /segment validates them (a semantic model takes none).
 VIDEO_OPTIONS = ("keyframe_interval", "keyframe_threshold", "max_frames", "frame_stride", "stream_id", "sequence")
@@ -132,7 +147,7 @@ async def ndjson_lines(
     "video split compute their deep features on keyframes only: every `keyframe_interval` frames, or with "
     "`keyframe_threshold` whenever the shallow features changed more than that (relative mean absolute change) "
     "since the last keyframe, at least every `keyframe_interval` frames (the model's default when omitted). "
-    "`stream_id` + `sequence` (0, 1, 2, ...) continue a stream's keyframe state across chunks; a repeated or "
+    "`stream_id` (or an `X-Stream-ID` header) + `sequence` (0, 1, 2, ...) continue a stream's keyframe state across chunks; a repeated or "
     "out-of-order sequence is 409, and a stream the server dropped (idle, or evicted for a newer one) starts "
     f"afresh (`new_stream: true`; `stream_restarted: true` when it was not the stream's first chunk: its keyframe state was lost). With `Accept: {NDJSON}` one JSON line per frame is streamed as frames "
     "complete, then a summary line. `format=png` gives each frame's label map as a base64 PNG in `png`. "
@@ -151,7 +166,8 @@ async def segment_video(
     keyframe_threshold: float | None = Query(None, ge=0, description="adaptive keyframes: relative shallow-feature change"),
     max_frames: int | None = Query(None, ge=1, description="refuse chunks with more frames (capped by the server limit)"),
     frame_stride: int = Query(1, ge=1, le=1000, description="segment every N-th frame"),
-    stream_id: str | None = Query(None, pattern=STREAM_ID_PATTERN, description="continue this stream's keyframe state"),
+    stream_query_id: str | None = Query(None, alias="stream_id", pattern=STREAM_ID_PATTERN,
+                                        description="continue this stream's keyframe state (or the X-Stream-ID header)"),
     sequence: int | None = Query(None, ge=0, description="chunk number within the stream: 0, 1, 2, ..."),
     score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: as for /segment"),
     max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: as for /segment"),
@@ -161,6 +177,7 @@ async def segment_video(
         manager = manager_of(request)
         settings = manager.settings
         deadline = obs.deadline(timeout_ms, settings.request_timeout_s)  # from arrival: body read and decode included
+        stream_id = stream_of(stream_query_id, request.headers.get(STREAM_ID_HEADER))
         if sequence is not None and stream_id is None:
             raise BadParameter("sequence needs a stream_id")
         pipeline = manager.get(model)
