@@ -76,7 +76,8 @@ def test_locust_headless_with_generous_slo_passes(server, tmp_path):
 
 
 def test_locust_impossible_slo_exits_non_zero(server, tmp_path):
-    proc = locust(server.url, tmp_path, "-u", "2", "-r", "2", "-t", "3s", "--slo-p99-ms", "0.001")
+    # long enough for a request to complete on a loaded machine (with none, the verdict is "no requests")
+    proc = locust(server.url, tmp_path, "-u", "2", "-r", "2", "-t", "6s", "--slo-p99-ms", "0.001")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "SLO violated: p99" in proc.stderr
     assert aggregated(read_stats(tmp_path / "locust_stats.csv")).failures == 0
