@@ -107,3 +107,41 @@ def test_sweep_via_runner_starts_its_own_server(model_repository, tmp_path):
     open_level = levels[2]
     assert open_level["offered_rps"] == pytest.approx(15, rel=0.2)
     assert len((out / report.CSV_FILE).read_text().strip().splitlines()) == 1 + len(levels)
+
+
+@pytest.mark.skipif(shutil.which("ab") is None, reason="ab (apache2-utils) not installed")
+def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_path):
+    from segserve.cli import main as segserve
+    from segserve.contract.model_config import load_config
+    from tests.conftest import copy_model
+
+    repo = tmp_path / "repo"
+    copy_model(semantic_repo, repo, max_batch_size=8, instances=1)
+    config_file = repo / MODEL / "config.yaml"
+    # the shipped placement and delay, two batch sizes: the shipped configuration and one other
+    args = ["tune", MODEL, "--repository", str(repo), "--seconds", "1", "--concurrency", "4",
+            "--placements", "1x0", "--batch", "1,8", "--delay-ms", "4", "--out", str(tmp_path / "out")]
+    before = config_file.read_text()
+    assert segserve(args + ["--dry-run"]) == 0
+    assert config_file.read_text() == before
+    result = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert [t["candidate"]["max_batch_size"] for t in result["trials"]] == [8, 1]  # shipped first, each once
+    assert all(t["requests_per_s"] > 0 and t["p99_ms"] and t["failed"] == 0 for t in result["trials"])
+    assert (tmp_path / "out" / "tune.png").stat().st_size > 1000
+
+    assert segserve(args) == 0
+    best = json.loads((tmp_path / "out" / "tune.json").read_text())["best"]
+    tuned = load_config(repo / MODEL)
+    assert (tuned.max_batch_size, tuned.instances) == (best["max_batch_size"], best["instances"])
+
+
+def test_tune_keeps_the_fastest_configuration_that_meets_the_latency_target():
+    from segserve_loadtest.tune import Candidate, Trial, best_of, placements
+
+    fast = Trial(Candidate(1, 2, 8, 4), 120.0, 200.0, 400.0, 0)
+    quick = Trial(Candidate(1, 2, 2, 4), 90.0, 50.0, 90.0, 0)
+    failing = Trial(Candidate(2, 1, 8, 4), 150.0, 20.0, 40.0, 3)
+    assert best_of([fast, quick, failing], None) is fast
+    assert best_of([fast, quick, failing], 100.0) is quick
+    assert best_of([fast, quick, failing], 10.0) is None
+    assert placements(2) == [(1, 2), (2, 1)] and placements(8) == [(1, 8), (2, 4), (3, 2), (4, 2)]

@@ -1,0 +1,201 @@
+"""``segserve tune MODEL``: find the serving configuration that suits this machine, by measuring.
+
+Each candidate is the model's own files under a config.yaml that differs in the serving
+settings only -- engine instances x threads per instance, max batch size, queue delay -- served
+by a real `segserve serve` and driven by ab at the target concurrency. The search measures the
+shipped configuration, then walks one setting at a time from it (placement, then batch size, then delay),
+keeping the best so far: a few runs instead of the full grid, which on a small CPU would take
+longer than anyone waits. Best = the most answers per second whose p99 meets ``--p99-ms``
+(when given); its settings are written into the model's config.yaml unless ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from segserve.config import available_cpus
+from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.model_config import ModelConfig, load_config
+from segserve_loadtest.ab import AbError, run_ab, segment_url
+from segserve_loadtest.payloads import default_images
+from segserve_loadtest.server import SegserveProcess
+
+log = logging.getLogger("segserve.tune")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    instances: int
+    threads: int  # per instance (ONNX Runtime intra-op, or torch threads); 0 = segserve's default
+    max_batch_size: int
+    max_queue_delay_ms: float
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> "Candidate":
+        threads = config.torch.threads if config.backends[0] == "torch" else config.onnxruntime.intra_op_threads
+        return cls(config.instances, threads, config.max_batch_size, config.dynamic_batching.max_queue_delay_ms)
+
+    def apply(self, config: ModelConfig) -> ModelConfig:
+        return config.model_copy(update={
+            "instances": self.instances,
+            "max_batch_size": self.max_batch_size,
+            "dynamic_batching": config.dynamic_batching.model_copy(update={"max_queue_delay_ms": self.max_queue_delay_ms}),
+            "onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads}),
+            "torch": config.torch.model_copy(update={"threads": self.threads}),
+        })
+
+    def label(self) -> str:
+        threads = self.threads or "auto"
+        return f"{self.instances}x{threads} threads, batch {self.max_batch_size}, delay {self.max_queue_delay_ms:g} ms"
+
+
+@dataclass
+class Trial:
+    candidate: Candidate
+    requests_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    failed: int
+    error: str | None = None
+
+    def meets(self, p99_ms: float | None) -> bool:
+        return self.error is None and self.failed == 0 and (p99_ms is None or (self.p99_ms or 0) <= p99_ms)
+
+
+def placements(cpus: int) -> list[tuple[int, int]]:
+    """(instances, threads each) that use the CPUs without oversubscribing them."""
+    return sorted({(i, max(1, cpus // i)) for i in range(1, min(cpus, 4) + 1)})
+
+
+def stage_values(args: argparse.Namespace, cpus: int) -> list[tuple[str, list]]:
+    return [
+        ("placement", [tuple(int(v) for v in p.split("x")) for p in args.placements.split(",")] if args.placements
+         else placements(cpus)),
+        ("max_batch_size", [int(v) for v in args.batch.split(",")]),
+        ("max_queue_delay_ms", [float(v) for v in args.delay_ms.split(",")]),
+    ]
+
+
+def vary(best: Candidate, stage: str, value) -> Candidate:
+    if stage == "placement":
+        return replace(best, instances=value[0], threads=value[1])
+    return replace(best, **{stage: value})
+
+
+def measure(model_dir: Path, config: ModelConfig, candidate: Candidate, args: argparse.Namespace, scratch: Path) -> Trial:
+    """One candidate served from a scratch repository that links the model's versions."""
+    repo = scratch / f"trial-{len(list(scratch.iterdir()))}"
+    target = repo / config.name
+    target.mkdir(parents=True)
+    for version in model_dir.iterdir():
+        if version.is_dir():
+            (target / version.name).symlink_to(version.resolve(), target_is_directory=True)
+    candidate.apply(config).dump(target / CONFIG_FILE)
+    payload = default_images()[0]
+    try:
+        with SegserveProcess(repo, repo / "server.log") as server:
+            url = segment_url(server.url, config.name)
+            run_ab(url, payload, requests=max(4, args.concurrency), concurrency=min(4, args.concurrency))  # warm
+            report = run_ab(url, payload, requests=1_000_000, concurrency=args.concurrency, time_limit_s=args.seconds)
+    except AbError as exc:
+        return Trial(candidate, 0.0, None, None, 0, error=str(exc))
+    latency = report["percentiles_ms"]
+    failed = report.get("failed_requests", 0) + report["non_2xx_responses"]
+    return Trial(candidate, report["requests_per_second"], latency.get(50), latency.get(99), failed)
+
+
+def best_of(trials: list[Trial], p99_ms: float | None) -> Trial | None:
+    eligible = [t for t in trials if t.meets(p99_ms)]
+    return max(eligible, key=lambda t: (t.requests_per_s, -(t.p99_ms or 0))) if eligible else None
+
+
+def table(trials: list[Trial], chosen: Trial | None, shipped: Candidate) -> str:
+    rows = ["| configuration | req/s | p50 ms | p99 ms | failed | |", "|---|---:|---:|---:|---:|---|"]
+    for t in trials:
+        mark = "best" if t is chosen else ("shipped" if t.candidate == shipped else "")
+        cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        rows.append(f"| {t.candidate.label()} | {t.requests_per_s:.1f} | {cell(t.p50_ms)} | {cell(t.p99_ms)} | "
+                    f"{t.failed if t.error is None else t.error[:40]} | {mark} |")
+    return "\n".join(rows)
+
+
+def plot(trials: list[Trial], chosen: Trial | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for t in trials:
+        if t.p99_ms is None:
+            continue
+        ax.scatter(t.p99_ms, t.requests_per_s, color="tab:red" if t is chosen else "tab:blue")
+        ax.annotate(t.candidate.label(), (t.p99_ms, t.requests_per_s), fontsize=7)
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("requests/s")
+    ax.set_title("segserve tune: each configuration under ab")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tune(args: argparse.Namespace) -> int:
+    model_dir = Path(args.repository) / args.model
+    config = load_config(model_dir)
+    shipped = Candidate.of(config)
+    cpus = available_cpus()
+    trials: dict[Candidate, Trial] = {}
+    best = shipped
+    with tempfile.TemporaryDirectory(prefix="segserve-tune-") as tmp:
+        log.info("measuring the shipped configuration: %s", shipped.label())
+        trials[shipped] = measure(model_dir, config, shipped, args, Path(tmp))
+        for stage, values in stage_values(args, cpus):
+            for value in values:
+                candidate = vary(best, stage, value)
+                if candidate not in trials:
+                    log.info("measuring %s", candidate.label())
+                    trials[candidate] = measure(model_dir, config, candidate, args, Path(tmp))
+            chosen = best_of(list(trials.values()), args.p99_ms)
+            best = chosen.candidate if chosen else best
+    results = list(trials.values())
+    chosen = best_of(results, args.p99_ms)
+    print(f"segserve tune {config.name}: {cpus} CPUs, ab -c {args.concurrency} for {args.seconds:g} s per configuration\n")
+    print(table(results, chosen, shipped))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.json").write_text(json.dumps({
+        "model": config.name, "cpus": cpus, "concurrency": args.concurrency, "seconds": args.seconds, "p99_ms": args.p99_ms,
+        "shipped": asdict(shipped), "best": asdict(chosen.candidate) if chosen else None,
+        "trials": [{**asdict(t), "candidate": asdict(t.candidate)} for t in results],
+    }, indent=2))
+    plot(results, chosen, out / "tune.png")
+    if chosen is None:
+        print("\nno configuration met the target; config.yaml left as it was")
+        return 1
+    print(f"\nbest: {chosen.candidate.label()} ({out / 'tune.png'})")
+    if args.dry_run:
+        print("--dry-run: config.yaml left as it was")
+    elif chosen.candidate != shipped:
+        chosen.candidate.apply(config).dump(model_dir / CONFIG_FILE)
+        print(f"written into {model_dir / CONFIG_FILE}")
+    return 0
+
+
+def add_tune(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("tune", help="measure serving configurations on this machine and keep the best")
+    parser.add_argument("model", help="model name in the repository")
+    parser.add_argument("--repository", default="model_repository", help="model repository folder")
+    parser.add_argument("--concurrency", type=int, default=32, help="ab -c: the load to tune for")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per configuration")
+    parser.add_argument("--p99-ms", type=float, help="latency target: the fastest configuration whose p99 meets it")
+    parser.add_argument("--placements", help="instances x threads to try, e.g. 1x2,2x1 (default: those the CPUs allow)")
+    parser.add_argument("--batch", default="1,2,4,8", help="max batch sizes to try")
+    parser.add_argument("--delay-ms", default="0,2,5", help="max queue delays to try (ms)")
+    parser.add_argument("--out", default="out/tune", help="folder for tune.json and tune.png")
+    parser.add_argument("--dry-run", action="store_true", help="print the best configuration, leave config.yaml as it is")
+    parser.set_defaults(func=lambda args: tune(args))
