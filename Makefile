@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest soak lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -91,6 +91,12 @@ loadtest: $(if $(URL),setup,models)
 #   make soak [SOAK_ARGS="--duration 60 --out out/soak"]
 soak: setup
 	$(BIN)/python -m segserve_loadtest.soak $(SOAK_ARGS)
+
+# SIGTERM under load: 256 keep-alive connections back to back on /segment, SIGTERM after 5 s; every request
+# sent before the server exits must get a whole answer (exit non-zero otherwise). docs: loadtest/drain.py
+#   make drain [DRAIN_ARGS="--concurrency 512"]
+drain: setup
+	$(BIN)/python -m segserve_loadtest.drain --repository $(REPO) $(DRAIN_ARGS)
 
 # Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
 # i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the
