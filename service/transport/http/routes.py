@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
+from segserve.contract.refine import REFINE_CHOICES
 from segserve.errors import BadParameter, ModelNotFound, ModelNotReady
 from segserve.model_manager import ModelManager, ModelStatus
 from segserve.pipelines import ImageResult, OutputFormat, Pipeline
@@ -132,6 +133,9 @@ async def segment(
     score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: minimum score (default 0.5)"),
     max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: at most this many (default 100)"),
     mask_threshold: float | None = Query(None, ge=0, le=1, description="instance models: mask probability cut (default 0.5)"),
+    refine: Literal[REFINE_CHOICES] | None = Query(  # type: ignore[valid-type]
+        None, description="semantic models: crf = dense-CRF refinement of the masks (a model exported with class "
+        "probabilities; else 400); none = the engine's masks. Default: the model's parameters.refine (none)"),
 ) -> Response:
     async def handle(obs: Observation) -> Response:
         manager = manager_of(request)
