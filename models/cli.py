@@ -119,6 +119,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--backend", choices=["onnxruntime", "torch"], help="without --url: force a backend")
     evaluate.add_argument("--data", default="synthetic:64", help="synthetic[:N[:SEED]] | voc:ROOT[:SPLIT] | coco:IMAGES:ANNOTATIONS.json")
     evaluate.add_argument("--limit", type=int, help="at most this many images")
+    evaluate.add_argument("--refine", choices=["none", "crf"],
+                          help="semantic: ?refine= (crf: dense-CRF refinement; the model needs --probabilities); "
+                               "default: the model's own")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -158,3 +158,18 @@ def test_a_labels_only_model_with_a_crf_default_does_not_load(refine_server):
     info = refine_server.client.get(f"/v1/models/{LABELS_DEFAULT_CRF}").json()
     assert info["state"] == "UNAVAILABLE" and "cannot be refined" in info["reason"]
     assert refine_server.client.get(f"/v1/models/{REFINE_DEFAULT}").json()["state"] == "READY"
+
+
+# -- the boundary metrics the CRF benchmark reports -----------------------------------------------
+def test_boundary_score_counts_edges_within_the_tolerance():
+    from segserve_models.evaluation.metrics import BoundaryScore
+
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:30, 10:30] = 1
+    exact, near, far = BoundaryScore(2, 3), BoundaryScore(2, 3), BoundaryScore(2, 3)
+    exact.update(truth, truth)
+    near.update(np.roll(truth, 2, axis=1), truth)  # 2 px off: inside the 3 px tolerance
+    far.update(np.roll(truth, 6, axis=1), truth)
+    assert exact.results(["bg", "fg"])["boundary_f"] == 1.0 and exact.results(["bg", "fg"])["trimap_miou"] == 1.0
+    assert near.results(["bg", "fg"])["boundary_f"] == 1.0 and near.results(["bg", "fg"])["trimap_miou"] < 1.0
+    assert 0 < far.results(["bg", "fg"])["boundary_f"] < 0.8

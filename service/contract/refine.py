@@ -29,6 +29,6 @@ class CrfSettings(BaseModel):
     iterations: int = Field(5, ge=1, le=50)
     gaussian_sxy: float = Field(3.0, gt=0)
     gaussian_compat: float = Field(3.0, ge=0)
-    bilateral_sxy: float = Field(40.0, gt=0)
+    bilateral_sxy: float = Field(20.0, gt=0)
     bilateral_srgb: float = Field(13.0, gt=0)
     bilateral_compat: float = Field(10.0, ge=0)
