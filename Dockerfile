@@ -24,11 +24,18 @@ COPY docker/certs/ /tmp/certs/
 COPY requirements.lock /tmp/requirements.lock
 COPY pyproject.toml /tmp/pyproject.toml
 # The runtime's dependencies alone (one download of torch, shared by the build and runtime stages).
+# pydensecrf2 (?refine=crf) comes as source only: a C++ compiler (and Python's headers, where the base
+# lacks them) for the build, removed again in the same layer.
 RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export PIP_CERT=/tmp/certs/ca-bundle.crt; fi \
+ && build_deps="g++" \
+ && if ! python3 -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))"; then \
+        build_deps="$build_deps python3-dev"; fi \
+ && apt-get update -qq && apt-get install -y -qq --no-install-recommends $build_deps >/dev/null \
  && python3 -m venv /opt/venv \
  && python3 -c "import tomllib; print('\\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/runtime-deps.txt \
  && pip install -c /tmp/requirements.lock -r /tmp/runtime-deps.txt \
+ && apt-get purge -y -qq --auto-remove $build_deps >/dev/null && rm -rf /var/lib/apt/lists/* \
  && rm -f /tmp/runtime-deps.txt /tmp/pyproject.toml
 
 FROM deps AS build

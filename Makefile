@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench bench-crf bench-overhead loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -73,6 +73,12 @@ train-video: setup
 # Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
 bench: setup
 	$(BIN)/python -m segserve_loadtest.bench_service --out docs/bench
+
+# Dense-CRF refinement (?refine=crf) on the bundled LRASPP's 64 held-out scenes: mIoU, boundary F-score and
+# trimap mIoU with and without, CRF ms per image (docs/accuracy.md); writes docs/bench/bench_crf.json.
+#   make bench-crf [BENCH_CRF_ARGS="--tune"]   (--tune: the CrfSettings grid on the validation split)
+bench-crf: setup
+	$(BIN)/python -m segserve_models.evaluation.crf_bench --json docs/bench/bench_crf$(if $(findstring --tune,$(BENCH_CRF_ARGS)),_tune).json $(BENCH_CRF_ARGS)
 
 # Serving overhead: a generated trivial ONNX model under ab -n 3000 -c 32 -k -l against the codec floor
 # measured in the same run (docs/benchmarks.md); writes docs/bench/bench_overhead.{md,json}.

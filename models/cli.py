@@ -56,7 +56,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if zoo.get(args.model).task == "instance":  # Mask R-CNN resizes by itself: the size is its canvas
         export = partial(export_instance_model, canvas=size, **common)
     else:
-        export = partial(export_model, input_size=size, output=args.output, dynamic_hw=args.dynamic_hw, **common)
+        export = partial(export_model, input_size=size, output=args.output, dynamic_hw=args.dynamic_hw,
+                         probabilities=args.probabilities, **common)
     for i, spec in enumerate(specs):
         try:
             version_dir = export(args.model, repository, spec)
@@ -99,6 +100,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--input-size", help="model input HxW, e.g. 512x512 (instance models: the canvas, multiples of 32)")
     export.add_argument("--max-batch-size", type=int)
     export.add_argument("--output", choices=["labels", "logits"], default="labels", help="in-graph argmax (labels) or logits")
+    export.add_argument("--probabilities", action="store_true",
+                        help="labels graphs: also output the class probabilities (uint8 softmax, 'probs') that "
+                             "?refine=crf needs; without, the model answers labels only and cannot be refined")
     export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
     export.add_argument("--video-split", action="store_true",
                         help="LRASPP: also export the shallow/deep/fuse parts for keyframe feature reuse on /segment/video "
@@ -115,6 +119,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--backend", choices=["onnxruntime", "torch"], help="without --url: force a backend")
     evaluate.add_argument("--data", default="synthetic:64", help="synthetic[:N[:SEED]] | voc:ROOT[:SPLIT] | coco:IMAGES:ANNOTATIONS.json")
     evaluate.add_argument("--limit", type=int, help="at most this many images")
+    evaluate.add_argument("--refine", choices=["none", "crf"],
+                          help="semantic: ?refine= (crf: dense-CRF refinement; the model needs --probabilities); "
+                               "default: the model's own")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -33,6 +33,7 @@ from segserve.contract.model_config import (
     WeightsInfo,
     latest_version,
 )
+from segserve.contract.refine import PROBABILITIES_OUTPUT
 from segserve.graphs import zoo
 from segserve.graphs.serving import SemanticServingModule
 from segserve_models.weights import (
@@ -131,13 +132,14 @@ def export_onnx(module: torch.nn.Module, path: Path, height: int, width: int, dy
     """A semantic serving module. Batch is always dynamic. Height/width are fixed unless asked:
     the service letterboxes every image to the model's input size, and ONNX Runtime CPU plans
     static shapes better (docs/benchmarks.md)."""
-    out_name = module.output_names[0]
     in_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    if out_name == "labels":
-        out_axes = {0: "batch", 1: "height", 2: "width"} if dynamic_hw else {0: "batch"}
-    else:
-        out_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    onnx_export(module, (sample_images(1, height, width),), path, {"images": in_axes, out_name: out_axes})
+    axes = {"images": in_axes}
+    for out_name in module.output_names:  # labels (N, H, W); logits or probabilities (N, C, H, W)
+        if out_name == "labels":
+            axes[out_name] = {0: "batch", 1: "height", 2: "width"} if dynamic_hw else {0: "batch"}
+        else:
+            axes[out_name] = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    onnx_export(module, (sample_images(1, height, width),), path, axes)
 
 
 def new_version_dir(repository: Path, name: str, version: int | None = None) -> Path:
@@ -149,11 +151,34 @@ def new_version_dir(repository: Path, name: str, version: int | None = None) -> 
     return version_dir
 
 
-def onnx_run(path: Path, images: np.ndarray) -> np.ndarray:
+def onnx_run(path: Path, images: np.ndarray, all_outputs: bool = False) -> np.ndarray | list[np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": images})[0]
+    outputs = session.run(None, {"images": images})
+    return outputs if all_outputs else outputs[0]
+
+
+# The uint8 probabilities of the exported graph vs torch eager's: off by at most one step (rounding
+# of a float that differs in the last bits), and the same argmax as the labels output.
+MAX_PROBABILITY_STEP_DIFF = 1
+
+
+def probabilities_parity(serving: torch.nn.Module, path: Path, height: int, width: int) -> dict:
+    """The served graph's two outputs (labels, uint8 probabilities) vs torch eager's; raises if off."""
+    images = sample_images(2, height, width, seed=3)
+    with torch.no_grad():
+        ref_labels, ref_probs = (t.numpy() for t in serving(images))
+    labels, probs = onnx_run(path, images.numpy(), all_outputs=True)
+    report = {
+        "max_abs_step_diff": int(np.abs(probs.astype(np.int16) - ref_probs.astype(np.int16)).max()),
+        "label_agreement": float((labels == ref_labels).mean()),
+        "dtype": str(probs.dtype),
+        "shape": list(probs.shape),
+    }
+    if report["max_abs_step_diff"] > MAX_PROBABILITY_STEP_DIFF or report["label_agreement"] < 0.999 or probs.dtype != np.uint8:
+        raise ExportError(f"parity check failed on the probabilities output: {report}")
+    return report
 
 
 def parity(net: torch.nn.Module, height: int, width: int, workdir: Path, batch: int = 2, dynamic_hw: bool = False) -> ParityReport:
@@ -182,12 +207,16 @@ def export_model(
     max_queue_delay_ms: float = 4.0,
     instances: int = 2,
     dynamic_hw: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Export one model into ``repository``; returns the version folder written."""
+    """Export one model into ``repository``; returns the version folder written. ``probabilities``:
+    a labels graph also outputs the uint8-quantised softmax (``probs``) that ``?refine=crf`` needs."""
     arch = zoo.get(architecture)
     if arch.task != "semantic":
         raise ExportError(f"{architecture} is a {arch.task} model; its exporter is not this one")
+    if probabilities and output != "labels":
+        raise ExportError("--probabilities adds the softmax next to labels; a logits graph already gives the scores")
     state, weight_classes, weights_detail = resolve_weights(arch, weights, progress=progress)
     classes = classes or weight_classes or arch.pretrained_classes
     if not classes:
@@ -210,9 +239,11 @@ def export_model(
     log.info("parity %s: max|diff| %.3g, agreement %.5f", name, report.max_abs_diff, report.label_agreement)
     try:
         report.check()
-        serving = SemanticServingModule(net, output).eval()
+        serving = SemanticServingModule(net, output, probabilities=probabilities).eval()
         export_onnx(serving, version_dir / ONNX_ARTIFACT, height, width, dynamic_hw)
-        if output == "labels":  # the served graph's argmax must agree with eager too
+        if probabilities:
+            probabilities_report = probabilities_parity(serving, version_dir / ONNX_ARTIFACT, height, width)
+        elif output == "labels":  # the served graph's argmax must agree with eager too
             images = sample_images(2, height, width, seed=2)
             with torch.no_grad():
                 ref = serving(images).numpy()
@@ -233,7 +264,7 @@ def export_model(
         architecture=architecture,
         classes=list(classes),
         input=InputSpec(height=height, width=width),
-        output=OutputSpec(name=output, kind=output),
+        output=OutputSpec(name=output, kind=output, probabilities=PROBABILITIES_OUTPUT if probabilities else None),
         max_batch_size=max_batch_size or arch.default_max_batch,
         dynamic_batching=DynamicBatching(max_queue_delay_ms=max_queue_delay_ms),
         # Two engine instances, each with half the CPU threads, beat one instance with all of
@@ -252,5 +283,7 @@ def export_model(
         "dynamic_hw": dynamic_hw,
         "parity": asdict(report),
     }
+    if probabilities:
+        provenance["probabilities_parity"] = probabilities_report
     (version_dir / EXPORT_RECORD).write_text(json.dumps(provenance, indent=2))
     return version_dir

@@ -45,6 +45,19 @@ def copy_model(src_repo: Path, dst_repo: Path, name: str = SEMANTIC, **config_up
     return dst
 
 
+# The bundled LRASPP exported with --probabilities (?refine=crf), at a small input for speed.
+REFINE_MODEL = "shapes_crf"
+
+
+@pytest.fixture(scope="session")
+def refine_repo(tmp_path_factory) -> Path:
+    """The bundled LRASPP exported with its class probabilities (``--probabilities``), 128x128."""
+    repo = tmp_path_factory.mktemp("refine_repo")
+    export_model(SEMANTIC, repo, WeightsSpec.parse("bundled:shapes_lraspp"), name=REFINE_MODEL, input_size=SMALL_INPUT,
+                 probabilities=True, progress=False)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def instance_repo(tmp_path_factory) -> Path:
     """The bundled Mask R-CNN checkpoint exported once (with the exporter's parity check);

@@ -22,7 +22,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from segserve_models.synthetic import make_scene
-from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
+from tests.conftest import INSTANCE_SPLIT, REFINE_MODEL, SEMANTIC, make_image
 from tests.kserve_clients import assert_masks_cover_the_image, batch_totals, post_segment, status_of, without_timing
 from tests.servers import ServerProcess
 
@@ -31,12 +31,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 
 @pytest.fixture(scope="module")
-def grpc_server(semantic_repo, instance_repo, tmp_path_factory):
-    """One process for every gRPC test: the random-weights LRASPP and the bundled Mask R-CNN
-    (its split path), linked into one repository."""
+def grpc_server(semantic_repo, instance_repo, refine_repo, tmp_path_factory):
+    """One process for every gRPC test: the random-weights LRASPP, the bundled Mask R-CNN
+    (its split path) and the bundled LRASPP with probabilities (refine=crf), linked into one repository."""
     repo = tmp_path_factory.mktemp("grpc_repo")
     (repo / SEMANTIC).symlink_to(semantic_repo / SEMANTIC)
     (repo / INSTANCE_SPLIT).symlink_to(instance_repo / INSTANCE_SPLIT)
+    (repo / REFINE_MODEL).symlink_to(refine_repo / REFINE_MODEL)
     with ServerProcess(repo, tmp_path_factory.mktemp("logs") / "grpc.log", grpc=True) as s:
         yield s
 
@@ -115,6 +116,28 @@ def test_images_may_come_in_bytes_contents_and_the_request_id_is_echoed(grpc_ser
     assert response.id == "req-7"
     (answer,) = masks_json(triton.InferResult(response))
     assert (json.loads(answer)["width"], json.loads(answer)["height"]) == (70, 50)
+
+
+def test_refine_crf_parameter_answers_the_http_refined_masks(client, grpc_server):
+    scene = make_scene(1_000_000_001)
+    buf = io.BytesIO()
+    Image.fromarray(scene.image).save(buf, format="PNG")
+    data = buf.getvalue()
+    (refined,) = masks_json(infer(client, data, model=REFINE_MODEL, refine="crf"))
+    (plain,) = masks_json(infer(client, data, model=REFINE_MODEL))
+    http = post_segment(grpc_server.url, data, "image/png", model=REFINE_MODEL, refine="crf").content
+    assert without_timing(refined) == without_timing(http)
+    assert json.loads(without_timing(refined) + b"}")["segments"] != json.loads(without_timing(plain) + b"}")["segments"]
+
+
+@pytest.mark.parametrize("model,value,message", [
+    (SEMANTIC, "crf", "cannot be refined"),  # labels only (argmax in the graph)
+    (REFINE_MODEL, "bogus", "refine must be one of"),
+])
+def test_bad_refine_is_invalid_argument_with_the_reason(client, model, value, message):
+    with pytest.raises(triton.InferenceServerException) as info:
+        infer(client, make_image(16, 16), model=model, refine=value)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and message in info.value.message()
 
 
 @pytest.mark.parametrize(

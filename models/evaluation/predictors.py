@@ -24,9 +24,10 @@ class HttpPredictor:
     """``client``: an ``httpx.Client`` to send the requests with (e.g. one bound to an app in
     this process); a new one by default."""
 
-    def __init__(self, url: str, model: str, timeout_s: float = 120.0, client: httpx.Client | None = None):
+    def __init__(self, url: str, model: str, timeout_s: float = 120.0, client: httpx.Client | None = None, refine: str | None = None):
         self.url = url.rstrip("/")
         self.model = model
+        self.refine = refine  # semantic: ?refine= (None: the model's default)
         self.client = client or httpx.Client(timeout=timeout_s)
         info = self.client.get(f"{self.url}/v1/models/{model}")
         info.raise_for_status()
@@ -44,7 +45,7 @@ class HttpPredictor:
 
     def semantic(self, sample: Sample) -> np.ndarray:
         labels = np.zeros((sample.height, sample.width), dtype=np.int32)
-        for segment in self._post(sample)["segments"]:
+        for segment in self._post(sample, **({"refine": self.refine} if self.refine else {}))["segments"]:
             labels[_decode(segment["mask"]).astype(bool)] = segment["class_id"]
         return labels
 
@@ -56,7 +57,7 @@ class HttpPredictor:
 class EnginePredictor:
     """The exported model run in-process: the same codecs, no server, no batcher."""
 
-    def __init__(self, repository: Path, model: str, backend: str | None = None):
+    def __init__(self, repository: Path, model: str, backend: str | None = None, refine: str | None = None):
         from segserve.engine import create_engine
         from segserve.repository import scan
 
@@ -68,6 +69,9 @@ class EnginePredictor:
         self.task = self.config.task.value
         self.classes = self.config.classes
         self.engine = create_engine(self.config, self.entry.version_dir, backend)
+        self.refine = refine == "crf"  # semantic: the server's dense CRF (segserve.pipelines.refine)
+        if self.refine and not self.config.output.has_scores:
+            raise ValueError(f"{model} gives labels only: export it with --probabilities to evaluate refine=crf")
         if self.task == "instance":
             from segserve.contract.instance import InstanceParameters
             from segserve.pipelines.instance.runner import SplitRunner, load_heads
@@ -88,7 +92,16 @@ class EnginePredictor:
         spec = self.config.input
         image = self._image(sample)
         box = Letterbox.fit(image.shape[0], image.shape[1], spec)
-        return box.restore(infer_labels(self.engine, self.config, box.apply(image, spec.pad_value)[None])[0])
+        letterboxed = box.apply(image, spec.pad_value)
+        if not self.refine:
+            return box.restore(infer_labels(self.engine, self.config, letterboxed[None])[0])
+        from segserve.contract.video import SemanticParameters
+        from segserve.pipelines.refine import refine_letterboxed
+        from segserve.pipelines.semantic import infer_outputs
+
+        labels, scores = infer_outputs(self.engine, self.config, letterboxed[None])
+        settings = SemanticParameters.model_validate(self.config.parameters).crf
+        return box.restore(refine_letterboxed(labels[0], scores[0], letterboxed, box.content_h, box.content_w, settings))
 
     def instances(self, sample: Sample) -> list[tuple[int, float, dict]]:
         [found] = self.runner([self._image(sample)], score_threshold=EVAL_SCORE_THRESHOLD)

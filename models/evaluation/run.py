@@ -42,11 +42,14 @@ def table(result: dict) -> str:
 
 
 def main(args) -> int:
+    refine = getattr(args, "refine", None)
     if args.url:
-        predictor = HttpPredictor(args.url, args.model)
+        predictor = HttpPredictor(args.url, args.model, refine=refine)
     else:
-        predictor = EnginePredictor(Path(args.repository), args.model, args.backend)
+        predictor = EnginePredictor(Path(args.repository), args.model, args.backend, refine=refine)
     result = evaluate(predictor, datasets.load(args.data, args.limit))
     result.update(model=args.model, data=args.data, via=args.url or f"engine ({args.backend or 'config default'})")
+    if refine:
+        result["refine"] = refine
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0

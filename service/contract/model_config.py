@@ -50,6 +50,15 @@ class OutputSpec(BaseModel):
     # "labels": uint8/int per-pixel class ids (argmax done in the graph, 1 byte/pixel moves);
     # "logits": float scores per class, argmax done by the service.
     kind: Literal["labels", "logits"] = "labels"
+    # "labels" models exported with ``--probabilities`` also output the class probabilities under
+    # this name (contract.refine.PROBABILITIES_OUTPUT: uint8, round(softmax * 255), (N, C, H, W)),
+    # which dense-CRF refinement (``?refine=crf``) needs; None: labels only.
+    probabilities: str | None = None
+
+    @property
+    def has_scores(self) -> bool:
+        """Whether the engine gives per-class scores (probabilities or logits), not labels only."""
+        return self.kind == "logits" or self.probabilities is not None
 
 
 class DynamicBatching(BaseModel):

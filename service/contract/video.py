@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from segserve.contract.artifacts import VIDEO_DIR
+from segserve.contract.refine import REFINE_NONE, CrfSettings, Refine
 
 # part -> (input tensor names, output tensor name), in the order a keyframe runs them
 SPLIT_PARTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -52,3 +53,7 @@ class SemanticParameters(BaseModel):
     model_config = {"extra": "forbid"}
 
     video: VideoSplit | None = None
+    # The served default of ``?refine=`` (a request may ask for the other); "crf" needs a model
+    # with class scores (OutputSpec.has_scores), else the model fails to load with the reason.
+    refine: Refine = REFINE_NONE
+    crf: CrfSettings = CrfSettings()

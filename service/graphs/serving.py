@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segserve.contract.refine import PROBABILITIES_OUTPUT, PROBABILITY_SCALE
 from segserve.graphs import zoo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,18 +31,23 @@ class Normalize(nn.Module):
 
 
 class SemanticServingModule(nn.Module):
-    """torchvision segmentation net -> per-pixel labels (uint8) or logits (float)."""
+    """torchvision segmentation net -> per-pixel labels (uint8) or logits (float); with
+    ``probabilities``, labels and the uint8-quantised softmax (N, C, H, W) that dense-CRF
+    refinement needs (contract.refine.PROBABILITIES_OUTPUT)."""
 
     input_names = ("images",)
 
-    def __init__(self, net: nn.Module, output: str = "labels"):
+    def __init__(self, net: nn.Module, output: str = "labels", probabilities: bool = False):
         super().__init__()
         if output not in ("labels", "logits"):
             raise ValueError(f"output must be 'labels' or 'logits', not {output!r}")
+        if probabilities and output != "labels":
+            raise ValueError("probabilities come next to labels; a logits graph already has the scores")
         self.net = net
         self.normalize = Normalize()
         self.output = output
-        self.output_names = (output,)
+        self.probabilities = probabilities
+        self.output_names = (output, PROBABILITIES_OUTPUT) if probabilities else (output,)
 
     def half_compute(self) -> "SemanticServingModule":
         self.net.half()
@@ -52,7 +58,13 @@ class SemanticServingModule(nn.Module):
         logits = self.net(self.normalize(images))["out"]
         if self.output == "logits":
             return logits.float()
-        return logits.argmax(dim=1).to(torch.uint8)
+        labels = logits.argmax(dim=1).to(torch.uint8)
+        if not self.probabilities:
+            return labels
+        # 1 byte per class and pixel: a quarter of float32's to copy out of the engine, and
+        # finer than the CRF needs (its unary is -log p, clipped at half a step, refine.py).
+        probs = torch.softmax(logits.float(), dim=1) * PROBABILITY_SCALE
+        return labels, torch.round(probs).to(torch.uint8)
 
 
 def build_serving_module(config) -> nn.Module:
@@ -62,7 +74,7 @@ def build_serving_module(config) -> nn.Module:
         raise ValueError(f"architecture {arch.name} is {arch.task}, config says {config.task.value}")
     net = arch.build(len(config.classes))
     if arch.task == "semantic":
-        return SemanticServingModule(net, config.output.kind)
+        return SemanticServingModule(net, config.output.kind, probabilities=config.output.probabilities is not None)
     if arch.task == "instance":  # the engine half of the split path; heads run in models.instance
         from segserve.graphs.maskrcnn import (
             MaskRCNNBackbone,  # here: it imports this module

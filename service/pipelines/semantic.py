@@ -1,37 +1,78 @@
-"""Semantic segmentation: decode + letterbox -> batched engine -> restore -> RLE per class or PNG."""
+"""Semantic segmentation: decode + letterbox -> batched engine -> [dense CRF] -> restore -> RLE per class or PNG."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from segserve.codecs.geometry import Letterbox
 from segserve.codecs.masks import encode_label_png, restored_segments
 from segserve.contract.model_config import ModelConfig, Task
+from segserve.contract.refine import REFINE_CHOICES, REFINE_CRF
 from segserve.contract.video import SemanticParameters
 from segserve.engine import Engine
+from segserve.errors import BadParameter
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
+from segserve.pipelines.options import ChoiceOption
+from segserve.pipelines.refine import refine_letterboxed
 from segserve.pipelines.video.semantic import SemanticVideoModel
 
 log = logging.getLogger(__name__)
 
+REFINE = ChoiceOption("refine", "crf = dense-CRF refinement of the masks (a model exported with class probabilities; "
+                      "else 400); none = the engine's masks. Default: the model's parameters.refine (none)", REFINE_CHOICES)
+
+
+@dataclass(frozen=True)
+class SemanticOptions:
+    refine: bool  # ?refine=crf (else the model's parameters.refine)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One image's output from a model with class scores (OutputSpec.has_scores): what
+    ``?refine=crf`` needs besides the labels. All three are views into the batch's arrays."""
+
+    labels: np.ndarray  # (H, W) class ids, the engine's
+    scores: np.ndarray  # (C, H, W): uint8 quantised softmax, or float logits
+    image: np.ndarray  # (3, H, W) uint8: the letterboxed model input (the CRF's appearance kernel)
+
 
 class SemanticModel(Pipeline):
     task = Task.semantic
+    options = (REFINE,)
     label_map = True
     json_floats = False  # class ids, labels, areas and RLE strings
 
     async def start(self) -> None:
         self.params = SemanticParameters.model_validate(self.config.parameters)
+        if self.params.refine == REFINE_CRF and not self.config.output.has_scores:
+            raise ValueError(f"parameters.refine is crf but {self._cannot_refine()}")
+        self._default_options = SemanticOptions(refine=self.params.refine == REFINE_CRF)
         await super().start()
         self.video = SemanticVideoModel(self, self.params.video)
         await self.video.start()
 
     def response_fields(self) -> dict[str, Any]:
         return {"classes": self.config.classes}
+
+    def read_options(self, query: Mapping[str, str]) -> SemanticOptions:
+        text = REFINE.parse(query)
+        if text is None:
+            return self._default_options
+        if text == REFINE_CRF and not self.config.output.has_scores:
+            raise BadParameter(f"refine=crf: {self._cannot_refine()}")
+        return SemanticOptions(refine=text == REFINE_CRF)
+
+    def _cannot_refine(self) -> str:
+        return (
+            f"model {self.config.name!r} cannot be refined: its engine gives labels only (argmax in the graph) and a "
+            "dense CRF needs class probabilities; export it with `segserve export --probabilities` (or serve logits)"
+        )
 
     # -- hooks ------------------------------------------------------------------------
     def geometry(self, height: int, width: int) -> Letterbox:
@@ -47,14 +88,24 @@ class SemanticModel(Pipeline):
         spec = self.config.input
         return np.zeros((3, spec.height, spec.width), np.uint8)
 
-    def predict(self, engine: Engine) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-        def run(batch: list[np.ndarray]) -> list[np.ndarray]:
-            return list(infer_labels(engine, self.config, np.stack(batch)))
+    def predict(self, engine: Engine) -> Callable[[list[np.ndarray]], list[np.ndarray] | list[Scored]]:
+        config = self.config
+        if not config.output.has_scores:  # labels only: the fast path, 1 byte per pixel out of the engine
+            def run(batch: list[np.ndarray]) -> list[np.ndarray]:
+                return list(infer_labels(engine, config, np.stack(batch)))
 
-        return run
+            return run
 
-    def encode(self, labels: np.ndarray, placement: Placement, options: None, fmt: OutputFormat) -> Encoded:
+        def run_scored(batch: list[np.ndarray]) -> list[Scored]:
+            images = np.stack(batch)
+            labels, scores = infer_outputs(engine, config, images)
+            return [Scored(*item) for item in zip(labels, scores, images)]
+
+        return run_scored
+
+    def encode(self, output: np.ndarray | Scored, placement: Placement, options: SemanticOptions | None, fmt: OutputFormat) -> Encoded:
         box: Letterbox = placement.geometry
+        labels = self.refined(output, box, options)
         if fmt == OutputFormat.png:
             full = box.restore(labels)
             return Encoded(png=encode_label_png(full), make_label_map=lambda: full)
@@ -62,15 +113,46 @@ class SemanticModel(Pipeline):
         segments = restored_segments(labels, box.restore_index(), self.config.classes)
         return Encoded({"segments": segments}, make_label_map=partial(box.restore, labels))
 
+    def refined(self, output: np.ndarray | Scored, box: Letterbox, options: SemanticOptions | None) -> np.ndarray:
+        """The model-resolution label map to encode: the engine's, or dense-CRF refined (on the codec
+        pool, in ``encode``'s thread; segserve.pipelines.refine says why at model resolution)."""
+        if not isinstance(output, Scored):
+            if options is not None and options.refine:  # a video split part's frame: labels only
+                raise BadParameter(f"refine=crf: model {self.config.name!r} gives labels only on this path "
+                                   "(its video split parts); refine single images on /segment")
+            return output
+        if options is None or not options.refine:
+            return output.labels
+        return refine_letterboxed(output.labels, output.scores, output.image, box.content_h, box.content_w, self.params.crf)
 
-def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:
-    """(N, 3, H, W) uint8 letterboxed images -> (N, H, W) class ids at model resolution,
-    whatever the graph wants in (uint8, or float32 normalised here) and gives out (labels or logits)."""
+
+def _to_engine_input(config: ModelConfig, images: np.ndarray) -> np.ndarray:
     spec = config.input
     if spec.dtype == "float32":
         std = np.asarray(spec.std, np.float32)[:, None, None]
         images = images.astype(np.float32) * (1.0 / (255.0 * std)) - np.asarray(spec.mean, np.float32)[:, None, None] / std
-    out = engine.infer({spec.name: images})[config.output.name]
+    return images
+
+
+def _argmax(logits: np.ndarray) -> np.ndarray:
+    return logits.argmax(axis=1).astype(np.uint8 if logits.shape[1] <= 256 else np.int32)
+
+
+def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) uint8 letterboxed images -> (N, H, W) class ids at model resolution,
+    whatever the graph wants in (uint8, or float32 normalised here) and gives out (labels or logits)."""
+    out = engine.infer({config.input.name: _to_engine_input(config, images)})[config.output.name]
     if config.output.kind == "logits":
-        out = out.argmax(axis=1).astype(np.uint8 if out.shape[1] <= 256 else np.int32)
+        out = _argmax(out)
     return out
+
+
+def infer_outputs(engine: Engine, config: ModelConfig, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A model with class scores (OutputSpec.has_scores): (N, H, W) class ids and (N, C, H, W)
+    scores: the uint8 probabilities output next to labels, or the logits."""
+    outputs = engine.infer({config.input.name: _to_engine_input(config, images)})
+    spec = config.output
+    if spec.kind == "logits":
+        logits = outputs[spec.name]
+        return _argmax(logits), logits
+    return outputs[spec.name], outputs[spec.probabilities]
