@@ -95,7 +95,7 @@ soak: setup
 # Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
 # i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the
 # packaging tests build with, and torch pulls in) pinned; pip itself and segserve are left out.
-LOCK_EXTRAS := export,train,loadtest,test
+LOCK_EXTRAS := client,export,train,loadtest,test
 lock:
 	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock
 	/tmp/segserve-lock/bin/pip install -q ".[$(LOCK_EXTRAS)]" 2>&1 | $(QUIET_PIP)

@@ -108,7 +108,7 @@ def test_runtime_dependency_closure_holds_no_build_side_library(runtime_wheel):
 
 def test_extras_carry_the_build_side_libraries(full_wheel):
     meta = wheel_metadata(full_wheel)
-    assert set(meta.get_all("Provides-Extra")) == {"export", "train", "loadtest", "test"}
+    assert set(meta.get_all("Provides-Extra")) == {"client", "export", "train", "loadtest", "test"}
     reqs = [Requirement(r) for r in meta.get_all("Requires-Dist")]
 
     def of(extra: str) -> set[str]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from segserve.codecs.geometry import Letterbox
 from segserve.codecs.masks import encode_label_png, restored_segments
+from segserve.codecs.overlay import blend_labels
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.contract.video import SemanticParameters
 from segserve.engine import Engine
@@ -61,6 +62,9 @@ class SemanticModel(Pipeline):
         # The RLEs and areas straight from the model-resolution map's runs: no full-size pass.
         segments = restored_segments(labels, box.restore_index(), self.config.classes)
         return Encoded({"segments": segments}, make_label_map=partial(box.restore, labels))
+
+    def draw(self, rgb: np.ndarray, encoded: Encoded, options: None) -> np.ndarray:
+        return blend_labels(rgb, encoded.label_map)
 
 
 def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:

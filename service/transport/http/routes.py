@@ -111,6 +111,8 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     headers = {"X-Batch-Size": str(result.timing.batch_size)}
     if result.encoded.png is not None:
         return Response(result.encoded.png, media_type="image/png", headers=headers)
+    if result.encoded.jpeg is not None:
+        return Response(result.encoded.jpeg, media_type="image/jpeg", headers=headers)
     return Response(render_json(pipeline, result, total_s), media_type="application/json", headers=headers)
 
 
@@ -119,15 +121,16 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     summary="Segment one image",
     description="Raw image bytes (image/jpeg, image/png, image/webp) or multipart/form-data with a file field `image`. "
     "Semantic models answer one COCO RLE per class present; instance models one per instance. "
-    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG.",
+    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG; "
+    "`format=overlay` a JPEG of the image with its masks blended in class colours (instances: with boxes and labels).",
     response_model=SemanticResponse | InstanceResponse,
-    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS},
     openapi_extra=IMAGE_BODY,
 )
 async def segment(
     request: Request,
     model: str | None = Query(None, description="model name; the server default when omitted"),
-    format: Literal["json", "png"] | None = Query(None, description="json (default) or png"),
+    format: Literal["json", "png", "overlay"] | None = Query(None, description="json (default), png (label map) or overlay (JPEG)"),
     timeout_ms: int | None = Query(None, ge=1, le=MAX_TIMEOUT_MS, description="deadline for this request (default: server setting)"),
     score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: minimum score (default 0.5)"),
     max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: at most this many (default 100)"),
