@@ -144,7 +144,7 @@ def run_video(client, job: Job, out: Path, args, options: dict, summary: Summary
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from segserve.client import Client, SegserveError
+    from segserve.client import Client, RetryPolicy, SegserveError
 
     out: Path = args.out
     jobs = find_jobs(args.inputs)
@@ -157,7 +157,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     show = not args.no_progress
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
     started = time.perf_counter()
-    with Client(args.url, api_key=api_key, timeout_ms=args.timeout_ms) as client:
+    with Client(args.url, api_key=api_key, timeout_ms=args.timeout_ms, retry=RetryPolicy(attempts=args.retries + 1)) as client:
         run_images(client, [j for j in todo if not j.video], out, args, options, summary, show)
         for job in (j for j in todo if j.video):
             try:
@@ -195,6 +195,7 @@ def add_segment(sub) -> None:
     parser.add_argument("--model", help="model name (default: the server's)")
     parser.add_argument("--concurrency", type=int, default=4, help="images in flight at once (default 4)")
     parser.add_argument("--timeout-ms", type=int, help="each request's deadline, retries included")
+    parser.add_argument("--retries", type=int, default=4, help="tries again after a 503 or a connection error (default 4)")
     parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a model option, e.g. -o score_threshold=0.7 (repeatable)")
     parser.add_argument("--chunk-frames", type=int, default=16, help="video: frames per chunk of the stream (default 16)")
