@@ -27,6 +27,7 @@ from segserve_loadtest.server import free_port
 from tests.servers import BASE_URL, InProcessServer
 
 SPLIT = "lraspp_video"
+STREAM_IDLE_S = 2.0
 JPEG = {"Content-Type": "image/jpeg"}
 
 
@@ -44,8 +45,9 @@ def client_repo(semantic_repo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(client_repo):
-    # streams idle for 1 s are dropped: the restarted-stream test waits that long
-    with InProcessServer(client_repo, video_stream_idle_s=1.0, default_model=SEMANTIC) as server:
+    # streams idle for 2 s are dropped: the restarted-stream test waits that long (and chunks of one
+    # stream follow each other far sooner, even on a loaded machine)
+    with InProcessServer(client_repo, video_stream_idle_s=STREAM_IDLE_S, default_model=SEMANTIC) as server:
         yield server
 
 
@@ -215,13 +217,13 @@ def test_a_stream_recovers_from_a_409_and_from_a_restart(app, client, tmp_path):
     assert [f.index for f in frames] == list(range(6)) and [f.sequence for f in frames] == [1, 1, 1, 2, 2, 2]
     assert stream.stats.conflicts == 1 and not any(f.keyframe for f in frames)  # continued the server's state
 
-    # the server drops a stream idle for 1 s: the next chunk is answered as a restarted stream
+    # the server drops a stream idle for STREAM_IDLE_S: the next chunk is answered as a restarted stream
     stream = client.stream(tmp_path / "clip.mp4", SPLIT, chunk_frames=3, keyframe_interval=100)
     frames = []
     for frame in stream:
         frames.append(frame)
         if frame.index == 2:
-            time.sleep(2.5)
+            time.sleep(STREAM_IDLE_S * 2.5)  # the sweeper looks every STREAM_IDLE_S / 2
     assert [f.index for f in frames if f.keyframe] == [0, 3] and stream.stats.restarts == 1
 
 

@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from segserve.client.cli import find_jobs
 from tests.conftest import make_image
 from tests.test_client import write_mp4
 
@@ -75,5 +77,5 @@ def test_a_glob_and_an_unreachable_server(process_server, tmp_path):
     nobody = segment_cli(tmp_path / "z.png", "--out", tmp_path / "out2", "--url", "http://127.0.0.1:9", "--no-progress",
                          "--retries", 1)
     assert nobody.returncode == 1 and "connection_error" in nobody.stderr and "after 2 tries" in nobody.stderr
-    missing = segment_cli(tmp_path / "nothing-here", "--out", tmp_path / "out3")
-    assert missing.returncode != 0 and "no such file" in missing.stderr
+    with pytest.raises(SystemExit, match="nothing-here: no such file"):
+        find_jobs([str(tmp_path / "nothing-here")])
