@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml requirements.lock
 		|| echo "warning: ab (apache2-utils) is not installed; the ab load tests will be skipped"
 	@command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; } \
 		|| echo "warning: haproxy is not installed; the stream affinity test (tests/test_affinity.py) will be skipped"
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "warning: chromium is not installed; the demo page's browser test (tests/test_demo_page.py) will be skipped"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.lock 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps -e . 2>&1 | $(QUIET_PIP)
@@ -107,7 +109,7 @@ drain: setup
 # Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
 # i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the
 # packaging tests build with, and torch pulls in) pinned; pip itself and segserve are left out.
-LOCK_EXTRAS := export,train,loadtest,test
+LOCK_EXTRAS := client,export,train,loadtest,test
 lock:
 	rm -rf /tmp/segserve-lock && $(PYTHON) -m venv /tmp/segserve-lock
 	/tmp/segserve-lock/bin/pip install -q ".[$(LOCK_EXTRAS)]" 2>&1 | $(QUIET_PIP)

@@ -104,6 +104,10 @@ class InProcessServer:
     def async_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=_OnAppLoop(self), base_url=BASE_URL)
 
+    def transport(self) -> httpx.BaseTransport | httpx.AsyncBaseTransport:
+        """An httpx transport (sync and async) to this app, for other clients (segserve.client)."""
+        return _OnAppLoop(self)
+
     def start(self) -> "InProcessServer":
         logging.getLogger("segserve").addHandler(self._records)
         self._thread.start()

@@ -108,7 +108,7 @@ def test_runtime_dependency_closure_holds_no_build_side_library(runtime_wheel):
 
 def test_extras_carry_the_build_side_libraries(full_wheel):
     meta = wheel_metadata(full_wheel)
-    assert set(meta.get_all("Provides-Extra")) == {"export", "train", "loadtest", "test"}
+    assert set(meta.get_all("Provides-Extra")) == {"client", "export", "train", "loadtest", "test"}
     reqs = [Requirement(r) for r in meta.get_all("Requires-Dist")]
 
     def of(extra: str) -> set[str]:
@@ -130,6 +130,7 @@ def test_repository_wheel_holds_runtime_and_build_side(full_wheel):
     assert {"segserve/cli.py", "segserve/server.py", "segserve_models/cli.py", "segserve_loadtest/run.py"} <= names
     assert "segserve = segserve.cli:main" in entry_points
     assert "export = segserve_models.cli:add_export" in entry_points
+    assert "segment = segserve.client.cli:add_segment" in entry_points
 
 
 def test_runtime_only_tree_builds_a_segserve_only_wheel(runtime_wheel):
@@ -137,6 +138,7 @@ def test_runtime_only_tree_builds_a_segserve_only_wheel(runtime_wheel):
     with zipfile.ZipFile(runtime_wheel) as z:
         names = z.namelist()
     assert "segserve/transport/grpc/inference_pb2.py" in names
+    assert {f"segserve/transport/http/static/{n}" for n in ("index.html", "demo.js", "demo.css")} <= set(names)  # the demo page
     assert not [n for n in names if n.endswith(".pth")]
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from segserve.codecs.geometry import RestoreIndex
+from segserve.codecs.labels import encode_label_png  # noqa: F401 - where the pipelines import it from
 
 
 def encode_rle(masks: np.ndarray) -> list[dict]:
@@ -113,33 +111,3 @@ def restored_segments(plane: np.ndarray, index: RestoreIndex, class_names: list[
         segment(c, class_names, area, {"size": [height, width], "counts": rle["counts"].decode("ascii")})
         for c, area, rle in zip(value[group].tolist(), areas, rles)
     ]
-
-
-def _palette() -> list[int]:
-    """The PASCAL VOC colour map: distinct colours for ids 0..255 (0 = black background)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-PALETTE = _palette()
-
-
-def encode_label_png(labels: np.ndarray) -> bytes:
-    """A label map as PNG: palettised 8-bit (pixel = id) up to 255, 16-bit grey above."""
-    if labels.max(initial=0) <= 255:
-        image = Image.fromarray(labels.astype(np.uint8))
-        image.putpalette(PALETTE)  # turns the "L" image into "P" without touching the ids
-    else:
-        image = Image.fromarray(labels.astype(np.uint16))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()

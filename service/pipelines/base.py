@@ -6,6 +6,7 @@ A request runs the same steps in every pipeline, with LitServe's names:
     batch    the input waits in the model's dynamic batcher (segserve.scheduler)
     predict  a batch through the engine instance -> one raw output per input (engine thread)
     encode   a raw output -> the response's fields or a PNG, at the image's size (codec pool)
+    draw     (format=overlay) the encoded masks blended into the image as received -> a JPEG
 
 A task subclasses ``Pipeline``, provides those hooks plus the geometry that ``decode`` and the
 video chunk decoder share, says which request ``options`` it takes, and registers its class in
@@ -26,6 +27,7 @@ import numpy as np
 
 from segserve.codecs.image import decode_image
 from segserve.codecs.jsonbytes import dumps
+from segserve.codecs.overlay import encode_jpeg
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine, EngineInfo, create_engine
 from segserve.errors import BadParameter
@@ -44,9 +46,10 @@ class ModelState(str, Enum):
 class OutputFormat(str, Enum):
     json = "json"
     png = "png"
+    overlay = "overlay"  # a JPEG of the input with its masks drawn in (segserve.codecs.overlay)
 
 
-FORMAT = ChoiceOption("format", "json (default) or png", tuple(f.value for f in OutputFormat))
+FORMAT = ChoiceOption("format", "json (default), png (label map) or overlay (JPEG)", tuple(f.value for f in OutputFormat))
 # Request options every task takes; a task's own come from its ``options``.
 COMMON_OPTIONS: tuple[Option, ...] = (MODEL, FORMAT, TIMEOUT_MS)
 
@@ -72,6 +75,7 @@ class Decoded:
 class Encoded:
     body: dict[str, Any] = field(default_factory=dict)  # task-specific fields ("segments" / "instances")
     png: bytes | None = None
+    jpeg: bytes | None = None  # format=overlay
     # semantic: computes the (height, width) class-id map the masks describe. Only gRPC's LABELS
     # output needs that full-size map, so it is made on demand (the masks come from the runs).
     make_label_map: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
@@ -90,7 +94,7 @@ class Timing:
 
 @dataclass
 class ImageResult:
-    """A finished request: either the JSON-able body fields or the PNG bytes."""
+    """A finished request: the JSON-able body fields, or the PNG (or overlay JPEG) bytes."""
 
     width: int
     height: int
@@ -234,6 +238,19 @@ class Pipeline:
         """A raw output -> body fields or a PNG at the image's size (blocking: codec pool)."""
         raise NotImplementedError
 
+    def draw(self, rgb: np.ndarray, encoded: Encoded, options: Any) -> np.ndarray:
+        """format=overlay: the (h, w, 3) image as received with ``encoded``'s masks drawn in
+        (``encode``'s JSON fields; segserve.codecs.overlay)."""
+        raise NotImplementedError
+
+    def encode_overlay(self, output: Any, placement: Placement, options: Any, data: bytes) -> Encoded:
+        """format=overlay (blocking: codec pool): the masks as for JSON, drawn into the image
+        decoded again at full size -- ``decode`` may have read a JPEG draft at a fraction of
+        it. Its pixels are already reserved (``decode``)."""
+        rgb = decode_image(data, self.context.max_image_pixels).rgb
+        encoded = self.encode(output, placement, options, OutputFormat.json)
+        return Encoded(jpeg=encode_jpeg(self.draw(rgb, encoded, options)))
+
     def decode(self, data: bytes) -> Decoded:
         """Image bytes -> the model input, decoded no larger than it needs (blocking: codec pool).
         Its declared pixels are reserved in the server's budget first; the caller releases them."""
@@ -263,7 +280,10 @@ class Pipeline:
         try:
             done = await self.batcher.submit(decoded.model_input, deadline)
             check_deadline(deadline, "encoding")
-            encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
+            if fmt == OutputFormat.overlay:
+                encoded = await loop.run_in_executor(pool, self.encode_overlay, done.value, decoded.placement, options, data)
+            else:
+                encoded = await loop.run_in_executor(pool, self.encode, done.value, decoded.placement, options, fmt)
         finally:
             self.context.pixels.release(decoded.reserved_pixels)
         placement = decoded.placement

@@ -11,6 +11,7 @@ import numpy as np
 
 from segserve.codecs.geometry import Letterbox
 from segserve.codecs.masks import encode_label_png, restored_segments
+from segserve.codecs.overlay import blend_labels
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.contract.refine import REFINE_CHOICES, REFINE_CRF
 from segserve.contract.video import SemanticParameters
@@ -124,6 +125,10 @@ class SemanticModel(Pipeline):
         if options is None or not options.refine:
             return output.labels
         return refine_letterboxed(output.labels, output.scores, output.image, box.content_h, box.content_w, self.params.crf)
+
+    def draw(self, rgb: np.ndarray, encoded: Encoded, options: None) -> np.ndarray:
+        return blend_labels(rgb, encoded.label_map)
+
 
 
 def _to_engine_input(config: ModelConfig, images: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from segserve.codecs.masks import encode_label_png
+from segserve.codecs.overlay import caption, draw_instances
 from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import ModelConfig, Task
@@ -165,6 +166,12 @@ class InstanceModel(Pipeline):
         if fmt == OutputFormat.png:
             return Encoded(png=encode_label_png(instance_id_map(instances, *original_size)))
         return Encoded({"instances": instances})
+
+    def draw(self, rgb: np.ndarray, encoded: Encoded, options: InstanceOptions) -> np.ndarray:
+        drawn = encoded.body["instances"][::-1]  # best last: on top
+        masks = [mask_utils.decode({"size": i["mask"]["size"], "counts": i["mask"]["counts"].encode()}).view(bool) for i in drawn]
+        return draw_instances(rgb, masks, [i["box"] for i in drawn], [i["class_id"] for i in drawn],
+                              [caption(i["label"], i["score"]) for i in drawn])
 
 
 def _split_detect(runner: SplitRunner) -> DetectBatch:

@@ -9,7 +9,7 @@ from segserve.config import Settings
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
 from segserve.transport.access import ApiKey
-from segserve.transport.http import errors
+from segserve.transport.http import demo, errors
 from segserve.transport.http.access import PROBES, ApiKeyMiddleware, docs_paths, document_api_key
 from segserve.transport.http.direct import DirectRoutes
 from segserve.transport.http.keepalive import Http10KeepAliveHeader
@@ -37,13 +37,15 @@ def build_app(settings: Settings, metrics: Metrics, manager: ModelManager, lifes
     app.include_router(router)
     app.include_router(video_router)
     app.include_router(v2_router)  # KServe v2 over HTTP, the twin of gRPC
+    demo.install(app)  # the demo page at /
     if not settings.metrics_port:  # else the metrics port's alone (transport/http/metrics_port.py)
         app.include_router(metrics_router)
     # innermost: past the API key, the request id and the keep-alive header like every route
     app.add_middleware(DirectRoutes, routes={("POST", "/segment"): segment})
     key = ApiKey.from_settings(settings)
     if key is not None:  # added first: inside RequestIdMiddleware, so a 401 carries X-Request-ID
-        open_paths = PROBES | (docs_paths(app) if settings.docs == "public" else frozenset())
+        # the demo page is documentation too: open with the docs (its API calls carry the key)
+        open_paths = PROBES | (docs_paths(app) | demo.PAGE_PATHS if settings.docs == "public" else frozenset())
         app.add_middleware(ApiKeyMiddleware, key=key, open_paths=open_paths, metrics=metrics)
         document_api_key(app, open_paths)
     app.add_middleware(RequestIdMiddleware)

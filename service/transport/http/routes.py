@@ -123,6 +123,8 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     headers = {"X-Batch-Size": str(result.timing.batch_size)}
     if result.encoded.png is not None:
         return Response(result.encoded.png, media_type="image/png", headers=headers)
+    if result.encoded.jpeg is not None:
+        return Response(result.encoded.jpeg, media_type="image/jpeg", headers=headers)
     return Response(render_json(pipeline, result, total_s), media_type="application/json", headers=headers)
 
 
@@ -131,9 +133,10 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     summary="Segment one image",
     description="Raw image bytes (image/jpeg, image/png, image/webp) or multipart/form-data with a file field `image`. "
     "Semantic models answer one COCO RLE per class present; instance models one per instance. "
-    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG.",
+    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG; "
+    "`format=overlay` a JPEG of the image with its masks blended in class colours (instances: with boxes and labels).",
     response_model=SemanticResponse | InstanceResponse,
-    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS},
     openapi_extra={**IMAGE_BODY, "parameters": query_parameters()},
 )
 async def segment(request: Request) -> Response:
