@@ -1,5 +1,8 @@
 """Serving paths vs torchvision eager: the issue's "same instances" criterion.
 
+Keypoint R-CNN is held to the same matching, with keypoints in place of masks: every
+matched pair's K keypoints within ``keypoint_px`` (1 px, as boxes).
+
 Same weights, same images: every eager instance has a served twin with the same label,
 box corners within 1 px, score within 1e-3 and mask IoU >= 0.98 -- and vice versa.
 Masks that miss the IoU still pass if they agree within one pixel (each inside the other
@@ -26,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import KeypointRCNN, MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from segserve.codecs.rcnn_input import resize, resize_scale
@@ -37,6 +40,7 @@ class Tolerances:
     box_px: float = 1.0
     score: float = 1e-3
     mask_iou: float = 0.98
+    keypoint_px: float = 1.0
 
 
 @dataclass
@@ -48,6 +52,7 @@ class ParityResult:
     max_box_diff: float
     max_score_diff: float
     min_mask_iou: float  # over matched pairs, including those passing by the 1-pixel rule
+    max_keypoint_diff: float = 0.0  # keypoint models: over matched pairs, x and y
 
     @property
     def ok(self) -> bool:
@@ -62,6 +67,7 @@ class ParityResult:
             max(self.max_box_diff, other.max_box_diff),
             max(self.max_score_diff, other.max_score_diff),
             min(self.min_mask_iou, other.min_mask_iou),
+            max(self.max_keypoint_diff, other.max_keypoint_diff),
         )
 
     def as_dict(self) -> dict:
@@ -109,6 +115,29 @@ def eager_instances(
             ]
         )
     return result
+
+
+def eager_keypoint_instances(detector: KeypointRCNN, images: list[np.ndarray], score_threshold: float) -> list[list[dict]]:
+    """torchvision's own Keypoint R-CNN answer, as the served instances: float images /255 in,
+    one call (batched as torchvision batches), keypoints flat [x1, y1, v1, ...]."""
+    detector.eval()
+    with torch.no_grad():
+        outputs = detector([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1).float() / 255 for i in images])
+    return [
+        [
+            {"class_id": int(label), "score": float(score), "box": [float(v) for v in box],
+             "keypoints": [float(v) for v in points.flatten()]}
+            for label, score, box, points in zip(out["labels"], out["scores"], out["boxes"], out["keypoints"])
+            if score >= score_threshold
+        ]
+        for out in outputs
+    ]
+
+
+def keypoint_diff(a: dict, b: dict) -> float:
+    """The largest x or y difference between two instances' keypoints, pixels."""
+    xy = lambda i: np.asarray(i["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2]  # noqa: E731
+    return float(np.abs(xy(a) - xy(b)).max(initial=0.0))
 
 
 def mask_iou(a: dict, b: dict) -> float:
@@ -171,19 +200,24 @@ def compare(
     at_cut += sum(abs(g["score"] - cut_got) <= tol.score for j, g in enumerate(served) if not taken[j])
     lonely = (len(reference) - len(pairs)) + (len(served) - len(pairs)) - at_cut
 
-    ious = [mask_iou(served[j]["rle"], reference[i]["rle"]) for i, j, _ in pairs]
-    bad_masks = sum(
+    masks = bool(pairs) and "rle" in reference[pairs[0][0]]
+    ious = [mask_iou(served[j]["rle"], reference[i]["rle"]) for i, j, _ in pairs] if masks else []
+    bad_pairs = sum(
         iou < tol.mask_iou and not within_one_pixel(served[j]["rle"], reference[i]["rle"])
         for iou, (i, j, _) in zip(ious, pairs)
     )
+    keypoints = bool(pairs) and "keypoints" in reference[pairs[0][0]]
+    keypoint_diffs = [keypoint_diff(served[j], reference[i]) for i, j, _ in pairs] if keypoints else []
+    bad_pairs += sum(d > tol.keypoint_px for d in keypoint_diffs)
     return ParityResult(
         reference=len(reference),
-        matched=int(len(pairs) - bad_masks),
+        matched=int(len(pairs) - bad_pairs),
         unmatched_at_cut=int(at_cut),
-        unmatched=int(lonely + bad_masks),
+        unmatched=int(lonely + bad_pairs),
         max_box_diff=max((d for _, _, d in pairs), default=0.0),
         max_score_diff=float(max((abs(ref_scores[i] - got_scores[j]) for i, j, _ in pairs), default=0.0)),
         min_mask_iou=float(min(ious, default=1.0)),
+        max_keypoint_diff=float(max(keypoint_diffs, default=0.0)),
     )
 
 

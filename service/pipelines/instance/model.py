@@ -65,12 +65,16 @@ def instance_id_map(instances: list[dict], height: int, width: int) -> np.ndarra
     return np.ascontiguousarray(ids_t.T)
 
 
+def label_of(class_id: int, classes: list[str]) -> str:
+    return classes[class_id] if class_id < len(classes) else str(class_id)
+
+
 def served_instances(detections: Detections, meta: ImageMeta, options: InstanceOptions, classes: list[str]) -> list[dict]:
     """One image's detections -> the response's instances (schemas.Instance), best first."""
     return [
         {
             "class_id": i["class_id"],
-            "label": classes[i["class_id"]] if i["class_id"] < len(classes) else str(i["class_id"]),
+            "label": label_of(i["class_id"], classes),
             "score": i["score"],
             "box": i["box"],
             "mask": i["rle"],
@@ -158,10 +162,14 @@ class InstanceModel(Pipeline):
         original_size = (placement.height, placement.width)
         # boxes and masks go back to the image as received, not to a smaller JPEG draft
         meta = ImageMeta(original_size=original_size, resized_size=meta.resized_size)
-        instances = served_instances(detections, meta, options, self.config.classes)
+        instances = self.served(detections, meta, options)
         if fmt == OutputFormat.png:
             return Encoded(png=encode_label_png(instance_id_map(instances, *original_size)))
         return Encoded({"instances": instances})
+
+    def served(self, detections: Detections, meta: ImageMeta, options: InstanceOptions) -> list[dict]:
+        """One image's detections -> the answer's instances, in original-image pixels."""
+        return served_instances(detections, meta, options, self.config.classes)
 
 
 def _split_detect(runner: SplitRunner) -> DetectBatch:

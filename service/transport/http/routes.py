@@ -21,6 +21,7 @@ from segserve.transport.http.errors import service_error_response
 from segserve.transport.http.schemas import (
     ErrorResponse,
     InstanceResponse,
+    KeypointsResponse,
     ModelInfo,
     ModelList,
     PartInfo,
@@ -118,9 +119,11 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     "/segment",
     summary="Segment one image",
     description="Raw image bytes (image/jpeg, image/png, image/webp) or multipart/form-data with a file field `image`. "
-    "Semantic models answer one COCO RLE per class present; instance models one per instance. "
-    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG.",
-    response_model=SemanticResponse | InstanceResponse,
+    "Semantic models answer one COCO RLE per class present; instance models one per instance; keypoint models "
+    "each instance's box and COCO keypoints. "
+    "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG "
+    "(keypoint models: JSON only).",
+    response_model=SemanticResponse | InstanceResponse | KeypointsResponse,
     responses={200: {"content": {"image/png": {}}}, **ERRORS},
     openapi_extra=IMAGE_BODY,
 )
@@ -129,8 +132,8 @@ async def segment(
     model: str | None = Query(None, description="model name; the server default when omitted"),
     format: Literal["json", "png"] | None = Query(None, description="json (default) or png"),
     timeout_ms: int | None = Query(None, ge=1, le=MAX_TIMEOUT_MS, description="deadline for this request (default: server setting)"),
-    score_threshold: float | None = Query(None, ge=0, le=1, description="instance models: minimum score (default 0.5)"),
-    max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance models: at most this many (default 100)"),
+    score_threshold: float | None = Query(None, ge=0, le=1, description="instance and keypoint models: minimum score (default 0.5)"),
+    max_instances: int | None = Query(None, ge=1, le=MAX_INSTANCES_LIMIT, description="instance and keypoint models: at most this many (default 100)"),
     mask_threshold: float | None = Query(None, ge=0, le=1, description="instance models: mask probability cut (default 0.5)"),
 ) -> Response:
     async def handle(obs: Observation) -> Response:
@@ -140,7 +143,7 @@ async def segment(
         pipeline = manager.get(model)
         obs.model = pipeline.config.name
         options = pipeline.parse_options(request.query_params)
-        fmt = choose_format(format, request.headers.get("accept", ""))
+        fmt = pipeline.check_format(choose_format(format, request.headers.get("accept", "")))
         with pipeline.admit():  # refused before the body is read when the model is at capacity
             data = await read_image(request, settings.max_body_bytes, deadline)
             result = await run_unless_disconnected(request, pipeline.segment_image(data, options, fmt, deadline))
@@ -170,6 +173,7 @@ def model_info(status: ModelStatus) -> ModelInfo:
         max_queue_delay_ms=cfg.dynamic_batching.max_queue_delay_ms,
         instances=cfg.instances,
         classes=cfg.classes,
+        keypoints=cfg.keypoints.model_dump() if cfg.keypoints is not None else None,
         weights={"source": cfg.weights.source, "detail": cfg.weights.detail},
         parts=[
             PartInfo(
