@@ -428,6 +428,16 @@ def write_sha256sums(directory: Path) -> None:
     (directory / "SHA256SUMS").write_text("".join(lines))
 
 
+def _detector_task(train, steps: int, evaluate) -> tuple:
+    """(train fn, held-out evaluation) of a detector task."""
+    return (
+        lambda args: train(
+            args.steps or steps, args.budget_s, args.seed, lr=args.lr or 1e-3, semantic_checkpoint=args.out / "shapes_lraspp.pth"
+        ),
+        lambda net: evaluate(net, held_out_seeds(50)),
+    )
+
+
 TASKS = {
     # task: (architecture, checkpoint file, train fn, held-out evaluation)
     "semantic": (
@@ -437,23 +447,11 @@ TASKS = {
         ),
         lambda net: evaluate_semantic(net, held_out_seeds(64), SEMANTIC_INPUT),
     ),
-    "instance": (
-        "maskrcnn_mobilenet_v3_large_fpn", "shapes_maskrcnn.pth",
-        # starts from the semantic model's backbone when that was trained first
-        lambda args: train_instance(
-            args.steps or INSTANCE_STEPS, args.budget_s, args.seed, lr=args.lr or 1e-3,
-            semantic_checkpoint=args.out / "shapes_lraspp.pth",
-        ),
-        lambda net: evaluate_instance(net, held_out_seeds(50)),
-    ),
-    "keypoints": (
-        "keypointrcnn_mobilenet_v3_large_fpn", "shapes_keypointrcnn.pth",
-        lambda args: train_keypoints(
-            args.steps or KEYPOINT_STEPS, args.budget_s, args.seed, lr=args.lr or 1e-3,
-            semantic_checkpoint=args.out / "shapes_lraspp.pth",
-        ),
-        lambda net: evaluate_keypoints(net, held_out_seeds(50)),
-    ),
+    # both detectors start from the semantic model's backbone when that was trained first
+    "instance": ("maskrcnn_mobilenet_v3_large_fpn", "shapes_maskrcnn.pth",
+                 *_detector_task(train_instance, INSTANCE_STEPS, evaluate_instance)),
+    "keypoints": ("keypointrcnn_mobilenet_v3_large_fpn", "shapes_keypointrcnn.pth",
+                  *_detector_task(train_keypoints, KEYPOINT_STEPS, evaluate_keypoints)),
 }
 # What a task's checkpoint holds beyond the state_dict: (classes, extra entries)
 CHECKPOINT_META = {

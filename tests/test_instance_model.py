@@ -72,15 +72,21 @@ def eager_detector(exported):
     return net.eval()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One export shared by the tests."""
-    return export_small(tmp_path_factory, ARCH, 3, CLASSES)
+def small_export_fixtures(arch: str, seed: int, classes: list[str]):
+    """A module's ``exported`` (one export shared by its tests) and ``detector`` fixtures."""
+
+    @pytest.fixture(scope="module", name="exported")
+    def exported_fixture(tmp_path_factory):
+        return export_small(tmp_path_factory, arch, seed, classes)
+
+    @pytest.fixture(scope="module", name="detector")
+    def detector_fixture(exported):
+        return eager_detector(exported)
+
+    return exported_fixture, detector_fixture
 
 
-@pytest.fixture(scope="module")
-def detector(exported):
-    return eager_detector(exported)
+exported, detector = small_export_fixtures(ARCH, 3, CLASSES)
 
 
 def split_runner(exported, backend: str, runner: type[SplitRunner] = SplitRunner) -> SplitRunner:

@@ -27,10 +27,9 @@ from tests.test_instance_model import (  # noqa: F401 (one_thread: the autouse f
     CUT,
     RESIZED,
     UNRESIZED,
-    eager_detector,
-    export_small,
     image,
     one_thread,
+    small_export_fixtures,
     split_module_runner,
     split_runner,
 )
@@ -39,14 +38,7 @@ ARCH = "keypointrcnn_mobilenet_v3_large_fpn"
 CLASSES = ["__background__", "person", "robot"]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return export_small(tmp_path_factory, ARCH, 5, CLASSES)
-
-
-@pytest.fixture(scope="module")
-def detector(exported):
-    return eager_detector(exported)
+exported, detector = small_export_fixtures(ARCH, 5, CLASSES)
 
 
 def test_export_writes_the_split_and_the_keypoints_and_passes_parity(exported):

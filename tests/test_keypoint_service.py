@@ -37,13 +37,8 @@ EVAL_IMAGES = 6
 
 
 @pytest.fixture(scope="module")
-def repo(keypoint_repo):
-    return keypoint_repo
-
-
-@pytest.fixture(scope="module")
-def server(repo):
-    with InProcessServer(repo) as s:
+def server(keypoint_repo):
+    with InProcessServer(keypoint_repo) as s:
         yield s
 
 
@@ -78,8 +73,9 @@ def test_jpeg_photo_gives_instances_with_k_keypoints_at_the_original_size(server
 
 
 @pytest.fixture(scope="module")
-def detector(repo):
+def detector(keypoint_repo):
     """torchvision eager on the exported weights and settings: the parity reference."""
+    repo = keypoint_repo
     config = load_config(repo / MODEL)
     params = InstanceParameters.model_validate(config.parameters)
     net = zoo.build_for(config)
@@ -127,10 +123,10 @@ def test_kserve_v2_masks_json_is_the_segment_answer(server):
     assert answer["task"] == "keypoints" and answer["instances"] == direct["instances"]
 
 
-def test_keypoint_ap_through_the_server_equals_engine_direct(server, repo):
+def test_keypoint_ap_through_the_server_equals_engine_direct(server, keypoint_repo):
     samples = list(datasets.synthetic(EVAL_IMAGES, first_seed=datasets.HELD_OUT_SEED_BASE + 100))
     served = evaluate(HttpPredictor(BASE_URL, MODEL, client=server.client), samples)
-    direct = evaluate(EnginePredictor(repo, MODEL, "onnxruntime"), samples)
+    direct = evaluate(EnginePredictor(keypoint_repo, MODEL, "onnxruntime"), samples)
     assert served["task"] == direct["task"] == "keypoints" and served["images"] == EVAL_IMAGES
     assert served["keypoint_ap50"] >= MIN_KEYPOINT_AP50, served
     for key in ("keypoint_ap", "keypoint_ap50", "keypoint_ap75"):

@@ -210,65 +210,30 @@ def _keypointrcnn(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return build
 
 
-register(
-    Architecture(
-        "maskrcnn_resnet50_fpn",
-        "instance",
-        _maskrcnn(tvdet.maskrcnn_resnet50_fpn),
-        tvdet.MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-        default_input=(800, 1344),
-        default_max_batch=4,
-        drop_prefixes=(),
+def register_rcnn(name: str, task: str, build: Callable[..., nn.Module], weights, light: bool = False, **extra) -> None:
+    """An R-CNN (Mask / Keypoint): it resizes by itself, so the input is its canvas; the
+    ResNet-50 ones at torchvision's 800/1333 with small batches, the light ones smaller."""
+    register(
+        Architecture(
+            name, task, build, weights, default_input=(320, 512) if light else (800, 1344),
+            default_max_batch=8 if light else 4, drop_prefixes=(), **extra,
+        )
     )
+
+
+register_rcnn("maskrcnn_resnet50_fpn", "instance", _maskrcnn(tvdet.maskrcnn_resnet50_fpn), tvdet.MaskRCNN_ResNet50_FPN_Weights.COCO_V1)
+register_rcnn(
+    "maskrcnn_resnet50_fpn_v2", "instance", _maskrcnn(tvdet.maskrcnn_resnet50_fpn_v2), tvdet.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1
 )
-register(
-    Architecture(
-        "maskrcnn_resnet50_fpn_v2",
-        "instance",
-        _maskrcnn(tvdet.maskrcnn_resnet50_fpn_v2),
-        tvdet.MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-        default_input=(800, 1344),
-        default_max_batch=4,
-        drop_prefixes=(),
-    )
-)
-register(
-    Architecture(
-        "maskrcnn_mobilenet_v3_large_fpn",
-        "instance",
-        build_maskrcnn_mobilenet_v3_large_fpn,
-        None,
-        default_input=(320, 512),
-        default_max_batch=8,
-        drop_prefixes=(),
-    )
-)
+register_rcnn("maskrcnn_mobilenet_v3_large_fpn", "instance", build_maskrcnn_mobilenet_v3_large_fpn, None, light=True)
 
 
 # --- keypoints (Keypoint R-CNN: the same split as Mask R-CNN) ---------------------------
 
-for _arch in (
-    Architecture(
-        "keypointrcnn_resnet50_fpn",
-        "keypoints",
-        _keypointrcnn(tvdet.keypointrcnn_resnet50_fpn),
-        tvdet.KeypointRCNN_ResNet50_FPN_Weights.COCO_V1,
-        default_input=(800, 1344),
-        default_max_batch=4,
-        drop_prefixes=(),
-        keypoint_names=COCO_KEYPOINT_NAMES,
-        skeleton=COCO_SKELETON,
-    ),
-    Architecture(
-        "keypointrcnn_mobilenet_v3_large_fpn",
-        "keypoints",
-        build_keypointrcnn_mobilenet_v3_large_fpn,
-        None,
-        default_input=(320, 512),
-        default_max_batch=8,
-        drop_prefixes=(),
-        keypoint_names=COCO_KEYPOINT_NAMES,
-        skeleton=COCO_SKELETON,
-    ),
-):
-    register(_arch)
+COCO_PERSON = {"keypoint_names": COCO_KEYPOINT_NAMES, "skeleton": COCO_SKELETON}  # random weights: K = 17, COCO's
+register_rcnn(
+    "keypointrcnn_resnet50_fpn", "keypoints", _keypointrcnn(tvdet.keypointrcnn_resnet50_fpn),
+    tvdet.KeypointRCNN_ResNet50_FPN_Weights.COCO_V1, **COCO_PERSON,
+)
+register_rcnn("keypointrcnn_mobilenet_v3_large_fpn", "keypoints", build_keypointrcnn_mobilenet_v3_large_fpn, None, light=True,
+              **COCO_PERSON)
