@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench bench-crf bench-overhead loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-overhead loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -31,16 +31,20 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 # The default repository, exported once and reused after: the bundled models trained here
-# (offline), plus torchvision's COCO/VOC LRASPP and Mask R-CNN whenever their weights can be had.
+# (offline), plus torchvision's COCO/VOC LRASPP, Mask R-CNN and Keypoint R-CNN whenever their weights can be had.
 models: setup
 	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --name shapes_lraspp --weights bundled:shapes_lraspp \
 		--input-size 256x256 --video-split --repository $(REPO) --skip-existing
 	$(BIN)/segserve export --model maskrcnn_mobilenet_v3_large_fpn --name shapes_maskrcnn --weights bundled:shapes_maskrcnn \
 		--repository $(REPO) --skip-existing
+	$(BIN)/segserve export --model keypointrcnn_mobilenet_v3_large_fpn --name shapes_keypointrcnn --weights bundled:shapes_keypointrcnn \
+		--repository $(REPO) --skip-existing
 	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --weights pretrained --video-split --repository $(REPO) --skip-existing \
 		|| echo "note: pretrained LRASPP weights unavailable (offline?): serving the bundled models"
 	$(BIN)/segserve export --model maskrcnn_resnet50_fpn --weights pretrained --repository $(REPO) --skip-existing \
 		|| echo "note: pretrained Mask R-CNN weights unavailable (offline?): serving the bundled models"
+	$(BIN)/segserve export --model keypointrcnn_resnet50_fpn --weights pretrained --repository $(REPO) --skip-existing \
+		|| echo "note: pretrained Keypoint R-CNN weights unavailable (offline?): serving the bundled models"
 
 serve: models
 	$(BIN)/segserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO)
@@ -65,6 +69,12 @@ docker-test: setup
 # Delete model_repository/shapes_* afterwards to re-export them.
 train: setup
 	$(BIN)/python -m segserve_models.train all
+
+# Retrain the bundled keypoint model (Keypoint R-CNN, MobileNetV3-FPN, on the synthetic polygons' corners and
+# tips; its backbone starts from the committed shapes_lraspp.pth) from scratch, fixed seed and steps:
+# rewrites models/checkpoints/shapes_keypointrcnn.pth + SHA256SUMS byte for byte (docs/accuracy.md).
+train-keypoints: setup
+	$(BIN)/python -m segserve_models.train keypoints
 
 # Retrain the bundled LRASPP's video correction (stale keyframe features, /segment/video) on
 # synthetic clips, reproducibly: rewrites models/checkpoints/shapes_lraspp_video.pth + SHA256SUMS.

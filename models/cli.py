@@ -53,7 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
     size = _size(args.input_size) if args.input_size else None
     common = {"name": name, "classes": args.classes.split(",") if args.classes else None, "max_batch_size": args.max_batch_size}
-    if zoo.get(args.model).task == "instance":  # Mask R-CNN resizes by itself: the size is its canvas
+    if zoo.get(args.model).task in ("instance", "keypoints"):  # R-CNNs resize by themselves: the size is their canvas
         export = partial(export_instance_model, canvas=size, **common)
     else:
         export = partial(export_model, input_size=size, output=args.output, dynamic_hw=args.dynamic_hw,
@@ -89,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a torchvision model into the model repository")
-    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large or maskrcnn_resnet50_fpn")
+    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large, maskrcnn_resnet50_fpn or keypointrcnn_resnet50_fpn")
     export.add_argument("--name", help="model name in the repository (default: the architecture)")
     export.add_argument(
         "--weights", default="pretrained",
@@ -112,7 +112,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    evaluate = sub.add_parser("eval", help="accuracy (PA/MPA/mIoU or mask AP) engine-direct or through a server")
+    evaluate = sub.add_parser("eval", help="accuracy (PA/MPA/mIoU, mask AP or keypoint AP) engine-direct or through a server")
     evaluate.add_argument("--model", required=True, help="model name in the repository / on the server")
     evaluate.add_argument("--url", help="evaluate through this running server (the whole stack)")
     evaluate.add_argument("--repository", default="model_repository", help="without --url: run the engine in-process")

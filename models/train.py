@@ -1,10 +1,12 @@
 """Train the bundled shape models on synthetic scenes, from random init, on CPU.
 
     python -m segserve_models.train all                  # what `make train` runs: both, ~29 min on 2 cores
-    python -m segserve_models.train semantic|instance [--out DIR] [--steps N] [--budget-s S] [--seed S]
+    python -m segserve_models.train keypoints            # what `make train-keypoints` runs
+    python -m segserve_models.train semantic|instance|keypoints [--out DIR] [--steps N] [--budget-s S] [--seed S]
 
 `all` trains `semantic`, then `instance`, whose backbone starts from the semantic
-checkpoint in --out (see ``backbone_from_semantic``). With the default fixed step counts
+checkpoint in --out (see ``backbone_from_semantic``); so does `keypoints` (the Keypoint
+R-CNN on the polygons' corners and tips, ``segserve_models.synthetic.keypoints``). With the default fixed step counts
 the run is exactly reproducible: same seed, same bytes, same sha256 (the checkpoint
 records no timings; they are printed instead). ``--budget-s`` stops by wall clock instead,
 which is not reproducible and is meant for experiments only.
@@ -43,7 +45,16 @@ from torch import nn  # noqa: E402
 
 from segserve.graphs import zoo  # noqa: E402
 from segserve.graphs.serving import Normalize  # noqa: E402
+from segserve_models.evaluation.metrics import KeypointAccumulator  # noqa: E402
 from segserve_models.synthetic import CLASSES, Scene, make_scene  # noqa: E402
+from segserve_models.synthetic.keypoints import (  # noqa: E402
+    KEYPOINT_CLASSES,
+    KEYPOINT_NAMES,
+    KEYPOINT_SIGMA,
+    KEYPOINT_SKELETON,
+    NUM_KEYPOINTS,
+    keypoint_truth,
+)
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 HELD_OUT_SEED_BASE = 1_000_000_000
@@ -60,6 +71,7 @@ FP32_LIMIT_BYTES = 15_000_000
 # take under 30 minutes on 2 quiet CPU cores (measured: docs/accuracy.md).
 SEMANTIC_STEPS = 1200
 INSTANCE_STEPS = 250
+KEYPOINT_STEPS = 250  # `make train-keypoints`, on its own (docs/accuracy.md)
 
 
 def _torch_setup(seed: int) -> None:
@@ -265,6 +277,15 @@ def train_instance(
     semantic_checkpoint: Path | None = None,
 ) -> tuple[nn.Module, tuple[dict, dict]]:
     model = zoo.get("maskrcnn_mobilenet_v3_large_fpn").build(len(CLASSES))
+    return model, _train_detector(model, instance_sample, steps, budget_s, seed, batch, lr, semantic_checkpoint)
+
+
+def _train_detector(
+    model: nn.Module, sample, steps: int, budget_s: float | None, seed: int, batch: int, lr: float,
+    semantic_checkpoint: Path | None,
+) -> tuple[dict, dict]:
+    """A torchvision detector trained on ``sample(scene)`` -> (image, target) pairs, its body
+    started from the semantic checkpoint when there is one."""
     backbone_init = "random"
     if semantic_checkpoint is not None and semantic_checkpoint.is_file():
         backbone_from_semantic(model, semantic_checkpoint)
@@ -277,14 +298,49 @@ def train_instance(
     }
 
     def make_batch(step: int) -> list[tuple[torch.Tensor, dict]]:
-        return [instance_sample(make_scene(s)) for s in _train_seeds(seed, step, batch)]
+        return [sample(make_scene(s)) for s in _train_seeds(seed, step, batch)]
 
     def batch_loss(samples: list[tuple[torch.Tensor, dict]]) -> torch.Tensor:
         images, targets = zip(*samples)
         losses = model(list(images), list(targets))
         return sum(losses.values())
 
-    return model, _run_training(model, optimizer, make_batch, batch_loss, steps, budget_s, lr, hyper)
+    return _run_training(model, optimizer, make_batch, batch_loss, steps, budget_s, lr, hyper)
+
+
+# --- keypoints -------------------------------------------------------------------------
+
+def keypoint_sample(scene: Scene) -> tuple[torch.Tensor, dict]:
+    """Image as float [0, 1] CHW and its Keypoint R-CNN target: the polygons, their keypoints."""
+    image = torch.from_numpy(scene.image).permute(2, 0, 1).float().div(255)
+    truth = keypoint_truth(scene)
+    return image, {
+        "boxes": torch.tensor([t.box for t in truth], dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor([t.class_id for t in truth], dtype=torch.int64),
+        "keypoints": torch.from_numpy(np.stack([t.keypoints for t in truth]) if truth else np.zeros((0, NUM_KEYPOINTS, 3), np.float32)),
+    }
+
+
+def train_keypoints(
+    steps: int, budget_s: float | None, seed: int, batch: int = 4, lr: float = 1e-3,
+    semantic_checkpoint: Path | None = None,
+) -> tuple[nn.Module, tuple[dict, dict]]:
+    model = zoo.get("keypointrcnn_mobilenet_v3_large_fpn").build(len(KEYPOINT_CLASSES), num_keypoints=NUM_KEYPOINTS)
+    return model, _train_detector(model, keypoint_sample, steps, budget_s, seed, batch, lr, semantic_checkpoint)
+
+
+@torch.no_grad()
+def evaluate_keypoints(model: nn.Module, seeds) -> dict:
+    """COCO keypoint AP (OKS, sigma KEYPOINT_SIGMA for every keypoint) on held-out scenes."""
+    model.eval()
+    accumulator = KeypointAccumulator([KEYPOINT_SIGMA] * NUM_KEYPOINTS)
+    for seed in seeds:
+        scene = make_scene(seed)
+        output = model([keypoint_sample(scene)[0]])[0]
+        found = zip(output["labels"].tolist(), output["scores"].tolist(), output["keypoints"].flatten(1).tolist())
+        accumulator.add(*scene.labels.shape, keypoint_truth(scene), list(found))
+    result = accumulator.results(KEYPOINT_CLASSES)
+    return {k: round(v, 4) for k, v in result.items() if k != "images"}
 
 
 # --- shared ----------------------------------------------------------------------------
@@ -348,8 +404,11 @@ def _run_training(
     return recorded, timings
 
 
-def save_checkpoint(path: Path, net: nn.Module, architecture: str, train_info: dict) -> None:
-    """{"model", "classes", "architecture", "train"}; float16 weights if float32 is too big."""
+def save_checkpoint(
+    path: Path, net: nn.Module, architecture: str, train_info: dict, classes: list[str] = CLASSES, extra: dict | None = None
+) -> None:
+    """{"model", "classes", "architecture", "train"} (+ ``extra``, e.g. a keypoint model's
+    "keypoints" and "skeleton"); float16 weights if float32 is too big."""
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     float_bytes = sum(v.numel() * 4 for v in state.values() if v.is_floating_point())
     storage = "float16" if float_bytes > FP32_LIMIT_BYTES else "float32"
@@ -357,8 +416,8 @@ def save_checkpoint(path: Path, net: nn.Module, architecture: str, train_info: d
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"model": state, "classes": list(CLASSES), "architecture": architecture,
-         "train": {**train_info, "storage_dtype": storage}},
+        {"model": state, "classes": list(classes), "architecture": architecture,
+         "train": {**train_info, "storage_dtype": storage}, **(extra or {})},
         path,
     )
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB, {storage})")
@@ -367,6 +426,16 @@ def save_checkpoint(path: Path, net: nn.Module, architecture: str, train_info: d
 def write_sha256sums(directory: Path) -> None:
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(directory.glob("*.pth"))]
     (directory / "SHA256SUMS").write_text("".join(lines))
+
+
+def _detector_task(train, steps: int, evaluate) -> tuple:
+    """(train fn, held-out evaluation) of a detector task."""
+    return (
+        lambda args: train(
+            args.steps or steps, args.budget_s, args.seed, lr=args.lr or 1e-3, semantic_checkpoint=args.out / "shapes_lraspp.pth"
+        ),
+        lambda net: evaluate(net, held_out_seeds(50)),
+    )
 
 
 TASKS = {
@@ -378,15 +447,15 @@ TASKS = {
         ),
         lambda net: evaluate_semantic(net, held_out_seeds(64), SEMANTIC_INPUT),
     ),
-    "instance": (
-        "maskrcnn_mobilenet_v3_large_fpn", "shapes_maskrcnn.pth",
-        # starts from the semantic model's backbone when that was trained first
-        lambda args: train_instance(
-            args.steps or INSTANCE_STEPS, args.budget_s, args.seed, lr=args.lr or 1e-3,
-            semantic_checkpoint=args.out / "shapes_lraspp.pth",
-        ),
-        lambda net: evaluate_instance(net, held_out_seeds(50)),
-    ),
+    # both detectors start from the semantic model's backbone when that was trained first
+    "instance": ("maskrcnn_mobilenet_v3_large_fpn", "shapes_maskrcnn.pth",
+                 *_detector_task(train_instance, INSTANCE_STEPS, evaluate_instance)),
+    "keypoints": ("keypointrcnn_mobilenet_v3_large_fpn", "shapes_keypointrcnn.pth",
+                  *_detector_task(train_keypoints, KEYPOINT_STEPS, evaluate_keypoints)),
+}
+# What a task's checkpoint holds beyond the state_dict: (classes, extra entries)
+CHECKPOINT_META = {
+    "keypoints": (KEYPOINT_CLASSES, {"keypoints": KEYPOINT_NAMES, "skeleton": KEYPOINT_SKELETON}),
 }
 
 
@@ -400,7 +469,8 @@ def train_task(task: str, args: argparse.Namespace) -> dict:
     info.update(seed=args.seed, held_out=metrics)
     timings.update(wall_s=round(time.perf_counter() - started, 1), cpu_s=round(time.process_time() - cpu_started, 1))
     print(f"{task}: {metrics}  {timings}", flush=True)
-    save_checkpoint(args.out / filename, net, architecture, info)
+    classes, extra = CHECKPOINT_META.get(task, (CLASSES, None))
+    save_checkpoint(args.out / filename, net, architecture, info, classes, extra)
     write_sha256sums(args.out)
     return timings
 
@@ -409,7 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=["all", *sorted(TASKS)])
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
-    parser.add_argument("--steps", type=int, help=f"optimizer steps (default: semantic {SEMANTIC_STEPS}, instance {INSTANCE_STEPS})")
+    parser.add_argument("--steps", type=int, help=f"optimizer steps (default: semantic {SEMANTIC_STEPS}, "
+                        f"instance {INSTANCE_STEPS}, keypoints {KEYPOINT_STEPS})")
     parser.add_argument("--budget-s", type=float, help="also stop after this many training seconds (not reproducible)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, help="peak learning rate (default: per task)")

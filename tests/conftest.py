@@ -19,6 +19,8 @@ SMALL_INPUT = (128, 128)
 INSTANCE_ARCH = "maskrcnn_mobilenet_v3_large_fpn"
 # The bundled Mask R-CNN, exported once: served on the split path and on its whole graph.
 INSTANCE_SPLIT, INSTANCE_WHOLE = "shapes", "shapes_whole"
+# The bundled Keypoint R-CNN, exported once.
+KEYPOINT_ARCH, KEYPOINT_MODEL = "keypointrcnn_mobilenet_v3_large_fpn", "shapes_keypointrcnn"
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +81,16 @@ def instance_repo(tmp_path_factory) -> Path:
         }
     )
     config.dump(whole_dir / CONFIG_FILE)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def keypoint_repo(tmp_path_factory) -> Path:
+    """The bundled Keypoint R-CNN checkpoint exported once (with the exporter's parity check)."""
+    from segserve_models.instance.export import export_instance_model
+
+    repo = tmp_path_factory.mktemp("keypoint_repo")
+    export_instance_model(KEYPOINT_ARCH, repo, WeightsSpec.parse("bundled:shapes_keypointrcnn"), name=KEYPOINT_MODEL, progress=False)
     return repo
 
 

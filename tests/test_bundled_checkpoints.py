@@ -11,6 +11,7 @@ import torch
 
 from segserve.graphs import zoo
 from segserve_models.synthetic import CLASSES
+from segserve_models.synthetic.keypoints import KEYPOINT_CLASSES, KEYPOINT_NAMES, KEYPOINT_SKELETON, NUM_KEYPOINTS
 from segserve_models.train import (
     CHECKPOINT_DIR,
     SEMANTIC_INPUT,
@@ -20,6 +21,7 @@ from segserve_models.train import (
     held_out_seeds,
     save_checkpoint,
     train_instance,
+    train_keypoints,
     train_semantic,
 )
 from segserve_models.video_correction import KeyframeClips, base_net
@@ -31,7 +33,9 @@ from segserve_models.weights import load_checkpoint
 CHECKPOINTS = {
     "shapes_lraspp.pth": "lraspp_mobilenet_v3_large",
     "shapes_maskrcnn.pth": "maskrcnn_mobilenet_v3_large_fpn",
+    "shapes_keypointrcnn.pth": "keypointrcnn_mobilenet_v3_large_fpn",
 }
+KEYPOINTS = "shapes_keypointrcnn.pth"  # the keypoint model: its own classes, K = 12 keypoints
 VIDEO_CORRECTION = "shapes_lraspp_video.pth"  # models/video_correction.py, for shapes_lraspp.pth
 SEMANTIC_MIN_MEAN_IOU = 0.50  # measured 0.570 on held_out_seeds(16) (0.600 on 64)
 SEMANTIC_MIN_PIXEL_ACCURACY = 0.92  # measured 0.946 on held_out_seeds(16)
@@ -39,7 +43,8 @@ INSTANCE_MIN_MASK_AP50 = 0.45  # measured 0.508 on held_out_seeds(4) (0.648 on 5
 
 
 def load_model(filename: str) -> torch.nn.Module:
-    net = zoo.get(CHECKPOINTS[filename]).build(len(CLASSES))
+    arch = zoo.get(CHECKPOINTS[filename])
+    net = arch.build(len(KEYPOINT_CLASSES), num_keypoints=NUM_KEYPOINTS) if filename == KEYPOINTS else arch.build(len(CLASSES))
     net.load_state_dict(load_checkpoint(CHECKPOINT_DIR / filename), strict=True)
     return net.eval()
 
@@ -65,7 +70,11 @@ def test_sha256sums_match():
 @pytest.mark.parametrize("filename", sorted(CHECKPOINTS))
 def test_checkpoint_metadata(filename):
     checkpoint = torch.load(CHECKPOINT_DIR / filename, map_location="cpu", weights_only=True)
-    assert checkpoint["classes"] == CLASSES
+    if filename == KEYPOINTS:
+        assert checkpoint["classes"] == KEYPOINT_CLASSES
+        assert checkpoint["keypoints"] == KEYPOINT_NAMES and checkpoint["skeleton"] == KEYPOINT_SKELETON
+    else:
+        assert checkpoint["classes"] == CLASSES
     assert checkpoint["architecture"] == CHECKPOINTS[filename]
     assert checkpoint["train"]["steps"] > 0 and "held_out" in checkpoint["train"]
 
@@ -88,7 +97,7 @@ def test_instance_model_accuracy():
     assert metrics["mask_ap50"] >= INSTANCE_MIN_MASK_AP50, metrics
 
 
-@pytest.mark.parametrize("task", ["semantic", "instance"])
+@pytest.mark.parametrize("task", ["semantic", "instance", "keypoints"])
 def test_training_is_byte_reproducible(task, tmp_path):
     """`make train` promises: same seed and steps -> the same checkpoint bytes (so the
     committed sha256s can be reproduced). Two short runs must agree to the bit."""
@@ -97,8 +106,10 @@ def test_training_is_byte_reproducible(task, tmp_path):
         _torch_setup(0)
         if task == "semantic":
             net, (info, _) = train_semantic(2, None, 0, size=64, batch=2)
-        else:
+        elif task == "instance":
             net, (info, _) = train_instance(2, None, 0, batch=1)
+        else:
+            net, (info, _) = train_keypoints(2, None, 0, batch=1)
         path = tmp_path / str(run) / "model.pth"  # same name: torch.save puts the file's stem in the archive
         save_checkpoint(path, net, "any", info)
         digests.append(hashlib.sha256(path.read_bytes()).hexdigest())

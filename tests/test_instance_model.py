@@ -53,28 +53,43 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """One export (with its own parity check) shared by the tests: (version_dir, config)."""
+def export_small(tmp_path_factory, arch: str, seed: int, classes: list[str]):
+    """One random-weight export at the small resize (with the exporter's parity check): (version_dir, config)."""
     repo = tmp_path_factory.mktemp("repo")
     version_dir = export_instance_model(
-        ARCH, repo, WeightsSpec.parse("random:3"), classes=CLASSES, min_size=MIN_SIZE, max_size=MAX_SIZE, progress=False
+        arch, repo, WeightsSpec.parse(f"random:{seed}"), classes=classes, min_size=MIN_SIZE, max_size=MAX_SIZE, progress=False
     )
     return version_dir, load_config(version_dir.parent)
 
 
-@pytest.fixture(scope="module")
-def detector(exported):
-    """torchvision eager with the exported weights: the reference."""
+def eager_detector(exported):
+    """torchvision eager with the exported weights and settings: the reference."""
     version_dir, config = exported
-    net = zoo.get(ARCH).build(len(CLASSES))
+    net = zoo.build_for(config)
     net.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, weights_only=True))
     net.transform.min_size, net.transform.max_size = (MIN_SIZE,), MAX_SIZE
     net.roi_heads.score_thresh = config.parameters["box_score_thresh"]
     return net.eval()
 
 
-def split_runner(exported, backend: str) -> SplitRunner:
+def small_export_fixtures(arch: str, seed: int, classes: list[str]):
+    """A module's ``exported`` (one export shared by its tests) and ``detector`` fixtures."""
+
+    @pytest.fixture(scope="module", name="exported")
+    def exported_fixture(tmp_path_factory):
+        return export_small(tmp_path_factory, arch, seed, classes)
+
+    @pytest.fixture(scope="module", name="detector")
+    def detector_fixture(exported):
+        return eager_detector(exported)
+
+    return exported_fixture, detector_fixture
+
+
+exported, detector = small_export_fixtures(ARCH, 3, CLASSES)
+
+
+def split_runner(exported, backend: str, runner: type[SplitRunner] = SplitRunner) -> SplitRunner:
     version_dir, config = exported
     config = config.model_copy(update={"torch": TorchOptions(device="cpu", fp16=False), "onnxruntime": CPU})
     params = InstanceParameters.model_validate(config.parameters)
@@ -83,7 +98,7 @@ def split_runner(exported, backend: str) -> SplitRunner:
     else:
         engine = create_engine(config, version_dir, "torch")
     heads = load_heads(config, version_dir, device="cpu")
-    return SplitRunner(engine, heads, params, (config.input.height, config.input.width))
+    return runner(engine, heads, params, (config.input.height, config.input.width))
 
 
 # ---- export --------------------------------------------------------------------------
@@ -137,7 +152,7 @@ def test_split_path_matches_torchvision_eager(exported, eager_case, backend):
     assert result.max_box_diff <= 0.01 and result.max_score_diff <= 1e-4, result
 
 
-def split_module_runner(net, params: InstanceParameters) -> SplitRunner:
+def split_module_runner(net, params: InstanceParameters, runner: type[SplitRunner] = SplitRunner) -> SplitRunner:
     """The split path with the backbone module called directly (no export needed)."""
     backbone = MaskRCNNBackbone(net).eval()
 
@@ -147,7 +162,7 @@ def split_module_runner(net, params: InstanceParameters) -> SplitRunner:
                 out = backbone(*(torch.from_numpy(inputs[name]) for name in backbone.input_names))
             return {name: t.numpy() for name, t in zip(backbone.output_names, out)}
 
-    return SplitRunner(ModuleEngine(), MaskRCNNHeads(net), params, params.default_canvas())
+    return runner(ModuleEngine(), MaskRCNNHeads(net), params, params.default_canvas())
 
 
 def test_uint8_canvas_matches_eager_given_the_same_rounding(detector):

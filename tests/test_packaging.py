@@ -125,7 +125,8 @@ def test_repository_wheel_holds_runtime_and_build_side(full_wheel):
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         entry_points = z.read(entry_points).decode()
     bundled = {f"segserve_models/checkpoints/{n}" for n in
-               ("SHA256SUMS", "shapes_lraspp.pth", "shapes_lraspp_video.pth", "shapes_maskrcnn.pth")}
+               ("SHA256SUMS", "shapes_lraspp.pth", "shapes_lraspp_video.pth", "shapes_maskrcnn.pth",
+                "shapes_keypointrcnn.pth")}
     assert bundled <= names, "the bundled checkpoints (--weights bundled:NAME) must be in the wheel"
     assert {"segserve/cli.py", "segserve/server.py", "segserve_models/cli.py", "segserve_loadtest/run.py"} <= names
     assert "segserve = segserve.cli:main" in entry_points

@@ -25,6 +25,8 @@ class Sample:
     width: int
     labels: np.ndarray | None = None  # semantic truth (H, W); 255 = ignore
     instances: list[tuple[int, dict]] | None = None  # instance truth: (class_id, RLE with str counts)
+    # keypoint truth: class_id, keypoints, area, box (segserve_models.synthetic.keypoints.KeypointTruth)
+    keypoints: list | None = None
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -34,7 +36,10 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def synthetic(count: int, first_seed: int = HELD_OUT_SEED_BASE) -> Iterator[Sample]:
+    """Held-out scenes with every truth: labels, instances, and the polygons' keypoints in the
+    bundled keypoint model's layout (segserve_models.synthetic.keypoints)."""
     from segserve_models.synthetic import make_scene
+    from segserve_models.synthetic.keypoints import keypoint_truth
 
     for seed in range(first_seed, first_seed + count):
         scene = make_scene(seed)
@@ -42,6 +47,7 @@ def synthetic(count: int, first_seed: int = HELD_OUT_SEED_BASE) -> Iterator[Samp
         yield Sample(
             f"synthetic-{seed}", _png(scene.image), "image/png", h, w, labels=scene.labels,
             instances=[(inst.class_id, encode_instance_mask(inst.mask)) for inst in scene.instances],
+            keypoints=keypoint_truth(scene),
         )
 
 
@@ -55,20 +61,27 @@ def voc(root: Path, split: str = "val", limit: int | None = None) -> Iterator[Sa
 
 
 def coco(images: Path, annotations: Path, limit: int | None = None) -> Iterator[Sample]:
-    """COCO layout: an images folder and an instances_*.json. Category ids are passed through,
-    so the served model's class ids must be COCO's (torchvision's 91-entry list is)."""
+    """COCO layout: an images folder and an instances_*.json (or person_keypoints_*.json, whose
+    keypoints are read too). Category ids are passed through, so the served model's class ids
+    must be COCO's (torchvision's 91-entry list is; its Keypoint R-CNN's person is 1, as COCO's)."""
     from pycocotools.coco import COCO
+
+    from segserve_models.synthetic.keypoints import KeypointTruth
 
     dataset = COCO(str(annotations))
     for image_id in sorted(dataset.getImgIds())[:limit]:
         info = dataset.loadImgs(image_id)[0]
         h, w = info["height"], info["width"]
-        truth = []
+        truth, keypoints = [], []
         for ann in dataset.loadAnns(dataset.getAnnIds(imgIds=image_id, iscrowd=False)):
             rle = dataset.annToRLE(ann)  # polygons and uncompressed RLEs both come back compressed
             truth.append((ann["category_id"], {"size": [h, w], "counts": rle["counts"].decode("ascii")}))
+            if ann.get("keypoints"):
+                x, y, bw, bh = ann["bbox"]
+                points = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)
+                keypoints.append(KeypointTruth(ann["category_id"], (x, y, x + bw, y + bh), points, float(ann["area"])))
         data = (images / info["file_name"]).read_bytes()
-        yield Sample(str(image_id), data, "image/jpeg", h, w, instances=truth)
+        yield Sample(str(image_id), data, "image/jpeg", h, w, instances=truth, keypoints=keypoints)
 
 
 def load(spec: str, limit: int | None = None) -> Iterator[Sample]:

@@ -1,5 +1,5 @@
 """The standard metrics: a confusion matrix for semantic segmentation, pycocotools'
-COCOeval for instance masks."""
+COCOeval for instance masks and for keypoints (OKS)."""
 
 from __future__ import annotations
 
@@ -68,21 +68,64 @@ class InstanceAccumulator:
             self.predictions.append({"image_id": image_id, "category_id": int(class_id), "score": float(score), "segmentation": _coco_rle(rle)})
 
     def results(self, class_names: list[str]) -> dict:
-        categories = [{"id": i, "name": n} for i, n in enumerate(class_names) if i > 0]
-        gt = COCO()
-        gt.dataset = {"images": self.images, "annotations": self.truth, "categories": categories}
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            gt.createIndex()
-            if not self.predictions:
-                return {"mask_ap": 0.0, "mask_ap50": 0.0, "mask_ap75": 0.0, "images": len(self.images)}
-            dt = gt.loadRes(self.predictions)
-            evaluation = COCOeval(gt, dt, "segm")
-            evaluation.evaluate()
-            evaluation.accumulate()
-            evaluation.summarize()
-        stats = evaluation.stats
-        return {"mask_ap": float(max(0.0, stats[0])), "mask_ap50": float(max(0.0, stats[1])),
-                "mask_ap75": float(max(0.0, stats[2])), "images": len(self.images)}
+        return coco_ap(self.images, self.truth, self.predictions, class_names, "segm", "mask")
+
+
+@dataclass
+class KeypointAccumulator:
+    """Collects truth and predictions image by image, then runs COCOeval (keypoints, OKS with
+    one sigma per keypoint)."""
+
+    sigmas: list[float] | None  # None: pycocotools' own (COCO's 17 person keypoints)
+    images: list[dict] = field(default_factory=list)
+    truth: list[dict] = field(default_factory=list)
+    predictions: list[dict] = field(default_factory=list)
+
+    def add(self, height: int, width: int, truth: list, predicted: list[tuple[int, float, list[float]]]) -> None:
+        """``truth``: objects with ``class_id``, ``keypoints`` ((K, 3) or COCO's flat
+        [x1, y1, v1, ...]; v 0 = not labelled), ``area`` (OKS's scale) and ``box`` (x1, y1, x2, y2),
+        e.g. segserve_models.synthetic.keypoints.KeypointTruth; ``predicted``: (class_id, score,
+        flat keypoints) per detection."""
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "height": height, "width": width})
+        for t in truth:
+            x1, y1, x2, y2 = t.box
+            keypoints = np.asarray(t.keypoints, dtype=np.float64).ravel()
+            self.truth.append({
+                "id": len(self.truth) + 1, "image_id": image_id, "category_id": int(t.class_id), "iscrowd": 0,
+                "keypoints": keypoints.tolist(), "num_keypoints": int((keypoints[2::3] > 0).sum()),
+                "area": float(t.area), "bbox": [x1, y1, x2 - x1, y2 - y1],
+            })
+        for class_id, score, keypoints in predicted:
+            self.predictions.append({"image_id": image_id, "category_id": int(class_id), "score": float(score),
+                                     "keypoints": [float(v) for v in keypoints]})
+
+    def results(self, class_names: list[str]) -> dict:
+        return coco_ap(self.images, self.truth, self.predictions, class_names, "keypoints", "keypoint", self.sigmas)
+
+
+def coco_ap(
+    images: list[dict], truth: list[dict], predictions: list[dict], class_names: list[str], iou_type: str, name: str,
+    sigmas: list[float] | None = None,
+) -> dict:
+    """COCOeval's AP, AP50 and AP75 (``{name}_ap``, ...) of ``predictions`` against ``truth``;
+    ``sigmas``: keypoints' OKS sigmas (None: pycocotools' own, COCO's 17 person keypoints)."""
+    categories = [{"id": i, "name": n} for i, n in enumerate(class_names) if i > 0]
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": truth, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        gt.createIndex()
+        if not predictions:
+            return {f"{name}_ap": 0.0, f"{name}_ap50": 0.0, f"{name}_ap75": 0.0, "images": len(images)}
+        evaluation = COCOeval(gt, gt.loadRes(predictions), iou_type)
+        if sigmas is not None:
+            evaluation.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    stats = evaluation.stats
+    return {f"{name}_ap": float(max(0.0, stats[0])), f"{name}_ap50": float(max(0.0, stats[1])),
+            f"{name}_ap75": float(max(0.0, stats[2])), "images": len(images)}
 
 
 def _coco_rle(rle: dict) -> dict:

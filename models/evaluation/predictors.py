@@ -33,6 +33,7 @@ class HttpPredictor:
         info.raise_for_status()
         self.task = info.json()["task"]
         self.classes = info.json()["classes"]
+        self.keypoint_names = (info.json().get("keypoints") or {}).get("names")
 
     def _post(self, sample: Sample, **params) -> dict:
         response = self.client.post(
@@ -53,6 +54,10 @@ class HttpPredictor:
         body = self._post(sample, score_threshold=EVAL_SCORE_THRESHOLD, max_instances=EVAL_MAX_INSTANCES)
         return [(i["class_id"], i["score"], i["mask"]) for i in body["instances"]]
 
+    def keypoints(self, sample: Sample) -> list[tuple[int, float, list[float]]]:
+        body = self._post(sample, score_threshold=EVAL_SCORE_THRESHOLD, max_instances=EVAL_MAX_INSTANCES)
+        return [(i["class_id"], i["score"], i["keypoints"]) for i in body["instances"]]
+
 
 class EnginePredictor:
     """The exported model run in-process: the same codecs, no server, no batcher."""
@@ -68,17 +73,19 @@ class EnginePredictor:
         self.config = self.entry.config
         self.task = self.config.task.value
         self.classes = self.config.classes
+        self.keypoint_names = self.config.keypoints.names if self.config.keypoints is not None else None
         self.engine = create_engine(self.config, self.entry.version_dir, backend)
         self.refine = refine == "crf"  # semantic: the server's dense CRF (segserve.pipelines.refine)
         if self.refine and not self.config.output.has_scores:
             raise ValueError(f"{model} gives labels only: export it with --probabilities to evaluate refine=crf")
-        if self.task == "instance":
+        if self.task in ("instance", "keypoints"):
             from segserve.contract.instance import InstanceParameters
-            from segserve.pipelines.instance.runner import SplitRunner, load_heads
+            from segserve.pipelines.instance.runner import KeypointSplitRunner, SplitRunner, load_heads
 
             canvas = (self.config.input.height, self.config.input.width)
             params = InstanceParameters.model_validate(self.config.parameters).model_copy(update={"max_instances": EVAL_MAX_INSTANCES})
-            self.runner = SplitRunner(self.engine, load_heads(self.config, self.entry.version_dir), params, canvas)
+            runner = KeypointSplitRunner if self.task == "keypoints" else SplitRunner
+            self.runner = runner(self.engine, load_heads(self.config, self.entry.version_dir), params, canvas)
 
     def _image(self, sample: Sample) -> np.ndarray:
         from segserve.codecs.image import decode_image
@@ -106,3 +113,7 @@ class EnginePredictor:
     def instances(self, sample: Sample) -> list[tuple[int, float, dict]]:
         [found] = self.runner([self._image(sample)], score_threshold=EVAL_SCORE_THRESHOLD)
         return [(i["class_id"], i["score"], i["rle"]) for i in found]
+
+    def keypoints(self, sample: Sample) -> list[tuple[int, float, list[float]]]:
+        [found] = self.runner([self._image(sample)], score_threshold=EVAL_SCORE_THRESHOLD)
+        return [(i["class_id"], i["score"], i["keypoints"]) for i in found]

@@ -1,4 +1,5 @@
-"""Instance-segmentation (Mask R-CNN) export into the model repository, parity-checked.
+"""Instance-segmentation (Mask R-CNN) and keypoint (Keypoint R-CNN) export into the model
+repository, parity-checked. Both detectors go through the one split path.
 
     export_instance_model("maskrcnn_mobilenet_v3_large_fpn", Path("model_repository"),
                           WeightsSpec.parse("models/checkpoints/shapes_maskrcnn.pth"))
@@ -13,6 +14,9 @@ A new version folder ``<repo>/<name>/<N>/`` gets:
 - ``model_full.onnx`` (when the legacy exporter manages): the whole detector, batch 1,
   uint8 image as received -> detections before paste. The second serving path.
 - ``export.json``: provenance and the parity figures of every path.
+
+Keypoint R-CNN gets the same ``backbone.onnx`` + ``weights.pt`` (no whole graph: it is
+served on the split path only) and its keypoints' names and skeleton in config.yaml.
 
 The parity check runs every path against torchvision eager on the same weights and a
 batch of images of odd sizes and aspect ratios; any failure removes the version folder
@@ -42,6 +46,7 @@ from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import (
     DynamicBatching,
     InputSpec,
+    KeypointSpec,
     ModelConfig,
     OnnxRuntimeOptions,
     Task,
@@ -52,7 +57,7 @@ from segserve.engine.onnxruntime import OnnxRuntimeEngine
 from segserve.engine.torch import TorchEngine
 from segserve.graphs import zoo
 from segserve.graphs.maskrcnn import MaskRCNNBackbone
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads
+from segserve.pipelines.instance.runner import KeypointSplitRunner, SplitRunner, WholeGraphRunner, load_heads
 from segserve_models.export import (
     OPSET,
     ExportError,
@@ -61,7 +66,7 @@ from segserve_models.export import (
     resolve_weights,
     sample_images,
 )
-from segserve_models.instance.parity import compare_all, eager_instances
+from segserve_models.instance.parity import compare_all, eager_instances, eager_keypoint_instances
 from segserve_models.instance.random_init import lively_random_init
 from segserve_models.instance.whole_graph import MaskRCNNWholeGraph
 from segserve_models.synthetic import make_scene
@@ -87,6 +92,18 @@ def export_whole_graph(detector: torch.nn.Module, path: Path, example_size: tupl
     onnx_export(module, (sample_images(1, *example_size),), path, axes)
 
 
+def keypoint_spec(arch: zoo.Architecture, weights: WeightsSpec, names: list[str] | None = None) -> KeypointSpec:
+    """A keypoint model's names and skeleton: from its checkpoint when it says ("keypoints",
+    "skeleton": the bundled models'), else ``names`` (no skeleton), else the architecture's."""
+    if weights.path is not None and weights.path.is_file():
+        raw = torch.load(weights.path, map_location="cpu", weights_only=True)
+        if isinstance(raw, dict) and raw.get("keypoints"):
+            return KeypointSpec(names=list(raw["keypoints"]), skeleton=[tuple(p) for p in raw.get("skeleton", [])])
+    if names:
+        return KeypointSpec(names=list(names))
+    return KeypointSpec(names=list(arch.keypoint_names), skeleton=[tuple(p) for p in arch.skeleton])
+
+
 def parity_images(params: InstanceParameters, seed: int = 11) -> list[np.ndarray]:
     """Synthetic scenes (shapes on textures: objects for the bundled shape models, still
     photo-like input for any other) at odd sizes: landscape, portrait (upscaled and
@@ -104,8 +121,14 @@ def check_parity(detector, config: ModelConfig, version_dir: Path, whole_graph: 
     canvas = (config.input.height, config.input.width)
     images = parity_images(params)
     threshold = 0.0  # every detection the detector returns, not only the served default's
+    keypoints = config.task == Task.keypoints
+    runner = KeypointSplitRunner if keypoints else SplitRunner
 
     def reference(batch: list[np.ndarray], uint8_resize: bool = False) -> list[list[dict]]:
+        if keypoints:
+            if uint8_resize:
+                raise ExportError("keypoint models are checked on a float32 canvas only")
+            return eager_keypoint_instances(detector, batch, threshold)
         return eager_instances(detector, batch, threshold, params.mask_threshold, uint8_resize)
 
     # the graphs are checked, in float32 on CPU; fp16 on a GPU is a separate, looser question
@@ -113,8 +136,8 @@ def check_parity(detector, config: ModelConfig, version_dir: Path, whole_graph: 
     torch_cpu = config.model_copy(update={"torch": TorchOptions(device="cpu", fp16=False)})
     heads = load_heads(config, version_dir, device="cpu")
     split = {
-        "split_onnxruntime": SplitRunner(OnnxRuntimeEngine(version_dir / BACKBONE_ARTIFACT, cpu), heads, params, canvas),
-        "split_torch": SplitRunner(TorchEngine(torch_cpu, version_dir / WEIGHTS_ARTIFACT), heads, params, canvas),
+        "split_onnxruntime": runner(OnnxRuntimeEngine(version_dir / BACKBONE_ARTIFACT, cpu), heads, params, canvas),
+        "split_torch": runner(TorchEngine(torch_cpu, version_dir / WEIGHTS_ARTIFACT), heads, params, canvas),
     }
     # A float32 canvas is torchvision's exact input: compare with eager as is. A uint8
     # canvas rounds resized pixels, which eager cannot be expected to survive (see
@@ -160,23 +183,29 @@ def export_instance_model(
     max_queue_delay_ms: float = 4.0,
     instances: int = 2,
     progress: bool = True,
+    keypoint_names: list[str] | None = None,
 ) -> Path:
-    """Export one Mask R-CNN into ``repository``; returns the version folder written.
+    """Export one Mask R-CNN or Keypoint R-CNN into ``repository``; returns the version folder
+    written. A keypoint model's names and skeleton come from its weights (a checkpoint's
+    "keypoints" and "skeleton"), else ``keypoint_names`` (no skeleton), else the architecture's.
 
     ``min_size``/``max_size`` override the architecture's resize targets (torchvision's
     GeneralizedRCNNTransform: short side to min_size unless the long side would pass
     max_size), e.g. to serve ResNet-50 at 512 instead of 1333; ``canvas`` (multiples of
     32) defaults to a square that holds max_size in either orientation."""
     arch = zoo.get(architecture)
-    if arch.task != "instance":
+    if arch.task not in ("instance", "keypoints"):
         raise ExportError(f"{architecture} is a {arch.task} model; its exporter is models.export")
     state, weight_classes, weights_detail = resolve_weights(arch, weights, progress=progress)
     classes = classes or weight_classes or arch.pretrained_classes
     if not classes:
         raise ExportError("no class names: pass classes (index 0 is the background) or use weights that carry them")
+    task = Task(arch.task)
+    keypoints = keypoint_spec(arch, weights, keypoint_names) if task == Task.keypoints else None
+    whole_graph = whole_graph and task == Task.instance  # Keypoint R-CNN: the split path only
 
     torch.manual_seed(weights.seed)
-    detector = arch.build(len(classes)).eval()
+    detector = zoo.build_for(ModelConfig(name="-", task=task, architecture=architecture, classes=classes, keypoints=keypoints)).eval()
     if state is None:
         lively_random_init(detector, seed=weights.seed)
         weights_detail += ", BatchNorm statistics calibrated, mask logits made solid (models.instance.random_init)"
@@ -220,9 +249,10 @@ def export_instance_model(
         has_whole_graph = whole_graph and whole_graph_error is None
         config = ModelConfig(
             name=name,
-            task=Task.instance,
+            task=task,
             architecture=architecture,
             classes=list(classes),
+            keypoints=keypoints,
             input=InputSpec(height=canvas[0], width=canvas[1]),
             max_batch_size=max_batch_size or arch.default_max_batch,
             dynamic_batching=DynamicBatching(max_queue_delay_ms=max_queue_delay_ms),

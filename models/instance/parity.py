@@ -1,5 +1,12 @@
 """Serving paths vs torchvision eager: the issue's "same instances" criterion.
 
+Keypoint R-CNN is held to the same matching, with keypoints in place of masks: every
+matched pair's K keypoints within ``keypoint_px`` (1 px, as boxes). A keypoint is the argmax
+of its heatmap, so where two cells of a flat heatmap tie within float noise the argmax may
+jump between them: such a keypoint (its heatmap maximum, ``keypoint_scores``, equal within
+the score tolerance) is a tie, not a miss, the keypoint twin of an instance at the score cut;
+at most ``keypoint_ties`` (1 %) of the compared keypoints may be one.
+
 Same weights, same images: every eager instance has a served twin with the same label,
 box corners within 1 px, score within 1e-3 and mask IoU >= 0.98 -- and vice versa.
 Masks that miss the IoU still pass if they agree within one pixel (each inside the other
@@ -26,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import KeypointRCNN, MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from segserve.codecs.rcnn_input import resize, resize_scale
@@ -37,6 +44,8 @@ class Tolerances:
     box_px: float = 1.0
     score: float = 1e-3
     mask_iou: float = 0.98
+    keypoint_px: float = 1.0
+    keypoint_ties: float = 0.01  # the fraction of compared keypoints allowed to be argmax ties
 
 
 @dataclass
@@ -48,10 +57,14 @@ class ParityResult:
     max_box_diff: float
     max_score_diff: float
     min_mask_iou: float  # over matched pairs, including those passing by the 1-pixel rule
+    max_keypoint_diff: float = 0.0  # keypoint models: over matched pairs, x and y, ties left out
+    keypoints: int = 0  # keypoint models: keypoints compared (of matched pairs)
+    keypoint_ties: int = 0  # of those, argmax ties (see the module docstring)
+    max_keypoint_ties: float = Tolerances.keypoint_ties
 
     @property
     def ok(self) -> bool:
-        return self.unmatched == 0
+        return self.unmatched == 0 and self.keypoint_ties <= self.max_keypoint_ties * self.keypoints
 
     def merge(self, other: "ParityResult") -> "ParityResult":
         return ParityResult(
@@ -62,6 +75,10 @@ class ParityResult:
             max(self.max_box_diff, other.max_box_diff),
             max(self.max_score_diff, other.max_score_diff),
             min(self.min_mask_iou, other.min_mask_iou),
+            max(self.max_keypoint_diff, other.max_keypoint_diff),
+            self.keypoints + other.keypoints,
+            self.keypoint_ties + other.keypoint_ties,
+            self.max_keypoint_ties,
         )
 
     def as_dict(self) -> dict:
@@ -109,6 +126,37 @@ def eager_instances(
             ]
         )
     return result
+
+
+def eager_keypoint_instances(detector: KeypointRCNN, images: list[np.ndarray], score_threshold: float) -> list[list[dict]]:
+    """torchvision's own Keypoint R-CNN answer, as the served instances: float images /255 in,
+    one call (batched as torchvision batches), keypoints flat [x1, y1, v1, ...]."""
+    detector.eval()
+    with torch.no_grad():
+        outputs = detector([torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1).float() / 255 for i in images])
+    return [
+        [
+            {"class_id": int(label), "score": float(score), "box": [float(v) for v in box],
+             "keypoints": [float(v) for v in points.flatten()], "keypoint_scores": [float(v) for v in kp_scores]}
+            for label, score, box, points, kp_scores in zip(
+                out["labels"], out["scores"], out["boxes"], out["keypoints"], out["keypoints_scores"]
+            )
+            if score >= score_threshold
+        ]
+        for out in outputs
+    ]
+
+
+def keypoint_diffs(a: dict, b: dict, tol: Tolerances) -> tuple[np.ndarray, np.ndarray]:
+    """Two instances' keypoints: each one's largest x or y difference (pixels), and whether it
+    is an argmax tie (further apart than ``tol.keypoint_px``, heatmap maxima equal within the
+    score tolerance, relative to their size)."""
+    xy = lambda i: np.asarray(i["keypoints"], dtype=np.float64).reshape(-1, 3)[:, :2]  # noqa: E731
+    diffs = np.abs(xy(a) - xy(b)).max(axis=1)
+    sa, sb = (np.asarray(i["keypoint_scores"], dtype=np.float64) for i in (a, b))
+    ties = (diffs > tol.keypoint_px) & (np.abs(sa - sb) <= tol.score * np.maximum(1.0, np.abs(sa)))
+    return diffs, ties
+    return float(np.abs(xy(a) - xy(b)).max(initial=0.0))
 
 
 def mask_iou(a: dict, b: dict) -> float:
@@ -171,19 +219,28 @@ def compare(
     at_cut += sum(abs(g["score"] - cut_got) <= tol.score for j, g in enumerate(served) if not taken[j])
     lonely = (len(reference) - len(pairs)) + (len(served) - len(pairs)) - at_cut
 
-    ious = [mask_iou(served[j]["rle"], reference[i]["rle"]) for i, j, _ in pairs]
-    bad_masks = sum(
+    masks = bool(pairs) and "rle" in reference[pairs[0][0]]
+    ious = [mask_iou(served[j]["rle"], reference[i]["rle"]) for i, j, _ in pairs] if masks else []
+    bad_pairs = sum(
         iou < tol.mask_iou and not within_one_pixel(served[j]["rle"], reference[i]["rle"])
         for iou, (i, j, _) in zip(ious, pairs)
     )
+    keypoints = bool(pairs) and "keypoints" in reference[pairs[0][0]]
+    compared = [keypoint_diffs(served[j], reference[i], tol) for i, j, _ in pairs] if keypoints else []
+    bad_pairs += sum(bool(((diffs > tol.keypoint_px) & ~ties).any()) for diffs, ties in compared)
+    untied = [diffs[~ties] for diffs, ties in compared]
     return ParityResult(
         reference=len(reference),
-        matched=int(len(pairs) - bad_masks),
+        matched=int(len(pairs) - bad_pairs),
         unmatched_at_cut=int(at_cut),
-        unmatched=int(lonely + bad_masks),
+        unmatched=int(lonely + bad_pairs),
         max_box_diff=max((d for _, _, d in pairs), default=0.0),
         max_score_diff=float(max((abs(ref_scores[i] - got_scores[j]) for i, j, _ in pairs), default=0.0)),
         min_mask_iou=float(min(ious, default=1.0)),
+        max_keypoint_diff=float(max((d.max(initial=0.0) for d in untied), default=0.0)),
+        keypoints=int(sum(d.size for d, _ in compared)),
+        keypoint_ties=int(sum(t.sum() for _, t in compared)),
+        max_keypoint_ties=tol.keypoint_ties,
     )
 
 

@@ -26,6 +26,8 @@ MASK_LOGIT_BIAS = 3.0
 def lively_random_init(detector: MaskRCNN, seed: int = 0) -> MaskRCNN:
     """Make a randomly initialised detector's outputs detector-like (see the module doc)."""
     calibrate_batchnorm(detector, seed)
+    if detector.roi_heads.mask_predictor is None:  # Keypoint R-CNN: its heatmaps are left as they are
+        return detector
     logits = detector.roi_heads.mask_predictor.mask_fcn_logits
     with torch.no_grad():
         logits.weight.mul_(MASK_LOGIT_GAIN)

@@ -29,6 +29,11 @@ class Instance:
     class_id: int
     mask: np.ndarray  # (H, W) bool, visible pixels only
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 of the visible pixels (x2, y2 exclusive)
+    # Polygons' corners / tips (rectangle 4, triangle 3, star 5 outer tips) as (x, y, visible),
+    # clockwise from 12 o'clock around their centroid; x, y in continuous pixel coordinates
+    # (pixel i spans [i, i + 1), as torchvision's keypoint heatmaps read them); visible 0 when
+    # the point is outside the image or another shape covers it. Empty for circles and rings.
+    keypoints: tuple[tuple[float, float, int], ...] = ()
 
 
 @dataclass
@@ -117,6 +122,26 @@ def _polygon(shape: Shape) -> list[tuple[float, float]]:
     return list(zip((shape.cx + radii * np.cos(angles)).tolist(), (shape.cy + radii * np.sin(angles)).tolist()))
 
 
+def shape_keypoints(shape: Shape, visible: np.ndarray) -> tuple[tuple[float, float, int], ...]:
+    """The corners / tips of a polygonal shape, in a canonical order the image shows: clockwise
+    from 12 o'clock around their centroid (a rotated copy of the shape gets the same order up
+    to where the first point crosses 12 o'clock). ``visible``: the instance's visible pixels;
+    a point is visible when one of the 3x3 pixels around it is."""
+    if shape.class_id not in (RECTANGLE, TRIANGLE, STAR):
+        return ()
+    # PIL draws the polygon with pixel centres at integer coordinates: + 0.5 for continuous ones
+    points = np.array(_polygon(shape))[:: 2 if shape.class_id == STAR else 1] + 0.5
+    centre = points.mean(axis=0)
+    clockwise = np.mod(np.arctan2(points[:, 0] - centre[0], centre[1] - points[:, 1]), 2 * np.pi)
+    height, width = visible.shape
+    result = []
+    for x, y in points[np.argsort(clockwise, kind="stable")]:
+        col, row = int(np.floor(x)), int(np.floor(y))
+        seen = 0 <= x < width and 0 <= y < height and bool(visible[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2].any())
+        result.append((float(x), float(y), int(seen)))
+    return tuple(result)
+
+
 def shape_mask(shape: Shape, x0: int, y0: int, height: int, width: int) -> np.ndarray:
     """(height, width) bool mask of the shape inside the window whose top-left is (x0, y0)."""
     canvas = Image.new("L", (width, height), 0)
@@ -191,7 +216,7 @@ def render(
         labels[visible] = shape.class_id
         ys, xs = np.nonzero(visible)
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-        instances.append(Instance(shape.class_id, visible, box))
+        instances.append(Instance(shape.class_id, visible, box, shape_keypoints(shape, visible)))
     return Scene(np.clip(image, 0, 255).astype(np.uint8), labels, instances)
 
 

@@ -1,4 +1,5 @@
-"""Images -> the canvas batch the backbone eats, and the sizes to map results back.
+"""Images -> the canvas batch the backbone eats, and the sizes to map results back (boxes,
+keypoints).
 
 Resizing follows torchvision's ``GeneralizedRCNNTransform`` exactly (scale = min(min_size /
 short side, max_size / long side), output size floor(side * scale), bilinear on floats), so
@@ -97,3 +98,13 @@ def scale_boxes(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
     ratio_w = np.float32(ow) / np.float32(rw)
     ratio_h = np.float32(oh) / np.float32(rh)
     return boxes.astype(np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], dtype=np.float32)
+
+
+def scale_keypoints(keypoints: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Network-input keypoints (N, K, 3) -> original-image ones: torchvision's resize_keypoints
+    (x and y times the float32 size ratios, visibility kept, nothing clipped)."""
+    (oh, ow), (rh, rw) = meta.original_size, meta.resized_size
+    scaled = keypoints.astype(np.float32, copy=True)
+    scaled[..., 0] *= np.float32(ow) / np.float32(rw)
+    scaled[..., 1] *= np.float32(oh) / np.float32(rh)
+    return scaled

@@ -23,6 +23,7 @@ from segserve.contract.artifacts import CONFIG_FILE, ONNX_ARTIFACT
 class Task(str, Enum):
     semantic = "semantic"
     instance = "instance"
+    keypoints = "keypoints"
 
 
 class ResizeMode(str, Enum):
@@ -86,6 +87,23 @@ class TorchOptions(BaseModel):
     threads: int = Field(0, ge=0)
 
 
+class KeypointSpec(BaseModel):
+    """A keypoint model's K keypoints: their names, in the order every answer lists them, and
+    the skeleton to draw them with (pairs of 1-based keypoint indices, COCO's convention)."""
+
+    model_config = {"extra": "forbid"}
+
+    names: list[str] = Field(min_length=1)
+    skeleton: list[tuple[int, int]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _skeleton_in_range(self) -> "KeypointSpec":
+        bad = [pair for pair in self.skeleton if not all(1 <= i <= len(self.names) for i in pair)]
+        if bad:
+            raise ValueError(f"skeleton pairs must be 1-based indices into the {len(self.names)} names: {bad}")
+        return self
+
+
 class WeightsInfo(BaseModel):
     source: Literal["pretrained", "file", "random", "bundled", "unknown"] = "unknown"
     detail: str = ""
@@ -110,6 +128,7 @@ class ModelConfig(BaseModel):
     onnxruntime: OnnxRuntimeOptions = OnnxRuntimeOptions()
     torch: TorchOptions = TorchOptions()
     weights: WeightsInfo = WeightsInfo()
+    keypoints: KeypointSpec | None = None  # keypoint models only (task: keypoints)
     # Task-specific extras (e.g. instance-model thresholds, video split) live here,
     # validated by the pipeline that owns the task.
     parameters: dict = Field(default_factory=dict)
@@ -125,6 +144,12 @@ class ModelConfig(BaseModel):
     def _semantic_class_limit(self) -> "ModelConfig":
         if self.task == Task.semantic and len(self.classes) > 256 and self.output.kind == "labels":
             raise ValueError("in-graph argmax emits uint8 labels: at most 256 classes")
+        return self
+
+    @model_validator(mode="after")
+    def _keypoints_for_keypoint_models(self) -> "ModelConfig":
+        if (self.task == Task.keypoints) != (self.keypoints is not None):
+            raise ValueError("keypoints (names, skeleton) are required for task: keypoints and only there")
         return self
 
     def dump(self, path: Path) -> None:

@@ -1,10 +1,14 @@
-"""Mask R-CNN cut in two where batching stops being easy.
+"""Mask R-CNN (and Keypoint R-CNN) cut in two where batching stops being easy.
 
 ``MaskRCNNBackbone`` (normalisation + ResNet/MobileNet body + FPN) is a plain dense graph:
 it exports to ONNX with dynamic batch/height/width and runs batched on any engine.
 ``MaskRCNNHeads`` (RPN, RoI heads: NMS, RoIAlign, data-dependent shapes) stays in torch,
 where torchvision's ops are exact and run on CUDA when there is one. Both hold the very
 modules of one torchvision ``MaskRCNN``, so the split adds no arithmetic of its own.
+
+Keypoint R-CNN is the same ``GeneralizedRCNN`` (transform, backbone, RPN) with a keypoint
+branch in its RoI heads instead of the mask branch: the same two modules split it, and
+``Detections`` carries whichever branch the detector has.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
 from segserve.graphs.serving import Normalize
@@ -36,7 +40,7 @@ class MaskRCNNBackbone(nn.Module):
 
     input_names = ("images", "image_sizes")
 
-    def __init__(self, detector: MaskRCNN):
+    def __init__(self, detector: GeneralizedRCNN):
         super().__init__()
         transform = detector.transform
         self.normalize = Normalize(transform.image_mean, transform.image_std)
@@ -72,7 +76,9 @@ class Detections:
     boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1
     labels: np.ndarray  # (N,) int64 class ids (index into the config's classes)
     scores: np.ndarray  # (N,) float32, descending
-    masks: np.ndarray  # (N, M, M) float32 mask probabilities inside each box (M=28)
+    masks: np.ndarray | None = None  # (N, M, M) float32 mask probabilities inside each box (M=28); Mask R-CNN
+    keypoints: np.ndarray | None = None  # (N, K, 3) float32 x, y, visibility (torchvision: 1); Keypoint R-CNN
+    keypoint_scores: np.ndarray | None = None  # (N, K) float32 heatmap logits at each keypoint
 
 
 class MaskRCNNHeads(nn.Module):
@@ -82,7 +88,7 @@ class MaskRCNNHeads(nn.Module):
     NMS (as torchvision does), ``detections_per_img`` caps the survivors.
     """
 
-    def __init__(self, detector: MaskRCNN, score_thresh: float | None = None, detections_per_img: int | None = None):
+    def __init__(self, detector: GeneralizedRCNN, score_thresh: float | None = None, detections_per_img: int | None = None):
         super().__init__()
         self.rpn = detector.rpn
         self.roi_heads = detector.roi_heads
@@ -118,12 +124,20 @@ class MaskRCNNHeads(nn.Module):
         images = ImageList(canvas, [tuple(map(int, s)) for s in image_sizes])
         proposals, _ = self.rpn(images, maps)
         results, _ = self.roi_heads(maps, proposals, images.image_sizes)
-        return [
-            Detections(
-                boxes=r["boxes"].float().cpu().numpy(),
-                labels=r["labels"].cpu().numpy(),
-                scores=r["scores"].float().cpu().numpy(),
-                masks=r["masks"][:, 0].float().cpu().numpy(),
-            )
-            for r in results
-        ]
+        return [_detections(r) for r in results]
+
+
+def _detections(result: dict[str, torch.Tensor]) -> Detections:
+    def array(name: str) -> np.ndarray | None:
+        value = result.get(name)
+        return None if value is None else (value.float() if value.is_floating_point() else value).cpu().numpy()
+
+    masks = result.get("masks")
+    return Detections(
+        boxes=array("boxes"),
+        labels=array("labels"),
+        scores=array("scores"),
+        masks=None if masks is None else masks[:, 0].float().cpu().numpy(),
+        keypoints=array("keypoints"),
+        keypoint_scores=array("keypoints_scores"),
+    )

@@ -72,10 +72,10 @@ def build_serving_module(config) -> nn.Module:
     arch = zoo.get(config.architecture)
     if arch.task != config.task.value:
         raise ValueError(f"architecture {arch.name} is {arch.task}, config says {config.task.value}")
-    net = arch.build(len(config.classes))
+    net = zoo.build_for(config)
     if arch.task == "semantic":
         return SemanticServingModule(net, config.output.kind, probabilities=config.output.probabilities is not None)
-    if arch.task == "instance":  # the engine half of the split path; heads run in models.instance
+    if arch.task in ("instance", "keypoints"):  # the engine half of the split path; heads run in torch (pipelines)
         from segserve.graphs.maskrcnn import (
             MaskRCNNBackbone,  # here: it imports this module
         )

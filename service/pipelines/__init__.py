@@ -11,10 +11,15 @@ from segserve.pipelines.base import (
     PipelineContext,
     Timing,
 )
+from segserve.pipelines.instance.keypoints import KeypointModel
 from segserve.pipelines.instance.model import InstanceModel
 from segserve.pipelines.semantic import SemanticModel
 
-PIPELINES: dict[Task, type[Pipeline]] = {Task.semantic: SemanticModel, Task.instance: InstanceModel}
+PIPELINES: dict[Task, type[Pipeline]] = {
+    Task.semantic: SemanticModel,
+    Task.instance: InstanceModel,
+    Task.keypoints: KeypointModel,
+}
 
 __all__ = [
     "ImageResult", "ModelState", "OutputFormat", "PIPELINES", "PartStatus", "Pipeline", "PipelineContext", "Timing",

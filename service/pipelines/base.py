@@ -152,6 +152,7 @@ class Pipeline:
     task: ClassVar[Task]
     options: ClassVar[tuple[Option, ...]] = ()  # the task's own request options
     label_map: ClassVar[bool] = False  # results carry a uint8 class-id map (gRPC LABELS)
+    formats: ClassVar[tuple[OutputFormat, ...]] = (OutputFormat.json, OutputFormat.png)  # what ``encode`` writes
     # Whether the answer's fields (encode's body, response_fields) may hold floats or None;
     # without, the JSON renderer checks less (segserve.codecs.jsonbytes.dumps).
     json_floats: ClassVar[bool] = True
@@ -208,6 +209,12 @@ class Pipeline:
 
     def read_options(self, query: Mapping[str, str]) -> Any:
         return None
+
+    def check_format(self, fmt: OutputFormat) -> OutputFormat:
+        """``fmt`` if this task answers in it (raises BadParameter otherwise)."""
+        if fmt not in self.formats:
+            raise BadParameter(f"a {self.task.value} model answers format {[f.value for f in self.formats]}, not {fmt.value}")
+        return fmt
 
     def response_fields(self) -> dict[str, Any]:
         """Fields of every JSON answer besides model, task, size and the body (e.g. classes)."""

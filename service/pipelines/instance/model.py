@@ -25,13 +25,13 @@ from pycocotools import mask as mask_utils
 
 from segserve.codecs.masks import encode_label_png
 from segserve.codecs.overlay import caption, draw_instances
+from segserve.codecs.rcnn_input import ImageMeta, preprocess, resize_scale, resized_size
 from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine
 from segserve.graphs.maskrcnn import Detections
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
-from segserve.codecs.rcnn_input import ImageMeta, preprocess, resize_scale, resized_size
 from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads, to_instances
 from segserve.pipelines.options import NumberOption
 from segserve.pipelines.video.instance import InstanceVideoModel
@@ -69,12 +69,16 @@ def instance_id_map(instances: list[dict], height: int, width: int) -> np.ndarra
     return np.ascontiguousarray(ids_t.T)
 
 
+def label_of(class_id: int, classes: list[str]) -> str:
+    return classes[class_id] if class_id < len(classes) else str(class_id)
+
+
 def served_instances(detections: Detections, meta: ImageMeta, options: InstanceOptions, classes: list[str]) -> list[dict]:
     """One image's detections -> the response's instances (schemas.Instance), best first."""
     return [
         {
             "class_id": i["class_id"],
-            "label": classes[i["class_id"]] if i["class_id"] < len(classes) else str(i["class_id"]),
+            "label": label_of(i["class_id"], classes),
             "score": i["score"],
             "box": i["box"],
             "mask": i["rle"],
@@ -162,7 +166,7 @@ class InstanceModel(Pipeline):
         original_size = (placement.height, placement.width)
         # boxes and masks go back to the image as received, not to a smaller JPEG draft
         meta = ImageMeta(original_size=original_size, resized_size=meta.resized_size)
-        instances = served_instances(detections, meta, options, self.config.classes)
+        instances = self.served(detections, meta, options)
         if fmt == OutputFormat.png:
             return Encoded(png=encode_label_png(instance_id_map(instances, *original_size)))
         return Encoded({"instances": instances})
@@ -172,6 +176,10 @@ class InstanceModel(Pipeline):
         masks = [mask_utils.decode({"size": i["mask"]["size"], "counts": i["mask"]["counts"].encode()}).view(bool) for i in drawn]
         return draw_instances(rgb, masks, [i["box"] for i in drawn], [i["class_id"] for i in drawn],
                               [caption(i["label"], i["score"]) for i in drawn])
+
+    def served(self, detections: Detections, meta: ImageMeta, options: InstanceOptions) -> list[dict]:
+        """One image's detections -> the answer's instances, in original-image pixels."""
+        return served_instances(detections, meta, options, self.config.classes)
 
 
 def _split_detect(runner: SplitRunner) -> DetectBatch:

@@ -4,6 +4,9 @@ benchmark.
 
     split:       preprocess each -> collate -> backbone engine (batched) -> MaskRCNNHeads -> to_instances
     whole graph: per image: engine on model_full.onnx -> to_instances
+
+Keypoint R-CNN runs the same split (``KeypointSplitRunner``): only the last step differs,
+``to_keypoint_instances`` instead of the paste.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 
 from segserve.codecs.box_masks import masks_to_rles
-from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_boxes
+from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_boxes, scale_keypoints
 from segserve.contract.artifacts import WEIGHTS_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import ModelConfig
@@ -26,7 +29,7 @@ from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
 def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> MaskRCNNHeads:
     """The torch half of the split path, from the version's weights.pt (on CUDA when there)."""
     params = InstanceParameters.model_validate(config.parameters)
-    detector = zoo.get(config.architecture).build(len(config.classes))
+    detector = zoo.build_for(config)
     detector.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, map_location="cpu", weights_only=True))
     heads = MaskRCNNHeads(detector, params.box_score_thresh, params.max_instances).eval()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -63,6 +66,15 @@ class SplitRunner:
         return [self.finish(d, meta, score_threshold) for d, (_, meta) in zip(detections, prepared)]
 
 
+class KeypointSplitRunner(SplitRunner):
+    """The split path of a Keypoint R-CNN: the same batch step, keypoints instead of masks."""
+
+    def finish(self, detections: Detections, meta: ImageMeta, score_threshold: float | None = None) -> list[dict]:
+        p = self.params
+        threshold = p.score_threshold if score_threshold is None else score_threshold
+        return to_keypoint_instances(detections, meta, threshold, p.max_instances)
+
+
 class WholeGraphRunner:
     """The whole-graph path: one engine run per image (the graph holds batch 1)."""
 
@@ -83,6 +95,40 @@ class WholeGraphRunner:
         return [to_instances(d, meta, threshold, p.max_instances, p.mask_threshold) for d, meta in self.run_batch(images)]
 
 
+def _kept_boxes(detections: Detections, meta: ImageMeta, score_threshold: float, max_instances: int):
+    """The detections at or above ``score_threshold`` (at most ``max_instances``, best first) and
+    their boxes in original-image pixels, unclipped."""
+    keep = np.flatnonzero(detections.scores >= score_threshold)[:max_instances]
+    return keep, scale_boxes(detections.boxes[keep], meta)
+
+
+def _clip_boxes(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Served boxes stay in the image (float32 rescaling can overshoot the border by ~1e-5)."""
+    height, width = meta.original_size
+    return np.clip(boxes, 0, [width, height, width, height])
+
+
+def to_keypoint_instances(
+    detections: Detections, meta: ImageMeta, score_threshold: float = 0.5, max_instances: int = 100
+) -> list[dict]:
+    """One image's Keypoint R-CNN detections -> [{class_id, score, box, keypoints,
+    keypoint_scores}] in original-image pixels, best first. ``keypoints`` is COCO's flat
+    [x1, y1, v1, x2, ...] (K triplets; v as torchvision gives it, 1), mapped back exactly as
+    torchvision's resize_keypoints does; ``keypoint_scores`` the K heatmap logits."""
+    keep, boxes = _kept_boxes(detections, meta, score_threshold, max_instances)
+    keypoints = scale_keypoints(detections.keypoints[keep], meta)
+    return [
+        {
+            "class_id": int(detections.labels[i]),
+            "score": float(detections.scores[i]),
+            "box": [float(v) for v in box],
+            "keypoints": [float(v) for v in points.ravel()],
+            "keypoint_scores": [float(v) for v in detections.keypoint_scores[i]],
+        }
+        for i, box, points in zip(keep, _clip_boxes(boxes, meta), keypoints)
+    ]
+
+
 def to_instances(
     detections: Detections,
     meta: ImageMeta,
@@ -92,13 +138,10 @@ def to_instances(
 ) -> list[dict]:
     """One image's detections -> [{class_id, score, box, rle}] in original-image pixels,
     best first. ``box`` is [x0, y0, x1, y1] floats; ``rle`` a COCO RLE with str counts."""
-    keep = np.flatnonzero(detections.scores >= score_threshold)[:max_instances]
-    boxes = scale_boxes(detections.boxes[keep], meta)
+    keep, boxes = _kept_boxes(detections, meta, score_threshold, max_instances)
+    # pasted from the unclipped boxes as torchvision does; served boxes are clipped
     rles = masks_to_rles(detections.masks[keep], boxes, meta.original_size, mask_threshold)
-    # pasted from the unclipped boxes as torchvision does; served boxes stay in the image
-    # (float32 rescaling can overshoot the border by ~1e-5)
-    height, width = meta.original_size
-    boxes = np.clip(boxes, 0, [width, height, width, height])
+    boxes = _clip_boxes(boxes, meta)
     return [
         {
             "class_id": int(detections.labels[i]),

@@ -20,6 +20,7 @@ from segserve.transport.http.errors import service_error_response
 from segserve.transport.http.schemas import (
     ErrorResponse,
     InstanceResponse,
+    KeypointsResponse,
     ModelInfo,
     ModelList,
     PartInfo,
@@ -132,10 +133,12 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     "/segment",
     summary="Segment one image",
     description="Raw image bytes (image/jpeg, image/png, image/webp) or multipart/form-data with a file field `image`. "
-    "Semantic models answer one COCO RLE per class present; instance models one per instance. "
+    "Semantic models answer one COCO RLE per class present; instance models one per instance; keypoint models "
+    "each instance's box and COCO keypoints. "
     "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG; "
-    "`format=overlay` a JPEG of the image with its masks blended in class colours (instances: with boxes and labels).",
-    response_model=SemanticResponse | InstanceResponse,
+    "`format=overlay` a JPEG of the image with its masks blended in class colours (instances: with boxes and labels); "
+    "keypoint models answer JSON only.",
+    response_model=SemanticResponse | InstanceResponse | KeypointsResponse,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS},
     openapi_extra={**IMAGE_BODY, "parameters": query_parameters()},
 )
@@ -150,7 +153,7 @@ async def segment(request: Request) -> Response:
         pipeline = manager.get(model)
         obs.model = pipeline.config.name
         options = pipeline.parse_options(query)
-        fmt = choose_format(query, request.headers.get("accept", ""))
+        fmt = pipeline.check_format(choose_format(query, request.headers.get("accept", "")))
         with pipeline.admit():  # refused before the body is read when the model is at capacity
             data = await read_image(request, settings.max_body_bytes, deadline)
             result = await run_unless_disconnected(request, pipeline.segment_image(data, options, fmt, deadline))
@@ -180,6 +183,7 @@ def model_info(status: ModelStatus) -> ModelInfo:
         max_queue_delay_ms=cfg.dynamic_batching.max_queue_delay_ms,
         instances=cfg.instances,
         classes=cfg.classes,
+        keypoints=cfg.keypoints.model_dump() if cfg.keypoints is not None else None,
         weights={"source": cfg.weights.source, "detail": cfg.weights.detail},
         parts=[
             PartInfo(

@@ -29,6 +29,18 @@ class Instance(BaseModel):
     mask: RLE
 
 
+class KeypointInstance(BaseModel):
+    class_id: int
+    label: str
+    score: float
+    box: list[float] = Field(description="[x1, y1, x2, y2] in original-image pixels")
+    keypoints: list[float] = Field(
+        description="COCO's flat [x1, y1, v1, x2, y2, v2, ...]: the model's K keypoints (names and skeleton in "
+        "/v1/models) in original-image pixels; v as torchvision gives it (1)"
+    )
+    keypoint_scores: list[float] = Field(description="K heatmap logits, one per keypoint: higher is surer")
+
+
 class TimingMs(BaseModel):
     queue: float = Field(description="waiting in the batching queue")
     compute: float = Field(description="the engine run of the batch this request was in")
@@ -54,6 +66,15 @@ class InstanceResponse(BaseModel):
     timing_ms: TimingMs
 
 
+class KeypointsResponse(BaseModel):
+    model: str
+    task: Literal["keypoints"]
+    width: int
+    height: int
+    instances: list[KeypointInstance]
+    timing_ms: TimingMs
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -72,6 +93,11 @@ class InputGeometry(BaseModel):
 class WeightsSource(BaseModel):
     source: str = Field(description="pretrained | file | bundled | random")
     detail: str
+
+
+class KeypointsInfo(BaseModel):
+    names: list[str] = Field(description="the K keypoints, in the order every answer lists them")
+    skeleton: list[tuple[int, int]] = Field(description="pairs of 1-based keypoint indices to draw lines between (COCO's convention)")
 
 
 class PartInfo(BaseModel):
@@ -98,6 +124,7 @@ class ModelInfo(BaseModel):
     max_queue_delay_ms: float
     instances: int
     classes: list[str]
+    keypoints: KeypointsInfo | None = Field(None, description="keypoint models: their keypoints' names and skeleton")
     weights: WeightsSource
     parts: list[PartInfo] = Field(default_factory=list, description="parts loaded on their own (video split graphs)")
 
@@ -126,7 +153,7 @@ class VideoFrame(BaseModel):
     pts: float | None = Field(description="presentation time, seconds")
     keyframe: bool
     segments: list[Segment] | None = None
-    instances: list[Instance] | None = None
+    instances: list[Instance | KeypointInstance] | None = None
     png: str | None = Field(None, description="format=png: the label (or instance-id) map, base64 PNG")
 
 
@@ -134,7 +161,7 @@ class VideoResponse(BaseModel):
     """POST /segment/video as JSON; with Accept: application/x-ndjson the same, one frame per line, then the rest."""
 
     model: str
-    task: Literal["semantic", "instance"]
+    task: Literal["semantic", "instance", "keypoints"]
     width: int
     height: int
     classes: list[str]

@@ -185,6 +185,7 @@ async def segment_video(
         obs.model = config.name
         video = pipeline.video
         options = pipeline.parse_options({k: v for k, v in request.query_params.items() if k not in VIDEO_OPTIONS})
+        pipeline.check_format(OutputFormat(format))
         policy = video.policy(keyframe_interval, keyframe_threshold)
         frame_limit = min(max_frames or settings.video_max_frames, settings.video_max_frames)
         # a chunk holds up to its window of frames in the model's batchers at once
