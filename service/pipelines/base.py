@@ -152,7 +152,7 @@ class Pipeline:
     task: ClassVar[Task]
     options: ClassVar[tuple[Option, ...]] = ()  # the task's own request options
     label_map: ClassVar[bool] = False  # results carry a uint8 class-id map (gRPC LABELS)
-    formats: ClassVar[tuple[OutputFormat, ...]] = (OutputFormat.json, OutputFormat.png)  # what ``encode`` writes
+    formats: ClassVar[tuple[OutputFormat, ...]] = tuple(OutputFormat)  # what ``encode`` (and ``draw``) write
     # Whether the answer's fields (encode's body, response_fields) may hold floats or None;
     # without, the JSON renderer checks less (segserve.codecs.jsonbytes.dumps).
     json_floats: ClassVar[bool] = True
