@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intervals", default="1,2,4,8", help="fixed keyframe intervals to compare (1: the split, deep on every frame)")
     parser.add_argument("--thresholds", default="", help="adaptive thresholds to compare (default: the model's)")
     parser.add_argument("--max-interval", type=int, default=None, help="adaptive: longest gap (default: the model's)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing passes per row; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timing passes per row; the best counts (0: accuracy only, untimed)")
     parser.add_argument("--no-correction", action="store_true",
                         help="a model with a correction: also the rows without it (plain stale features)")
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE,
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = [Setting(None)]
     for policy in policies:
         settings += [Setting(policy, corrected)] + ([Setting(policy)] if corrected and args.no_correction and policy.interval > 1 else [])
-    measure(engines, clips[:1], [Setting(None), Setting(KeyframePolicy(2), corrected)], 1)  # warm-up: arenas, kernels
+    if args.repeats:
+        measure(engines, clips[:1], [Setting(None), Setting(KeyframePolicy(2), corrected)], 1)  # warm-up: arenas, kernels
 
     frames = args.clips * args.frames
     print(f"{args.model} ({engines.config.weights.source} weights), input {engines.config.input.height}x{engines.config.input.width}, "
@@ -228,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(engines, clips, settings, args.repeats)
     baseline = rows[0]
     for row in rows:
+        speed = f"{row['fps']:.1f} | {row['fps'] / baseline['fps']:.2f}x" if args.repeats else "- | -"
         print(
             f"| {row['setting'].describe(corrected)} | {row['keyframes']:.0%} | {100 * row['miou']:.2f} | {100 * (row['miou'] - baseline['miou']):+.2f} "
-            f"| {100 * row['flicker']:.2f}% | {row['fps']:.1f} | {row['fps'] / baseline['fps']:.2f}x "
-            f"| {100 * row['agreement']:.2f}% | {100 * row['miou_vs_per_frame']:.2f} |"
+            f"| {100 * row['flicker']:.2f}% | {speed} | {100 * row['agreement']:.2f}% | {100 * row['miou_vs_per_frame']:.2f} |"
         )
-    print(f"\n{frames} frames per row; mIoU in points; frames/s = engine time only, per clip the best of {args.repeats} passes, interleaved clip by clip.")
+    timing = f"per clip the best of {args.repeats} passes, interleaved clip by clip" if args.repeats else "not measured (--repeats 0)"
+    print(f"\n{frames} frames per row; mIoU in points; frames/s = engine time only, {timing}.")
     return 0
 
 
