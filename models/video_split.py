@@ -34,6 +34,13 @@ gains ``parameters.video`` (``split``: the kind, ``lraspp`` or ``deeplabv3``).
 
     python -m segserve_models.video_split --repository model_repository --model shapes_lraspp \
         [--correction models/checkpoints/shapes_lraspp_video.pth]
+    segserve export --model deeplabv3_mobilenet_v3_large --weights random --video-split   # export + split in one
+
+Why DeepLabV3's frames between keyframes hold the keyframe's head output by default rather
+than being corrected: a correction is trained for one set of weights, and the only DeepLabV3
+weights here are random (nothing bundled; pretrained ones need the internet). The machinery
+takes one all the same (``CorrectedFuse`` adds the correction to the stale stride-8 logits,
+without a low-level term), tested with a briefly trained one (tests/test_video_deeplabv3.py).
 """
 
 from __future__ import annotations
