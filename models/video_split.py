@@ -436,7 +436,10 @@ def export_video_split(
         }
         if head is not None:
             parts["correct"] = CorrectedFuse(split_net, head, height, width, "labels")
+        contract = VideoSplit(split=split_net.kind)  # the tensors the service will feed each part
         for part, module in parts.items():
+            if (tuple(module.input_names), module.output_names[0]) != contract.tensors(part):
+                raise ExportError(f"{part} takes {module.input_names}, the {split_net.kind} split names {contract.tensors(part)}")
             (staging / part).mkdir()
             export_part(module, example, staging / part / ONNX_ARTIFACT)
         report = keyframe_parity(split_net, net, staging, height, width)
