@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-overhead loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-overhead loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -81,6 +81,22 @@ train-keypoints: setup
 # It is trained for the committed shapes_lraspp.pth (which `make train` reproduces byte for byte).
 train-video: setup
 	$(BIN)/python -m segserve_models.video_correction
+
+# The DeepLabV3 rows of the video benchmark (docs/benchmarks.md, "Video"): DeepLabV3-MobileNetV3 with the bundled
+# LRASPP's backbone (trained here) under a random ASPP head, BatchNorm calibrated on synthetic scenes (no DeepLabV3
+# weights are bundled, and pretrained ones need the internet), exported at 256x256 with --video-split into
+# $(VIDEO_BENCH_DIR), then per-frame vs k = 1/2/4/8 vs adaptive on the synthetic clips.
+#   make bench-video-deeplabv3 [VIDEO_BENCH_ARGS="--repeats 1"]
+VIDEO_BENCH_DIR ?= out/video-bench
+DEEPLAB_VIDEO := deeplabv3_video
+$(VIDEO_BENCH_DIR)/deeplabv3-calibrated.pth: | setup
+	mkdir -p $(VIDEO_BENCH_DIR)
+	$(BIN)/python -m segserve_models.calibration --model deeplabv3_mobilenet_v3_large --backbone bundled:shapes_lraspp --out $@
+bench-video-deeplabv3: $(VIDEO_BENCH_DIR)/deeplabv3-calibrated.pth
+	$(BIN)/segserve export --model deeplabv3_mobilenet_v3_large --name $(DEEPLAB_VIDEO) --weights $< --input-size 256x256 \
+		--video-split --repository $(VIDEO_BENCH_DIR) --skip-existing
+	$(BIN)/python -m segserve_models.video_bench --repository $(VIDEO_BENCH_DIR) --model $(DEEPLAB_VIDEO) --thresholds 1.0,1.7 \
+		$(VIDEO_BENCH_ARGS)
 
 # Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
 bench: setup

@@ -105,8 +105,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                              "?refine=crf needs; without, the model answers labels only and cannot be refined")
     export.add_argument("--dynamic-hw", action="store_true", help="dynamic height/width axes (default: fixed, faster on CPU)")
     export.add_argument("--video-split", action="store_true",
-                        help="LRASPP: also export the shallow/deep/fuse parts for keyframe feature reuse on /segment/video "
-                             "(and, for bundled weights, their trained correction of stale features)")
+                        help="LRASPP and DeepLabV3-MobileNetV3: also export the shallow/deep/fuse parts for keyframe feature "
+                             "reuse on /segment/video (and, for bundled weights, their trained correction of stale features)")
     export.add_argument("--skip-existing", action="store_true", help="do nothing if the model already has a version")
     export.set_defaults(func=cmd_export)
 

@@ -2,6 +2,8 @@
 
     python -m segserve_models.video_bench --repository model_repository --model shapes_lraspp
 
+Any model with a video split (LRASPP or DeepLabV3, models/video_split.py) runs.
+
 Engine level, no HTTP and no batching: one stream at a time, one frame at a time, on the
 model's exported ONNX graphs under ONNX Runtime, with the server's own keyframe code
 (``KeyframeTracker``). "per-frame" runs the full ``model.onnx`` on every frame; the other
@@ -13,6 +15,9 @@ Frames are letterboxed like the server does and predictions are scored at the or
 frame size against the synthetic ground truth (models/synthetic):
 
 * mIoU: over all frames of all clips, mean over classes present in truth or prediction;
+* agreement with per-frame: share of pixels labelled as the full model labels them on the
+  same frame, and the mIoU with those per-frame labels as the truth: what reuse costs
+  whatever the weights (the only meaningful accuracy figures for a random-weight model);
 * flicker: share of pixels whose predicted label changes between consecutive frames where
   the true label does not;
 * frames/s: engine time only (decode, letterbox and scoring excluded); per clip the best of
@@ -70,6 +75,7 @@ class Engines:
         if video is None:
             raise SystemExit(f"{name} has no video split: run python -m segserve_models.video_split --model {name} first")
         self.default_policy = KeyframePolicy(video.max_keyframe_interval, video.keyframe_threshold)
+        self.video = video
         self.full: Engine = create_engine(self.config, version_dir, backend="onnxruntime")
         self.parts: dict[str, Engine] = {
             part: create_engine(self.config, version_dir / video.dir / part, backend="onnxruntime") for part in video.parts()
@@ -79,33 +85,39 @@ class Engines:
         name = self.config.input.name
         return [self.full.infer({name: t})[self.config.output.name][0] for t in clip.tensors], len(clip.tensors)
 
+    def run(self, part: str, **tensors: np.ndarray) -> np.ndarray:
+        """One split part on those of ``tensors`` it takes (``VideoSplit.tensors``)."""
+        inputs, output = self.video.tensors(part)
+        return self.parts[part].infer({name: tensors[name] for name in inputs})[output]
+
     def keyframed(self, clip: Clip, policy: KeyframePolicy, corrected: bool) -> tuple[list[np.ndarray], int]:
         tracker = KeyframeTracker(policy, KeyframeState(), clip.box)
-        shallow, deep, fuse, correct = (self.parts.get(p) for p in ("shallow", "deep", "fuse", "correct"))
         labels, keyframes = [], 0
         for tensor in clip.tensors:
-            low = shallow.infer({"images": tensor})["low"]
+            low = self.run("shallow", images=tensor)
+            part = "correct" if corrected else "fuse"
             if tracker.observe(low[0]):
-                key_low, key_deep = low, deep.infer({"low": low})["deep"]
+                key = {"deep": self.run("deep", low=low), "key_low": low}
                 keyframes += 1
-                out = fuse.infer({"low": low, "deep": key_deep})
-            elif corrected:
-                out = correct.infer({"low": low, "deep": key_deep, "key_low": key_low})
-            else:
-                out = fuse.infer({"low": low, "deep": key_deep})
-            labels.append(out["labels"][0])
+                part = "fuse"
+            labels.append(self.run(part, low=low, **key)[0])
         return labels, keyframes
 
 
-def scores(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: int) -> tuple[float, float]:
-    """(mIoU, flicker) over all clips; predictions at model input size."""
+def scores(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: int,
+           reference: list[list[np.ndarray]] | None = None) -> tuple[float, float]:
+    """(mIoU, flicker) over all clips; predictions at model input size, scored against the
+    clips' truth or against ``reference`` predictions (e.g. per-frame inference's)."""
     confusion = np.zeros((num_classes, num_classes), np.int64)
     changed = stable = 0
-    for labels, clip in zip(predictions, clips):
+    truths = reference if reference is not None else [None] * len(clips)
+    for labels, clip, truth_labels in zip(predictions, clips, truths):
         previous_pred = previous_truth = None
-        for pred, truth in zip(labels, clip.truth):
+        frame_truth = clip.truth if truth_labels is None else [clip.box.restore(t) for t in truth_labels]
+        for pred, truth in zip(labels, frame_truth):
             pred = clip.box.restore(pred)
-            confusion += np.bincount(truth.ravel() * num_classes + pred.ravel(), minlength=num_classes**2).reshape(num_classes, -1)
+            cells = truth.ravel().astype(np.int64) * num_classes + pred.ravel()  # int64: no uint8 overflow at 21 classes
+            confusion += np.bincount(cells, minlength=num_classes**2).reshape(num_classes, -1)
             if previous_pred is not None:
                 same_truth = truth == previous_truth
                 stable += int(same_truth.sum())
@@ -152,11 +164,20 @@ def measure(engines: Engines, clips: list[Clip], settings: list[Setting], repeat
     """One row per setting. Timing is interleaved clip by clip (every setting runs a clip
     before the next clip) and each (setting, clip) keeps its best of ``repeats`` passes, so
     the VM's speed drift, which moves over seconds, reaches every row alike."""
-    rows = []
+    rows, per_frame = [], None
+    num_classes = len(engines.config.classes)
     for setting in settings:
         predictions, keyframes, _ = segment(engines, clips, setting)
-        miou, flicker = scores(predictions, clips, len(engines.config.classes))
-        rows.append({"setting": setting, "miou": miou, "flicker": flicker, "keyframes": keyframes})
+        miou, flicker = scores(predictions, clips, num_classes)
+        if per_frame is None:  # settings[0]: per-frame inference
+            per_frame = predictions
+        agreement = np.mean([
+            (clip.box.restore(a) == clip.box.restore(b)).mean()
+            for ours, theirs, clip in zip(predictions, per_frame, clips) for a, b in zip(ours, theirs)
+        ])
+        row = {"setting": setting, "miou": miou, "flicker": flicker, "keyframes": keyframes, "agreement": float(agreement)}
+        row["miou_vs_per_frame"] = scores(predictions, clips, num_classes, per_frame)[0]
+        rows.append(row)
     best = np.full((len(settings), len(clips)), np.inf)
     for _ in range(repeats):
         for j, clip in enumerate(clips):
@@ -178,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intervals", default="1,2,4,8", help="fixed keyframe intervals to compare (1: the split, deep on every frame)")
     parser.add_argument("--thresholds", default="", help="adaptive thresholds to compare (default: the model's)")
     parser.add_argument("--max-interval", type=int, default=None, help="adaptive: longest gap (default: the model's)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing passes per row; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timing passes per row; the best counts (0: accuracy only, untimed)")
     parser.add_argument("--no-correction", action="store_true",
                         help="a model with a correction: also the rows without it (plain stale features)")
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED_BASE,
@@ -197,21 +218,24 @@ def main(argv: list[str] | None = None) -> int:
     settings = [Setting(None)]
     for policy in policies:
         settings += [Setting(policy, corrected)] + ([Setting(policy)] if corrected and args.no_correction and policy.interval > 1 else [])
-    measure(engines, clips[:1], [Setting(None), Setting(KeyframePolicy(2), corrected)], 1)  # warm-up: arenas, kernels
+    if args.repeats:
+        measure(engines, clips[:1], [Setting(None), Setting(KeyframePolicy(2), corrected)], 1)  # warm-up: arenas, kernels
 
     frames = args.clips * args.frames
     print(f"{args.model} ({engines.config.weights.source} weights), input {engines.config.input.height}x{engines.config.input.width}, "
           f"{args.clips} synthetic clips (seeds {args.first_seed}+) x {args.frames} frames of {args.size}, {engines.full.info.device}, batch 1\n")
-    print("| policy | keyframes | mIoU | ΔmIoU | flicker | frames/s | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| policy | keyframes | mIoU | ΔmIoU | flicker | frames/s | speed-up | agreement with per-frame | mIoU vs per-frame |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = measure(engines, clips, settings, args.repeats)
     baseline = rows[0]
     for row in rows:
+        speed = f"{row['fps']:.1f} | {row['fps'] / baseline['fps']:.2f}x" if args.repeats else "- | -"
         print(
             f"| {row['setting'].describe(corrected)} | {row['keyframes']:.0%} | {100 * row['miou']:.2f} | {100 * (row['miou'] - baseline['miou']):+.2f} "
-            f"| {100 * row['flicker']:.2f}% | {row['fps']:.1f} | {row['fps'] / baseline['fps']:.2f}x |"
+            f"| {100 * row['flicker']:.2f}% | {speed} | {100 * row['agreement']:.2f}% | {100 * row['miou_vs_per_frame']:.2f} |"
         )
-    print(f"\n{frames} frames per row; mIoU in points; frames/s = engine time only, per clip the best of {args.repeats} passes, interleaved clip by clip.")
+    timing = f"per clip the best of {args.repeats} passes, interleaved clip by clip" if args.repeats else "not measured (--repeats 0)"
+    print(f"\n{frames} frames per row; mIoU in points; frames/s = engine time only, {timing}.")
     return 0
 
 

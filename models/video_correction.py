@@ -43,11 +43,13 @@ from segserve_models.video_split import (  # noqa: E402
     Correction,
     Deep,
     Shallow,
+    SplitNet,
     fingerprint,
 )
 from segserve_models.weights import WeightsSpec  # noqa: E402
 
 BASE = "shapes_lraspp"  # the bundled checkpoint the correction is trained for
+ARCHITECTURE = "lraspp_mobilenet_v3_large"
 INPUT_SIZE = 256  # the size `make models` exports it at (the correction is size-specific only through data)
 # Clip seeds: far from models/train.py's scenes and models/video_bench.py's clips (2.0e9 and 2.1e9).
 TRAIN_SEED_BASE = 3_000_000_000
@@ -60,7 +62,7 @@ LOSS_SIZE = 128
 
 def base_net(name: str = BASE) -> nn.Module:
     """The bundled checkpoint's network, as the export builds it."""
-    arch = zoo.get("lraspp_mobilenet_v3_large")
+    arch = zoo.get(ARCHITECTURE)
     state, classes, _ = resolve_weights(arch, WeightsSpec.parse(f"bundled:{name}"), progress=False)
     net = arch.build(len(classes))
     net.load_state_dict(zoo.strip_training_heads(arch, state))
@@ -77,9 +79,9 @@ class KeyframeClips:
     Features are float16 (half the memory); truth is at LOSS_SIZE, IGNORE_LABEL in the padding.
     """
 
-    def __init__(self, net: nn.Module, seeds: range, gaps: int, size: int, batch: int = 4):
+    def __init__(self, split: SplitNet, seeds: range, gaps: int, size: int, batch: int = 4):
         spec = InputSpec(height=size, width=size)
-        shallow, deep = Shallow(net).eval(), Deep(net).eval()
+        shallow, deep = Shallow(split).eval(), Deep(split).eval()
         stride = max(1, size // LOSS_SIZE)
         key_low, key_high, low, labels = [], [], [], []
         seeds = list(seeds)
@@ -98,7 +100,7 @@ class KeyframeClips:
                 truth.append(clip_truth[:, stride // 2 :: stride, stride // 2 :: stride])
             with torch.no_grad():
                 clips_low = shallow(torch.from_numpy(np.stack(images))).unflatten(0, (-1, gaps + 1))
-                key_high.append(net.classifier.high_classifier(deep(clips_low[:, 0])))
+                key_high.append(split.classifier(deep(clips_low[:, 0])))
             key_low.append(clips_low[:, 0].half())
             low.append(clips_low[:, 1:].half())
             labels += truth
@@ -110,14 +112,13 @@ class KeyframeClips:
         return self.low.shape[0]
 
 
-def train(net: nn.Module, data: KeyframeClips, steps: int, seed: int, width: int = 16) -> tuple[Correction, float]:
-    """(trained correction, mean loss of the last 50 steps); ``net`` stays as it is (frozen)."""
-    for parameter in net.parameters():
+def train(split: SplitNet, data: KeyframeClips, steps: int, seed: int, width: int = 16) -> tuple[Correction, float]:
+    """(trained correction, mean loss of the last 50 steps); the network stays as it is (frozen)."""
+    for parameter in split.parameters():
         parameter.requires_grad_(False)
     torch.manual_seed(seed)
-    num_classes = net.classifier.low_classifier.out_channels
-    correction = Correction(data.low.shape[2], num_classes, width)
-    fuse = CorrectedFuse(net, correction, data.size, data.size)  # frozen classifiers + the correction being trained
+    correction = Correction(data.low.shape[2], split.num_classes, width)
+    fuse = CorrectedFuse(split, correction, data.size, data.size)  # frozen classifiers + the correction being trained
     optimizer = torch.optim.AdamW(correction.parameters(), lr=PEAK_LR, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
     clips, gaps = data.low.shape[:2]
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     started = time.perf_counter()
     net = base_net()
-    data = KeyframeClips(net, range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.clips), args.gaps, INPUT_SIZE)
+    split = SplitNet(ARCHITECTURE, net)
+    data = KeyframeClips(split, range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.clips), args.gaps, INPUT_SIZE)
     print(f"features of {args.clips} clips x 1 + {args.gaps} frames: {time.perf_counter() - started:.0f}s", flush=True)
-    correction, final_loss = train(net, data, args.steps, args.seed)
+    correction, final_loss = train(split, data, args.steps, args.seed)
     info = {"base": f"{BASE}.pth", "clips": args.clips, "gaps": args.gaps, "steps": args.steps, "seed": args.seed,
             "batch": BATCH, "peak_lr": PEAK_LR, "final_loss": round(final_loss, 4)}
     save(args.out / f"{BASE}_video.pth", correction, net, info)

@@ -24,10 +24,10 @@ from segserve_models.train import (
     train_keypoints,
     train_semantic,
 )
-from segserve_models.video_correction import KeyframeClips, base_net
+from segserve_models.video_correction import ARCHITECTURE, KeyframeClips, base_net
 from segserve_models.video_correction import save as save_correction
 from segserve_models.video_correction import train as train_correction
-from segserve_models.video_split import load_correction
+from segserve_models.video_split import SplitNet, load_correction
 from segserve_models.weights import load_checkpoint
 
 CHECKPOINTS = {
@@ -124,10 +124,11 @@ def test_video_correction_fits_the_bundled_semantic_model():
 
 def test_video_correction_training_is_byte_reproducible(tmp_path):
     net = base_net()
+    split = SplitNet(ARCHITECTURE, net)
     digests = []
     for run in range(2):
-        data = KeyframeClips(net, range(5, 7), gaps=4, size=64)
-        correction, _ = train_correction(net, data, steps=3, seed=0)
+        data = KeyframeClips(split, range(5, 7), gaps=4, size=64)
+        correction, _ = train_correction(split, data, steps=3, seed=0)
         path = tmp_path / str(run) / VIDEO_CORRECTION  # same name: torch.save writes the name into the file
         path.parent.mkdir()
         save_correction(path, correction, net, {"steps": 3})

@@ -23,12 +23,11 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torch import nn
 from torchvision.models import segmentation as tvseg
 
 from segserve.graphs import zoo
-from segserve.graphs.serving import Normalize
 from segserve.repository import scan
+from segserve_models.calibration import calibrate_batchnorm
 from segserve_models.export import export_model, sample_images
 from segserve_models.weights import WeightsSpec
 from tests.conftest import make_image
@@ -62,14 +61,8 @@ def calibrated_random_weights(arch: str, path: Path, seed: int = 0) -> WeightsSp
     architecture = zoo.get(arch)
     torch.manual_seed(seed)
     net = getattr(tvseg, arch)(weights=None, weights_backbone=None, num_classes=len(architecture.pretrained_classes), aux_loss=True)
-    net.train()
-    for module in net.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = None  # a plain average over the calibration batch
     photos = [Image.open(io.BytesIO(data)).convert("RGB").resize(INPUT[::-1]) for data in sample_photos()]
-    batch = torch.cat([sample_images(2, *INPUT, seed=3), torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2)])
-    with torch.no_grad():
-        net(Normalize()(batch))
+    calibrate_batchnorm(net, torch.cat([sample_images(2, *INPUT, seed=3), torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2)]))
     torch.save({"model": net.state_dict(), "classes": architecture.pretrained_classes}, path)
     return WeightsSpec.parse(str(path))
 

@@ -40,7 +40,7 @@ from segserve_models.train import CHECKPOINT_DIR
 from segserve_models.video_correction import KeyframeClips
 from segserve_models.video_correction import save as save_correction
 from segserve_models.video_correction import train as train_correction
-from segserve_models.video_split import export_video_split, load_served_net
+from segserve_models.video_split import SplitNet, export_video_split, load_served_net
 from tests.conftest import copy_model
 from tests.servers import InProcessServer
 
@@ -66,9 +66,11 @@ def video_repo(semantic_repo, tmp_path_factory):
 def random_correction(model_dir, workdir):
     """A correction checkpoint for the model's (random) weights: a real one, trained a few
     steps, with a random output layer so that it visibly changes labels."""
-    net = load_served_net(load_config(model_dir), model_dir / "1")
-    data = KeyframeClips(net, range(7, 9), gaps=3, size=128)
-    correction, _ = train_correction(net, data, steps=2, seed=0, width=8)
+    config = load_config(model_dir)
+    net = load_served_net(config, model_dir / "1")
+    split = SplitNet(config.architecture, net)
+    data = KeyframeClips(split, range(7, 9), gaps=3, size=config.input.height)
+    correction, _ = train_correction(split, data, steps=2, seed=0, width=8)
     torch.manual_seed(0)
     torch.nn.init.normal_(correction.out.weight, std=2.0)
     save_correction(workdir / "correction.pth", correction, net, {"test": True})

@@ -17,6 +17,13 @@ SPLIT_PARTS: dict[str, tuple[tuple[str, ...], str]] = {
     "fuse": (("low", "deep"), "labels"),  # keyframes (and other frames without a correction)
     "correct": (("low", "deep", "key_low"), "labels"),  # other frames, when trained
 }
+# Each kind of split (``VideoSplit.split``, one per architecture family) runs the same parts;
+# only the tensors a part takes differ: DeepLabV3's head has no low-level branch, so its
+# fuse takes the deep features alone.
+SPLIT_KINDS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
+    "lraspp": SPLIT_PARTS,
+    "deeplabv3": {**SPLIT_PARTS, "fuse": (("deep",), "labels")},
+}
 
 # Adaptive keyframe policies (threshold, longest interval), calibrated with
 # segserve_models.video_bench on seeds apart from the reported ones (docs/benchmarks.md).
@@ -37,7 +44,7 @@ class VideoCorrection(BaseModel):
 class VideoSplit(BaseModel):
     model_config = {"extra": "forbid"}
 
-    split: Literal["lraspp"] = "lraspp"
+    split: Literal["lraspp", "deeplabv3"] = "lraspp"
     dir: str = Field(VIDEO_DIR, pattern=r"^[\w.-]+$")  # inside the version folder, one sub-folder per part
     keyframe_threshold: float | None = Field(DEFAULT_KEYFRAME_THRESHOLD, ge=0)
     max_keyframe_interval: int = Field(DEFAULT_MAX_KEYFRAME_INTERVAL, ge=1)
@@ -45,6 +52,10 @@ class VideoSplit(BaseModel):
 
     def parts(self) -> list[str]:
         return [part for part in SPLIT_PARTS if part != "correct" or self.correction is not None]
+
+    def tensors(self, part: str) -> tuple[tuple[str, ...], str]:
+        """(input tensor names, output tensor name) of one of this split's parts."""
+        return SPLIT_KINDS[self.split][part]
 
 
 class SemanticParameters(BaseModel):

@@ -1,4 +1,4 @@
-"""Semantic models on video: keyframe feature reuse through the LRASPP video split.
+"""Semantic models on video: keyframe feature reuse through the video split (LRASPP or DeepLabV3).
 
 A model exported with the video split (``parameters.video``, see models/video_split.py)
 runs three engines, each behind its own dynamic batcher, so frames of one chunk and frames
@@ -10,6 +10,10 @@ of different streams share batches::
     other frames:  correct(low, deep and low of the last keyframe) -> labels
                    (a trained correction of the stale deep features; a model without one
                    runs fuse(low, deep of the last keyframe) instead)
+
+Which of these tensors a part takes depends on the kind of split (``VideoSplit.tensors``):
+DeepLabV3's fuse takes ``deep`` alone (its head has no low-level branch), so its frames
+between keyframes repeat the keyframe's head output unless it has a correction.
 
 Keyframe decisions need only the shallow features, so they are made in frame order while
 later frames are still in the shallow batcher, and a chunk's frames never wait for each
@@ -27,7 +31,7 @@ from typing import AsyncIterator, Awaitable
 import numpy as np
 
 from segserve.contract.model_config import ModelConfig
-from segserve.contract.video import SPLIT_PARTS, VideoSplit
+from segserve.contract.video import VideoSplit
 from segserve.engine import Engine
 from segserve.pipelines.base import (
     ModelState,
@@ -68,8 +72,9 @@ class _SplitRun:
     """One chunk through the split model. ``frame`` must be called in frame order: it chains
     each frame's keyframe decision after the previous frame's."""
 
-    def __init__(self, parts: dict[str, DynamicBatcher], tracker: KeyframeTracker, deadline: float):
+    def __init__(self, parts: dict[str, DynamicBatcher], split: VideoSplit, tracker: KeyframeTracker, deadline: float):
         self._parts = parts
+        self._inputs = {part: split.tensors(part)[0] for part in parts}
         self._tracker = tracker
         self._deadline = deadline
         loop = asyncio.get_running_loop()
@@ -95,10 +100,9 @@ class _SplitRun:
         decided.set_result(None)
         # shield: a cancelled frame must not cancel the deep run other frames share
         key: KeyFeatures = await asyncio.shield(pending_key)
-        if keyframe or "correct" not in self._parts:
-            labels = (await self._parts["fuse"].submit((low, key.deep), self._deadline)).value
-        else:
-            labels = (await self._parts["correct"].submit((low, key.deep, key.low), self._deadline)).value
+        part = "fuse" if keyframe or "correct" not in self._parts else "correct"
+        tensors = {"low": low, "deep": key.deep, "key_low": key.low}
+        labels = (await self._parts[part].submit(tuple(tensors[n] for n in self._inputs[part]), self._deadline)).value
         return keyframe, labels
 
     async def _key_features(self, low: np.ndarray) -> KeyFeatures:
@@ -160,7 +164,7 @@ class SemanticVideoModel:
         policy = batch_policy(config)
         for part, engines in self._engines.items():
             name = f"{config.name}/{part}"
-            runners = [_batch_runner(e, *SPLIT_PARTS[part]) for e in engines]
+            runners = [_batch_runner(e, *self._split.tensors(part)) for e in engines]
             self._parts[part] = DynamicBatcher(runners, policy, name=name, observer=context.metrics.batch_observer(name))
             self._parts[part].start()
         self._use_split(True)
@@ -169,12 +173,11 @@ class SemanticVideoModel:
     def _keyframe_run(self, instance: int, n: int) -> None:
         """Every part of one instance once, on a batch of ``n`` blank frames (warm-up)."""
         spec = self.config.input
-        run = {part: engines[instance].infer for part, engines in self._engines.items()}
-        low = run["shallow"]({"images": np.zeros((n, 3, spec.height, spec.width), np.uint8)})["low"]
-        deep = run["deep"]({"low": low})["deep"]
-        run["fuse"]({"low": low, "deep": deep})
-        if "correct" in run:
-            run["correct"]({"low": low, "deep": deep, "key_low": low})
+        tensors = {"images": np.zeros((n, 3, spec.height, spec.width), np.uint8)}
+        for part, engines in self._engines.items():  # in the order a keyframe runs them
+            inputs, output = self._split.tensors(part)
+            tensors[output] = engines[instance].infer({name: tensors[name] for name in inputs})[output]
+            tensors["key_low"] = tensors.get("low")  # the keyframe's own shallow features
 
     def parts(self) -> list[PartStatus]:
         if self._split is None:
@@ -207,7 +210,7 @@ class SemanticVideoModel:
             async for labels in in_order((self._whole_frame(t, deadline) for t in chunk.inputs), self.window):
                 yield True, labels
             return
-        run = _SplitRun(self._parts, tracker, deadline)
+        run = _SplitRun(self._parts, self._split, tracker, deadline)
         try:
             async for result in in_order((run.frame(t) for t in chunk.inputs), self.window):
                 yield result
