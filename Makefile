@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead bench-peers loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -79,6 +79,14 @@ bench: setup
 #   make bench-overhead [BENCH_OVERHEAD_ARGS="--rounds 5 --profile"]   (--profile needs py-spy)
 bench-overhead: setup
 	$(BIN)/python -m segserve_loadtest.bench_overhead --out docs/bench $(BENCH_OVERHEAD_ARGS)
+
+# segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton), each serving the same
+# exported ONNX file with the same work per request, each in its own virtualenv under .cache/peers/ (created here, never
+# a project dependency); the bundled shapes_lraspp (exported as `make models` does) and bench_overhead's trivial model;
+# interleaved rounds under /tmp/segserve-bench.lock. Writes docs/bench/bench_peers.{md,json,png} (docs/benchmarks.md).
+#   make bench-peers [BENCH_PEERS_ARGS="--systems naive,litserve --rounds 3 --requests 300"]
+bench-peers: setup
+	$(BIN)/python -m segserve_loadtest.bench_peers --repository $(REPO) --out docs/bench $(BENCH_PEERS_ARGS)
 
 # The standard sweep + report (docs: loadtest/README.md). Without URL it starts a server itself.
 #   make loadtest [URL=http://127.0.0.1:8000] [MODEL=name] [OUT=dir] [LOADTEST_ARGS="--levels 1,4 --duration 5"]
