@@ -161,7 +161,9 @@ class PeerProcess:
     """A peer script in its virtualenv on free loopback ports; ``url`` is where the load goes."""
 
     def __init__(self, peer: Peer, python: Path, model_json: Path, log_path: Path, ready_timeout_s: float = 240.0):
-        self.peer, self.python, self.model_json, self.log_path = peer, python, model_json, log_path
+        # absolute (the peer runs in loadtest/peers/), but not resolved: a venv's python is a symlink that must stay one
+        self.peer, self.python, self.model_json = peer, Path(os.path.abspath(python)), Path(os.path.abspath(model_json))
+        self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
         base = f"http://127.0.0.1:{self.port}"
@@ -506,7 +508,7 @@ def bench_model(name: str, repository: Path, description: str, work: Path, pytho
             process = PeerProcess(peer, python, spec, work / f"{peer_name}-{name}.log")
             try:
                 process.start()
-            except RuntimeError as err:
+            except (RuntimeError, OSError) as err:
                 skipped[f"{peer_name} ({name})"] = f"did not start: {str(err)[-600:]}"
                 print(f"{peer_name}: {err}", file=sys.stderr, flush=True)
                 continue
