@@ -351,7 +351,8 @@ def measure_level(target: Target, image: Payload, requests: int, concurrency: in
     done = report["complete_requests"]
     return {"concurrency": concurrency, "requests": done, "failed": report["failed_requests"], "non_2xx": report["non_2xx_responses"],
             "requests_per_s": report["requests_per_second"], "p50_ms": p.get(50), "p95_ms": p.get(95), "p99_ms": p.get(99),
-            "server_cpu_ms_per_request": 1000 * cpu / max(1, done), "command": report["command"]}
+            "server_cpu_ms_per_request": 1000 * cpu / max(1, done), "keep_alive_requests": report["keep_alive_requests"],
+            "command": report["command"]}
 
 
 def raw_engine_round(raw, seconds: float) -> dict:
