@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead bench-peers loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video bench bench-overhead loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -85,6 +85,7 @@ bench-overhead: setup
 # a project dependency); the bundled shapes_lraspp (exported as `make models` does) and bench_overhead's trivial model;
 # interleaved rounds under /tmp/segserve-bench.lock. Writes docs/bench/bench_peers.{md,json,png} (docs/benchmarks.md).
 #   make bench-peers [BENCH_PEERS_ARGS="--systems naive,litserve --rounds 3 --requests 300"]
+.PHONY: bench-peers
 bench-peers: setup
 	$(BIN)/python -m segserve_loadtest.bench_peers --repository $(REPO) --out docs/bench $(BENCH_PEERS_ARGS)
 
