@@ -114,6 +114,15 @@ bench-crf: setup
 bench-overhead: setup
 	$(BIN)/python -m segserve_loadtest.bench_overhead --out docs/bench $(BENCH_OVERHEAD_ARGS)
 
+# segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton), each serving the same
+# exported ONNX file with the same work per request, each in its own virtualenv under .cache/peers/ (created here, never
+# a project dependency); the bundled shapes_lraspp (exported as `make models` does) and bench_overhead's trivial model;
+# interleaved rounds under /tmp/segserve-bench.lock. Writes docs/bench/bench_peers.{md,json,png} (docs/benchmarks.md).
+#   make bench-peers [BENCH_PEERS_ARGS="--systems naive,litserve --rounds 3 --requests 300"]
+.PHONY: bench-peers
+bench-peers: setup
+	$(BIN)/python -m segserve_loadtest.bench_peers --repository $(REPO) --out docs/bench $(BENCH_PEERS_ARGS)
+
 # The standard sweep + report (docs: loadtest/README.md). Without URL it starts a server itself.
 #   make loadtest [URL=http://127.0.0.1:8000] [MODEL=name] [OUT=dir] [LOADTEST_ARGS="--levels 1,4 --duration 5"]
 loadtest: $(if $(URL),setup,models)

@@ -100,25 +100,28 @@ def segment_url(url: str, model: str | None) -> str:
 
 
 def ab_command(url: str, requests: int, concurrency: int, body_file: Path, content_type: str,
-               *, keepalive: bool = True, time_limit_s: float | None = None) -> list[str]:
+               *, keepalive: bool = True, time_limit_s: float | None = None,
+               headers: dict[str, str] | None = None) -> list[str]:
     ab = shutil.which("ab")
     if ab is None:
         raise AbError("ab not found: install apache2-utils")
     # -t before -n: -t alone implies -n 50000, a later -n restores our count, so both bound the run.
     command = [ab] + (["-t", str(int(time_limit_s))] if time_limit_s else [])
     command += ["-n", str(requests), "-c", str(concurrency), "-l"] + (["-k"] if keepalive else [])
+    for name, value in (headers or {}).items():  # e.g. KServe's Inference-Header-Content-Length
+        command += ["-H", f"{name}: {value}"]
     return command + ["-p", str(body_file), "-T", content_type, url]
 
 
 def run_ab(url: str, payload: Payload, requests: int, concurrency: int, *,
-           keepalive: bool = True, time_limit_s: float | None = None) -> dict:
+           keepalive: bool = True, time_limit_s: float | None = None, headers: dict[str, str] | None = None) -> dict:
     """Run ab once; returns the parsed report plus the command line. Raises AbError when ab
     aborts (connection refused, too many errors) instead of reporting."""
     with tempfile.TemporaryDirectory(prefix="segserve-ab-") as tmp:
         body_file = Path(tmp) / payload.name
         body_file.write_bytes(payload.body)
         command = ab_command(url, requests, concurrency, body_file, payload.content_type,
-                             keepalive=keepalive, time_limit_s=time_limit_s)
+                             keepalive=keepalive, time_limit_s=time_limit_s, headers=headers)
         # ab's own -t is a soft bound (it waits for in-flight requests); this is the hard one.
         hard_limit = (time_limit_s or 600) + 60
         proc = subprocess.run(command, capture_output=True, text=True, timeout=hard_limit)

@@ -1,0 +1,624 @@
+"""segserve against the servers a user would pick instead (`make bench-peers`).
+
+Every system serves the SAME exported ONNX file and does the same work per request: decode the
+JPEG, letterbox to the model input, ONNX Runtime on CPU, restore to the original size, one COCO
+RLE per class present, JSON shaped like segserve's. The peers (loadtest/peers/*.py) are written
+the way their own docs show and run as scripts, each in its own virtualenv that this benchmark
+creates under ``.cache/peers/<name>`` (never a dependency of segserve; segserve never imports them):
+
+* ``naive``: FastAPI + uvicorn written by hand (plain PIL, one ONNX Runtime session with its
+  default threads, no batching, the endpoint's work in FastAPI's thread pool),
+* ``litserve``: LitServe, a ``LitAPI`` with ``max_batch_size``/``batch_timeout`` and
+  ``workers_per_device`` worker processes,
+* ``pytriton``: NVIDIA PyTriton, the real Triton core with a Python model (``@batch``, a
+  ``DynamicBatcher``, one infer function per model instance), driven over KServe v2 HTTP with the
+  binary-data extension (the JPEG as one BYTES element, the JSON back as one BYTES element).
+
+Steps: export/generate the models (the bundled ``shapes_lraspp`` as `make models` exports it, and
+bench_overhead's trivial model); install each peer's virtualenv (skipped, with the reason, when
+that fails); start every system on the model; check each peer's label maps against segserve's
+on the same images (% of equal pixels, RLEs decoded with pycocotools); then, holding
+``/tmp/segserve-bench.lock``, interleaved rounds: the raw engine (bench_service.RawEngine, the
+model's own instances on a preprocessed image in memory), then each system under
+``ab -n N -c C -k -l`` at each concurrency. Medians over rounds: req/s, p50/p95/p99, failures,
+server CPU ms per request (utime + stime of the server's whole process tree, /proc), ratio to
+segserve and to the raw engine. Writes ``bench_peers.{json,md,png}``.
+
+    python -m segserve_loadtest.bench_peers --out docs/bench [--rounds 2] [--requests 300] [--systems naive,litserve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import platform
+import signal
+import statistics
+import struct
+import subprocess
+import sysconfig
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from segserve_loadtest.ab import AbError, run_ab, segment_url
+from segserve_loadtest.payloads import Payload, synthetic_scene
+from segserve_loadtest.server import SegserveProcess, free_port
+
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+LOCK_FILE = "/tmp/segserve-bench.lock"
+# The peers run the same onnxruntime / numpy / Pillow / pycocotools releases as segserve (pyproject.toml).
+COMMON = ["onnxruntime==1.31.1", "numpy==2.4.6", "pillow==13.0.0", "pycocotools==2.0.11"]
+BUNDLED = "shapes_lraspp"
+TRIVIAL = "trivial"
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class Peer:
+    name: str
+    title: str
+    requirements: list[str]
+    script: str
+    protocol: str  # "segment" (POST the image), "multipart" (the image as a form field), "kserve-binary"
+    settings: str  # what was chosen for this machine, for the report
+    args: list[str] = field(default_factory=list)
+    common: list[str] = field(default_factory=lambda: list(COMMON))
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def peers(cores: int) -> dict[str, Peer]:
+    return {
+        "naive": Peer("naive", "naive FastAPI + uvicorn", ["fastapi==0.165.0", "uvicorn[standard]==0.54.0"], "naive_fastapi.py", "segment",
+                      "1 uvicorn process, 1 ONNX Runtime session (default intra-op threads = cores), each request in FastAPI's "
+                      "thread pool, no batching"),
+        # python-multipart: LitServe parses the multipart upload with Starlette, which needs it (not a LitServe dependency)
+        "litserve": Peer("litserve", "LitServe 0.2.19", ["litserve==0.2.19", "python-multipart==0.0.34"], "litserve_server.py", "multipart",
+                         f"{cores} worker processes (workers_per_device={cores}, accelerator=cpu), 1 intra-op thread each, "
+                         "max_batch_size=8, batch_timeout=0.004 s",
+                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--batch-timeout", "0.004"]),
+        "pytriton": Peer("pytriton", "PyTriton 0.7.0 (Triton core)", ["nvidia-pytriton==0.7.0"], "pytriton_server.py", "kserve-binary",
+                         f"1 model instance with {cores} intra-op threads, max_batch_size=8, DynamicBatcher max_queue_delay 4000 us "
+                         f"({cores} instances, one infer function each, do not load on this loaded machine: the second instance's "
+                         "stub waits 1 s, hard-coded in pytriton/proxy/communication.py, for the first one's handshake socket, "
+                         "and gives up)",
+                         ["--instances", "1", "--threads", str(cores), "--max-batch-size", "8", "--max-queue-delay-us", "4000"],
+                         # nvidia-pytriton 0.7.0 requires numpy < 2: pip picks its numpy
+                         [r for r in COMMON if not r.startswith("numpy")],
+                         # Triton's Python-backend stub links the system libpython3.11 (Debian's) but runs this
+                         # interpreter's standard library: a mismatch (RLock._recursion_count) unless it finds ours first
+                         {"LD_LIBRARY_PATH": ":".join(filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")]))}),
+    }
+
+
+# -- virtualenvs -----------------------------------------------------------------------------
+def ensure_venv(cache: Path, peer: Peer, log: Path) -> Path:
+    """The peer's virtualenv (created and filled once; a stamp of its requirements marks it done):
+    returns its python. Raises RuntimeError with pip's tail when the install fails."""
+    requirements = [*peer.requirements, *peer.common]
+    stamp_name = ".installed-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
+    venv = cache / peer.name
+    python = venv / "bin" / "python"
+    if (venv / stamp_name).is_file():
+        return python
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = [line for line in log.read_text(errors="replace").splitlines() if "is ignored" not in line][-8:]
+        raise RuntimeError(f"pip install {' '.join(requirements)} failed ({done.returncode}): " + " | ".join(tail))
+    for old in venv.glob(".installed-*"):
+        old.unlink()
+    (venv / stamp_name).touch()
+    return python
+
+
+# -- processes -------------------------------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc/*/stat's ppid)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid``'s live process tree, in seconds."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class PeerProcess:
+    """A peer script in its virtualenv on free loopback ports; ``url`` is where the load goes."""
+
+    def __init__(self, peer: Peer, python: Path, model_json: Path, log_path: Path, ready_timeout_s: float = 240.0):
+        # absolute (the peer runs in loadtest/peers/), but not resolved: a venv's python is a symlink that must stay one
+        self.peer, self.python, self.model_json = peer, Path(os.path.abspath(python)), Path(os.path.abspath(model_json))
+        self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s
+        self.port = free_port()
+        base = f"http://127.0.0.1:{self.port}"
+        if peer.protocol == "kserve-binary":
+            self.ports = ["--http-port", str(self.port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+            self.url, self.ready_url = f"{base}/v2/models/segment/infer", f"{base}/v2/models/segment/ready"
+        else:
+            self.ports = ["--port", str(self.port)]
+            path = "/predict" if peer.name == "litserve" else "/segment"
+            self.url, self.ready_url = base + path, base + ("/health" if peer.name == "litserve" else "/healthz")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "PeerProcess":
+        command = [str(self.python), str(PEERS_DIR / self.peer.script), "--model-json", str(self.model_json), *self.ports, *self.peer.args]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            # its own session: stop() signals the whole group (LitServe's workers, Triton's processes)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=PEERS_DIR, start_new_session=True,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.peer.env})
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.peer.name} exited with {self.process.returncode} before ready:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.ready_url, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{self.peer.name} not ready within {self.ready_timeout_s:g} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, lines: int = 25) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+# -- models ----------------------------------------------------------------------------------
+def ensure_bundled(repository: Path) -> None:
+    """``make models``' own export of the bundled semantic model (skipped when already there)."""
+    if (repository / BUNDLED / "config.yaml").is_file():
+        return
+    command = [sys.executable, "-m", "segserve", "export", "--model", "lraspp_mobilenet_v3_large", "--name", BUNDLED,
+               "--weights", f"bundled:{BUNDLED}", "--input-size", "256x256", "--video-split", "--repository", str(repository),
+               "--skip-existing"]
+    subprocess.run(command, check=True)
+
+
+def model_json(repository: Path, name: str, out: Path) -> Path:
+    """What a peer needs to serve the model exactly as segserve does: the ONNX file segserve
+    serves, its input/output names, input size, pad value and class names."""
+    from segserve.contract.model_config import latest_version, load_config
+
+    folder = repository / name
+    config = load_config(folder)
+    onnx = folder / str(latest_version(folder)) / config.onnxruntime.model_file
+    spec = {"name": name, "onnx": str(onnx.resolve()), "input": config.input.name, "output": config.output.name,
+            "height": config.input.height, "width": config.input.width, "pad_value": list(config.input.pad_value),
+            "classes": list(config.classes)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(spec, indent=2))
+    return out
+
+
+def photo(width: int = 640, height: int = 480, seed: int = 0) -> Payload:
+    buffer = io.BytesIO()
+    synthetic_scene(width, height, seed=seed).save(buffer, format="JPEG", quality=85)
+    return Payload(f"photo_{width}x{height}.jpg", "image/jpeg", buffer.getvalue())
+
+
+# -- KServe v2 binary-data extension -------------------------------------------------------------
+def kserve_binary_request(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """One BYTES element (4-byte little-endian length + the JPEG) after a JSON header; the output
+    asked back as binary too. Returns (body, headers)."""
+    element = struct.pack("<I", len(image)) + image
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}],
+                         "outputs": [{"name": "result", "parameters": {"binary_data": True}}]}).encode()
+    return header + element, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def kserve_binary_result(body: bytes, header_length: int) -> dict:
+    """The segserve-shaped JSON out of a binary-data KServe response (one BYTES element)."""
+    binary = body[header_length:]
+    (size,) = struct.unpack("<I", binary[:4])
+    return json.loads(binary[4 : 4 + size])
+
+
+BOUNDARY = "segserve-bench-peers-boundary"
+
+
+def multipart(image: Payload, field_name: str = "image") -> Payload:
+    """``image`` as one multipart/form-data file field (what `curl -F image=@photo.jpg` sends)."""
+    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{image.name}\"\r\n"
+            f"Content-Type: {image.content_type}\r\n\r\n").encode() + image.body + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return Payload(image.name + ".multipart", f"multipart/form-data; boundary={BOUNDARY}", body)
+
+
+class Target:
+    """How to post one image to a system and read its answer, and what ab sends."""
+
+    def __init__(self, name: str, url: str, protocol: str, pid: int, settings: str):
+        self.name, self.url, self.protocol, self.pid, self.settings = name, url, protocol, pid, settings
+
+    def load(self, image: Payload) -> tuple[Payload, dict[str, str] | None]:
+        if self.protocol == "kserve-binary":
+            body, headers = kserve_binary_request(image.body)
+            return Payload("kserve_binary.bin", "application/octet-stream", body), headers
+        if self.protocol == "multipart":
+            return multipart(image), None
+        return image, None
+
+    def segment(self, client: httpx.Client, image: Payload) -> dict:
+        payload, headers = self.load(image)
+        response = client.post(self.url, content=payload.body, headers={"Content-Type": payload.content_type, **(headers or {})})
+        response.raise_for_status()
+        if self.protocol == "kserve-binary":
+            return kserve_binary_result(response.content, int(response.headers["Inference-Header-Content-Length"]))
+        return response.json()
+
+
+# -- agreement -------------------------------------------------------------------------------------
+def label_map(result: dict) -> np.ndarray:
+    """A segserve-shaped JSON answer -> (h, w) class ids (pixels no segment covers: -1)."""
+    from pycocotools import mask as mask_utils
+
+    labels = np.full((result["height"], result["width"]), -1, dtype=np.int32)
+    for segment in result["segments"]:
+        rle = {"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode()}
+        labels[mask_utils.decode(rle).astype(bool)] = segment["class_id"]
+    return labels
+
+
+def agreement(reference: dict, other: dict) -> float:
+    """Share of pixels with the same class in both answers (0 when the sizes differ)."""
+    a, b = label_map(reference), label_map(other)
+    return float((a == b).mean()) if a.shape == b.shape else 0.0
+
+
+def agreement_images() -> list[Payload]:
+    return [photo(640, 480, 0), photo(640, 480, 1), photo(500, 375, 2), photo(256, 320, 3)]
+
+
+def check_agreement(targets: list[Target], images: list[Payload]) -> dict[str, dict]:
+    """Per peer: % of equal pixels with segserve's label maps, per image and overall."""
+    with httpx.Client(timeout=60) as client:
+        answers = {t.name: [t.segment(client, image) for image in images] for t in targets}
+    reference = answers["segserve"]
+    out = {}
+    for name, results in answers.items():
+        if name == "segserve":
+            continue
+        per_image = [agreement(ref, res) for ref, res in zip(reference, results)]
+        pixels = [ref["width"] * ref["height"] for ref in reference]
+        out[name] = {"per_image": per_image, "images": [i.name for i in images],
+                     "equal_pixels": float(np.average(per_image, weights=pixels))}
+    return out
+
+
+# -- timing ------------------------------------------------------------------------------------------
+def measure_level(target: Target, image: Payload, requests: int, concurrency: int) -> dict:
+    payload, headers = target.load(image)
+    before = tree_cpu_s(target.pid)
+    try:
+        report = run_ab(target.url, payload, requests=max(requests, 4 * concurrency), concurrency=concurrency, headers=headers)
+    except AbError as err:
+        return {"concurrency": concurrency, "error": str(err)}
+    cpu = tree_cpu_s(target.pid) - before
+    p = report["percentiles_ms"]
+    done = report["complete_requests"]
+    return {"concurrency": concurrency, "requests": done, "failed": report["failed_requests"], "non_2xx": report["non_2xx_responses"],
+            "requests_per_s": report["requests_per_second"], "p50_ms": p.get(50), "p95_ms": p.get(95), "p99_ms": p.get(99),
+            "server_cpu_ms_per_request": 1000 * cpu / max(1, done), "keep_alive_requests": report["keep_alive_requests"],
+            "command": report["command"]}
+
+
+def raw_engine_round(raw, seconds: float) -> dict:
+    """The raw engine at batch 1 and 2 (the model's instances in parallel); the better one counts."""
+    rows = [raw.measure(size, seconds) for size in (1, 2) if size <= raw.max_batch_size]
+    best = max(rows, key=lambda r: r["images_per_s"])
+    return {"images_per_s": best["images_per_s"], "batch_size": best["batch_size"], "instances": best["instances"], "rows": rows}
+
+
+def summarise(rounds: list[dict], systems: list[str], levels: list[int]) -> dict:
+    """Medians over rounds per system and level, plus the ratios (each round's ratio, then the median)."""
+    raw = [r["raw_engine"]["images_per_s"] for r in rounds]
+    table: dict[str, dict[int, dict]] = {}
+    for name in systems:
+        table[name] = {}
+        for c in levels:
+            cells = [r["systems"][name][str(c)] for r in rounds if str(c) in r["systems"].get(name, {})]
+            good = [cell for cell in cells if "error" not in cell]
+            if not good:
+                table[name][c] = {"error": cells[0]["error"] if cells else "not measured"}
+                continue
+            row = {key: statistics.median(cell[key] for cell in good)
+                   for key in ("requests_per_s", "p50_ms", "p95_ms", "p99_ms", "server_cpu_ms_per_request")}
+            row["failed"] = sum(cell["failed"] + cell["non_2xx"] for cell in good)
+            row["errors"] = len(cells) - len(good)
+            ratios_segserve, ratios_raw = [], []
+            for r in rounds:
+                mine = r["systems"].get(name, {}).get(str(c), {})
+                theirs = r["systems"].get("segserve", {}).get(str(c), {})
+                if "requests_per_s" in mine:
+                    ratios_raw.append(mine["requests_per_s"] / r["raw_engine"]["images_per_s"])
+                    if "requests_per_s" in theirs:
+                        ratios_segserve.append(mine["requests_per_s"] / theirs["requests_per_s"])
+            row["vs_segserve"] = statistics.median(ratios_segserve) if ratios_segserve else None
+            row["vs_raw_engine"] = statistics.median(ratios_raw) if ratios_raw else None
+            table[name][c] = row
+    return {"raw_engine_images_per_s": statistics.median(raw) if raw else None, "raw_engine_rounds": raw, "table": table}
+
+
+# -- report ------------------------------------------------------------------------------------------
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def model_markdown(model: dict) -> list[str]:
+    summary, levels = model["summary"], model["levels"]
+    raw = model["rounds"][0]["raw_engine"] if model["rounds"] else {}
+    lines = [
+        f"### `{model['model']}` ({model['description']})",
+        "",
+        f"Raw engine: {raw.get('instances', '?')} ONNX Runtime sessions in parallel on a preprocessed image in memory, best of batch 1/2: "
+        f"**{_fmt(summary['raw_engine_images_per_s'])} images/s** (median of rounds: "
+        + ", ".join(_fmt(v) for v in summary["raw_engine_rounds"]) + ").",
+        "",
+        "Label maps against segserve's on the same 4 images (640x480 x2, 500x375, 256x320): "
+        + ", ".join(f"{name} {100 * a['equal_pixels']:.2f} % equal pixels" for name, a in model["agreement"].items()) + ".",
+        "",
+        "| system | c | req/s | p50 ms | p95 ms | p99 ms | failed | server CPU ms/req | vs segserve | vs raw engine |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in model["systems"]:
+        for c in levels:
+            row = summary["table"][name][c] if c in summary["table"][name] else summary["table"][name][str(c)]
+            if "error" in row:
+                lines.append(f"| {model['titles'][name]} | {c} | error: {row['error'][:80]} | | | | | | | |")
+                continue
+            lines.append(
+                f"| {model['titles'][name]} | {c} | {row['requests_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} "
+                f"| {row['failed']} | {row['server_cpu_ms_per_request']:.1f} | {_fmt(row['vs_segserve'], 2)} | {_fmt(row['vs_raw_engine'], 2)} |")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"`{result['command']}` on {result['machine']} (load average {result['load_before']} before the timed part, "
+        f"{result['load_after']} after: **a shared, loaded machine**; other engineers' jobs were running). "
+        f"{result['rounds']} interleaved rounds (raw engine, then each system at c = {', '.join(map(str, result['levels']))}), "
+        f"`ab -n {result['requests']} -c C -k -l` (at least 4 x C requests), the 640x480 JPEG; medians over rounds. "
+        "Server CPU: utime + stime of the server's whole process tree (/proc) during the ab run, per completed request.",
+        "",
+        "Systems and their settings on this machine:",
+        "",
+        *[f"* **{result['titles'][name]}**: {settings}" for name, settings in result["settings"].items()],
+        "",
+    ]
+    if result["skipped"]:
+        lines += ["Not measured:", "", *[f"* **{name}**: {why}" for name, why in result["skipped"].items()], ""]
+    for model in result["models"]:
+        lines += model_markdown(model) + [""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        for name in model["systems"]:
+            rows = [model["summary"]["table"][name].get(c) or model["summary"]["table"][name].get(str(c)) for c in model["levels"]]
+            points = [(r["requests_per_s"], r["p99_ms"], c) for r, c in zip(rows, model["levels"]) if r and "error" not in r]
+            if not points:
+                continue
+            xs, ys, cs = zip(*points)
+            axis.plot(xs, ys, marker="o", label=model["titles"][name])
+            for x, y, c in points:
+                axis.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        raw = model["summary"]["raw_engine_images_per_s"]
+        top = max((line.get_xdata().max() for line in axis.get_lines()), default=0)
+        if raw and raw <= 3 * top:
+            axis.axvline(raw, color="grey", linestyle="--", label=f"raw engine {raw:.0f} img/s")
+        axis.set_xlabel("throughput (req/s)")
+        axis.set_ylabel("p99 latency (ms)")
+        axis.set_yscale("log")
+        beyond = f"; raw engine {raw:.0f} img/s, off the scale" if raw and raw > 3 * top else ""
+        axis.set_title(f"{model['model']} (shared, loaded 2-core machine{beyond})", fontsize=9)
+        axis.legend(fontsize=7)
+        axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# -- main --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def bench_lock(path: str = LOCK_FILE):
+    """The timed part under the same lock as `flock /tmp/segserve-bench.lock ...` (flock(2))."""
+    with open(path, "a") as handle:
+        print(f"waiting for {path} ...", flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench_model(name: str, repository: Path, description: str, work: Path, pythons: dict[str, Path], peer_specs: dict[str, Peer],
+                args, skipped: dict[str, str], lock) -> dict:
+    from segserve_loadtest.bench_service import RawEngine
+
+    image = photo()
+    spec = model_json(repository, name, work / f"{name}.json")
+    titles = {"segserve": "segserve", **{p: peer_specs[p].title for p in pythons}}
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(SegserveProcess(repository, work / f"segserve-{name}.log", models=[name]))
+        targets = [Target("segserve", segment_url(server.url, name), "segment", server.process.pid, "")]
+        for peer_name, python in pythons.items():
+            peer = peer_specs[peer_name]
+            process = PeerProcess(peer, python, spec, work / f"{peer_name}-{name}.log")
+            try:
+                process.start()
+            except (RuntimeError, OSError) as err:
+                skipped[f"{peer_name} ({name})"] = f"did not start: {str(err)[-600:]}"
+                print(f"{peer_name}: {err}", file=sys.stderr, flush=True)
+                continue
+            stack.callback(process.stop)
+            targets.append(Target(peer_name, process.url, peer.protocol, process.pid, peer.settings))
+        agree = check_agreement(targets, agreement_images())
+        print(f"{name}: agreement " + ", ".join(f"{k} {100 * v['equal_pixels']:.2f} %" for k, v in agree.items()), flush=True)
+        for target in targets:  # warm every path (and ORT's per-shape state) before timing
+            payload, headers = target.load(image)
+            with contextlib.suppress(AbError):
+                run_ab(target.url, payload, requests=64, concurrency=8, headers=headers)
+        raw = RawEngine(repository, name, np.asarray(synthetic_scene(640, 480, seed=0)))
+        rounds = []
+        with lock():
+            load_before = load_average()
+            for i in range(args.rounds):
+                entry = {"raw_engine": raw_engine_round(raw, args.engine_seconds), "systems": {}}
+                print(f"{name} round {i + 1}: raw engine {entry['raw_engine']['images_per_s']:.1f} images/s", flush=True)
+                for target in targets:
+                    entry["systems"][target.name] = {}
+                    for c in args.levels:
+                        cell = measure_level(target, image, args.requests, c)
+                        entry["systems"][target.name][str(c)] = cell
+                        print(f"  {target.name} c={c}: " + (cell["error"] if "error" in cell else
+                              f"{cell['requests_per_s']:.1f} req/s p99 {cell['p99_ms']:.0f} ms, {cell['server_cpu_ms_per_request']:.1f} "
+                              f"CPU ms/req, failed {cell['failed'] + cell['non_2xx']}"), flush=True)
+                rounds.append(entry)
+            load_after = load_average()
+        raw.close()
+    systems = [t.name for t in targets]
+    return {"model": name, "description": description, "systems": systems, "titles": titles, "levels": args.levels,
+            "agreement": agree, "rounds": rounds, "summary": summarise(rounds, systems, args.levels),
+            "load_before": load_before, "load_after": load_after}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.bench_peers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", default="naive,litserve,pytriton", help="peers to run besides segserve")
+    parser.add_argument("--models", default=f"{BUNDLED},{TRIVIAL}")
+    parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--requests", type=int, default=300, help="ab requests per level per system per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--engine-seconds", type=float, default=2.0, help="raw engine loop per batch size per round")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="where the bundled model is (exported if absent)")
+    parser.add_argument("--cache", type=Path, default=Path(".cache/peers"), help="the peers' virtualenvs")
+    parser.add_argument("--work", type=Path, default=Path("out/bench_peers"), help="logs and the peers' model files")
+    parser.add_argument("--no-lock", action="store_true", help=f"do not wait for {LOCK_FILE} around the timed part")
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite bench_peers.{md,png} from --out's bench_peers.json")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        result = json.loads((args.out / "bench_peers.json").read_text())
+        (args.out / "bench_peers.md").write_text(markdown(result) + "\n")
+        plot(result, args.out / "bench_peers.png")
+        return 0
+    args.levels = [int(v) for v in args.levels.split(",")]
+    cores = cpu_count()
+    peer_specs = peers(cores)
+    skipped: dict[str, str] = {}
+    pythons: dict[str, Path] = {}
+    for name in [s for s in args.systems.split(",") if s]:
+        peer = peer_specs[name]
+        print(f"virtualenv for {name}: {args.cache / name}", flush=True)
+        try:
+            pythons[name] = ensure_venv(args.cache, peer, args.cache / f"{name}.install.log")
+        except (RuntimeError, subprocess.CalledProcessError) as err:
+            skipped[name] = f"install failed: {err}"
+            print(f"{name}: {err}", file=sys.stderr, flush=True)
+
+    import tempfile
+
+    from segserve_loadtest.bench_overhead import build_trivial_model
+
+    lock = contextlib.nullcontext if args.no_lock else bench_lock
+    models = []
+    with tempfile.TemporaryDirectory(prefix="segserve-peers-") as tmp:
+        for name in args.models.split(","):
+            if name == TRIVIAL:
+                repository = Path(tmp) / "repository"
+                build_trivial_model(repository)
+                description = "bench_overhead's trivial model: labels = images[:, 0] > 127, 256x256, almost no compute"
+            else:
+                repository = args.repository
+                if name == BUNDLED:
+                    ensure_bundled(repository)
+                description = "the bundled LRASPP-MobileNetV3, 256x256, as `make models` exports it"
+            models.append(bench_model(name, repository, description, args.work, pythons, peer_specs, args, skipped, lock))
+    result = {
+        "command": "make bench-peers" if os.environ.get("MAKELEVEL") else "python -m segserve_loadtest.bench_peers " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {cores} CPUs",
+        "load_before": models[0]["load_before"] if models else "?", "load_after": models[-1]["load_after"] if models else "?",
+        "rounds": args.rounds, "requests": args.requests, "levels": args.levels,
+        "titles": {"segserve": "segserve", **{name: peer_specs[name].title for name in pythons}},
+        "settings": {"segserve": "`segserve serve` on the model's exported config.yaml (bundled: 2 engine instances x 1 intra-op thread, "
+                                 "max batch 8, queue delay 4 ms; trivial: bench_overhead's 6-line config)",
+                     **{name: peer_specs[name].settings for name in pythons}},
+        "skipped": skipped,
+        "models": models,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_peers.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    text = markdown(result)
+    (args.out / "bench_peers.md").write_text(text + "\n")
+    plot(result, args.out / "bench_peers.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""`make bench-peers`' harness without any peer installed: the agreement check (pycocotools RLEs
+decoded to label maps), the medians and ratios, the report and plot, the KServe binary-data body,
+and the hand-written FastAPI peer script itself, run with this project's own interpreter (it has
+fastapi, uvicorn, onnxruntime, Pillow and pycocotools) on bench_overhead's trivial model, checked
+against segserve's own codecs on the same images. No virtualenv is created."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from segserve_loadtest import bench_peers
+from segserve_loadtest.bench_overhead import build_trivial_model
+from segserve_loadtest.bench_peers import (
+    PeerProcess,
+    Target,
+    agreement,
+    kserve_binary_request,
+    kserve_binary_result,
+    label_map,
+    markdown,
+    model_json,
+    multipart,
+    photo,
+    plot,
+    summarise,
+)
+
+
+def answer(labels: np.ndarray) -> dict:
+    """A segserve-shaped answer for a label map."""
+    segments = []
+    for c in np.unique(labels):
+        rle = mask_utils.encode(np.asfortranarray(labels == c, dtype=np.uint8))
+        segments.append({"class_id": int(c), "mask": {"size": list(labels.shape), "counts": rle["counts"].decode()}})
+    return {"height": labels.shape[0], "width": labels.shape[1], "segments": segments}
+
+
+def test_agreement_decodes_rles_and_counts_equal_pixels():
+    a = np.zeros((40, 60), np.uint8)
+    a[10:20, 5:30] = 2
+    b = a.copy()
+    b[0, :30] = 1  # 30 of 2400 pixels differ
+    assert np.array_equal(label_map(answer(a)), a)
+    assert agreement(answer(a), answer(a)) == 1.0
+    assert agreement(answer(a), answer(b)) == pytest.approx(1 - 30 / 2400)
+    assert agreement(answer(a), answer(a[:, :50])) == 0.0  # other size: nothing agrees
+
+
+def cell(rps: float, p99: float = 100.0, cpu: float = 10.0, failed: int = 0) -> dict:
+    return {"requests_per_s": rps, "p50_ms": p99 / 2, "p95_ms": p99 * 0.9, "p99_ms": p99, "failed": failed, "non_2xx": 0,
+            "server_cpu_ms_per_request": cpu}
+
+
+def fake_rounds() -> list[dict]:
+    return [
+        {"raw_engine": {"images_per_s": 100.0, "batch_size": 1, "instances": 2},
+         "systems": {"segserve": {"1": cell(40), "32": cell(80)}, "naive": {"1": cell(50), "32": cell(60, failed=1)}}},
+        {"raw_engine": {"images_per_s": 50.0, "batch_size": 1, "instances": 2},
+         "systems": {"segserve": {"1": cell(20), "32": cell(40)}, "naive": {"1": cell(30), "32": {"concurrency": 32, "error": "ab died"}}}},
+    ]
+
+
+def test_summary_takes_medians_and_per_round_ratios():
+    summary = summarise(fake_rounds(), ["segserve", "naive"], [1, 32])
+    assert summary["raw_engine_images_per_s"] == 75.0
+    seg1, naive1, naive32 = summary["table"]["segserve"][1], summary["table"]["naive"][1], summary["table"]["naive"][32]
+    assert seg1["requests_per_s"] == 30.0 and seg1["vs_segserve"] == 1.0
+    assert seg1["vs_raw_engine"] == pytest.approx(0.4)  # 40/100 and 20/50
+    assert naive1["vs_segserve"] == pytest.approx((50 / 40 + 30 / 20) / 2)
+    # a round whose ab failed is left out of the medians and counted
+    assert naive32["requests_per_s"] == 60.0 and naive32["errors"] == 1 and naive32["failed"] == 1
+    assert naive32["vs_segserve"] == pytest.approx(60 / 80) and naive32["vs_raw_engine"] == pytest.approx(0.6)
+
+
+def test_report_and_plot(tmp_path):
+    rounds = fake_rounds()
+    model = {"model": "m", "description": "d", "systems": ["segserve", "naive"], "titles": {"segserve": "segserve", "naive": "naive"},
+             "levels": [1, 32], "agreement": {"naive": {"equal_pixels": 0.9987}}, "rounds": rounds,
+             "summary": summarise(rounds, ["segserve", "naive"], [1, 32])}
+    result = {"command": "make bench-peers", "machine": "x86_64, 2 CPUs", "load_before": "1 1 1", "load_after": "2 2 2", "rounds": 2,
+              "requests": 300, "levels": [1, 32], "titles": model["titles"], "settings": {"segserve": "s", "naive": "n"},
+              "skipped": {"pytriton": "install failed: x"}, "models": [model]}
+    text = markdown(json.loads(json.dumps(result)))  # as read back from bench_peers.json (string keys)
+    assert "| naive | 32 | 60.0 |" in text and "naive 99.87 % equal pixels" in text and "**pytriton**: install failed" in text
+    assert "shared, loaded machine" in text
+    plot(result, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kserve_binary_body_and_answer():
+    body, headers = kserve_binary_request(b"JPEGDATA")
+    length = int(headers["Inference-Header-Content-Length"])
+    header = json.loads(body[:length])
+    assert header["inputs"][0]["datatype"] == "BYTES" and header["inputs"][0]["parameters"]["binary_data_size"] == 12
+    assert body[length:] == struct.pack("<I", 8) + b"JPEGDATA"
+    out = json.dumps({"segments": []}).encode()
+    assert kserve_binary_result(b'{"h":1}' + struct.pack("<I", len(out)) + out, 7) == {"segments": []}
+    form = multipart(photo(64, 48, 0))
+    assert form.content_type.startswith("multipart/form-data; boundary=") and b'name="image"' in form.body
+
+
+def segserve_label_map(repository: Path, data: bytes) -> np.ndarray:
+    """The trivial model's label map through segserve's own codecs (decode, letterbox, restore)."""
+    from segserve.codecs.geometry import Letterbox
+    from segserve.codecs.image import decode_image
+    from segserve.contract.model_config import load_config
+
+    spec = load_config(repository / "trivial").input
+    image = decode_image(data, 40_000_000, lambda h, w: Letterbox.fit(h, w, spec).min_decode_size())
+    box = Letterbox.fit(image.height, image.width, spec)
+    return box.restore((box.apply(image.rgb, spec.pad_value)[0] > 127).astype(np.uint8))
+
+
+def test_naive_peer_serves_the_trivial_model_like_segserve(tmp_path):
+    repository = tmp_path / "repository"
+    build_trivial_model(repository)
+    spec = model_json(repository, "trivial", tmp_path / "trivial.json")
+    naive = bench_peers.peers(2)["naive"]
+    process = PeerProcess(naive, Path(sys.executable), spec, tmp_path / "naive.log", ready_timeout_s=60).start()
+    try:
+        target = Target("naive", process.url, naive.protocol, process.pid, naive.settings)
+        with httpx.Client(timeout=30) as client:
+            for image in (photo(640, 480, 0), photo(500, 375, 2)):
+                result = target.segment(client, image)
+                assert (result["width"], result["height"]) == (int(image.name.split("_")[1].split("x")[0]), int(image.name.split("x")[1][:-4]))
+                assert {s["label"] for s in result["segments"]} <= {"dark", "bright"}
+                equal = (label_map(result) == segserve_label_map(repository, image.body)).mean()
+                assert equal >= 0.98, equal  # PIL's resize of the full decode vs segserve's draft decode + torch resize
+        assert bench_peers.tree_cpu_s(process.pid) > 0
+    finally:
+        process.stop()
+    assert process.process.poll() is not None
