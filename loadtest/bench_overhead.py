@@ -103,6 +103,7 @@ def floor_steps(data: bytes):
     from segserve.codecs.masks import encode_rle
     from segserve.contract.model_config import load_config
     from segserve.pipelines.base import Decoded, ImageResult, Placement, Timing, render_json
+    from segserve.pipelines.limits import PixelBudget
     from segserve.pipelines.semantic import SemanticModel
 
     with tempfile.TemporaryDirectory(prefix="segserve-floor-") as tmp:
@@ -127,11 +128,12 @@ def floor_steps(data: bytes):
     # The served path: the pipeline's own decode and encode hooks, and the renderer.
     pipeline = SemanticModel.__new__(SemanticModel)
     pipeline.config = config
-    pipeline.context = type("Context", (), {"max_image_pixels": max_pixels})()
+    pipeline.context = type("Context", (), {"max_image_pixels": max_pixels, "pixels": PixelBudget(max_pixels)})()
 
     def served() -> bytes:
         decoded: Decoded = pipeline.decode(data)
         encoded = pipeline.encode(model(decoded.model_input), decoded.placement, None, _json_format())
+        pipeline.context.pixels.release(decoded.reserved_pixels)
         placement: Placement = decoded.placement
         return render_json(pipeline, ImageResult(placement.width, placement.height, Timing(0.0, 0.0, 1), encoded), 0.0)
 

@@ -198,3 +198,15 @@ def test_label_map_is_made_on_demand_once():
     png = pipeline.encode(plane, Placement(50, 70, box), None, OutputFormat.png)
     assert png.png and (png.label_map == box.restore(plane)).all()
     assert Encoded({"instances": []}).label_map is None
+
+
+def test_the_overhead_benchmarks_floor_runs_the_served_hooks():
+    """`make bench-overhead`'s codec floor drives the semantic pipeline's own decode/encode: it
+    must keep working as the pipeline grows (its pixel budget, its options)."""
+    from segserve_loadtest.bench_overhead import floor_steps, photo
+
+    reference, served = floor_steps(photo().body)
+    for _ in range(3):  # the pixel reservation is released each time
+        body = json.loads(served())
+    assert {s["class_id"] for s in body["segments"]} <= {0, 1} and body["segments"]
+    assert len(json.loads(reference())["segments"]) == 2  # the floor's two RLEs
