@@ -1,9 +1,8 @@
-"""The per-request work every peer does, written once for the framework peers (LitServe, PyTriton):
+"""The per-request work every peer does, written once for every peer (naive FastAPI, LitServe, PyTriton):
 plain PIL decode, letterbox (PIL bilinear resize, pad bottom/right with the model's pad value),
 the exported ONNX graph on ONNX Runtime CPU, nearest restore to the original size, one COCO RLE
-per class present (pycocotools), a dict shaped like segserve's JSON. naive_fastapi.py carries its
-own copy (the hand-written baseline is one file). Imported only by the peer scripts, inside their
-own virtualenvs; segserve never imports this."""
+per class present (pycocotools), a dict shaped like segserve's JSON. Imported only by the peer
+scripts, inside their own virtualenvs; segserve never imports this."""
 import io
 import json
 
