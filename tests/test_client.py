@@ -227,6 +227,46 @@ def test_a_stream_recovers_from_a_409_and_from_a_restart(app, client, tmp_path):
     assert [f.index for f in frames if f.keyframe] == [0, 3] and stream.stats.restarts == 1
 
 
+class CutOnce(httpx.BaseTransport):
+    """The real transport, but the first /segment/video answer is cut off after ``lines`` of its
+    NDJSON lines, as a dropped connection cuts it (the server did finish that chunk)."""
+
+    def __init__(self, inner, lines: int):
+        self.inner, self.lines, self.requests = inner, lines, []
+
+    def handle_request(self, request):
+        response = self.inner.handle_request(request)
+        if request.url.path != "/segment/video":
+            return response
+        self.requests.append((dict(request.url.params), request.headers.get("accept")))
+        if len(self.requests) > 1:
+            return response
+        kept = b"".join(response.read().splitlines(keepends=True)[: self.lines])
+
+        class Cut(httpx.SyncByteStream):
+            def __iter__(self):
+                yield kept
+                raise httpx.ReadError("connection reset by peer")
+
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        return httpx.Response(response.status_code, headers=headers, stream=Cut())
+
+
+def test_frames_stream_as_ndjson_and_an_answer_cut_off_midway_is_resumed(app, tmp_path):
+    write_mp4(tmp_path / "clip.mp4", 6)
+    cut = CutOnce(app.transport(), lines=4)  # the head and frames 0-2
+    with Client(BASE_URL, transport=cut, retry=RetryPolicy(backoff_s=0.01)) as client:
+        stream = client.stream(tmp_path / "clip.mp4", SPLIT, chunk_frames=6, keyframe_interval=100)
+        frames = list(stream)
+    assert [f.index for f in frames] == list(range(6))  # each frame once, in order
+    assert all(accept == "application/x-ndjson" for _, accept in cut.requests)
+    # the cut answer's chunk was done on the server: sent again it is a 409 that names the next
+    # sequence, and the rest of the frames come from the chunk sent as that one
+    assert [r["sequence"] for r, _ in cut.requests] == ["0", "0", "1"]
+    assert stream.stats.conflicts == 1 and stream.stats.chunks == 1 and stream.stats.frames == 6
+    assert [f.sequence for f in frames] == [0, 0, 0, 1, 1, 1]
+
+
 def test_async_stream_and_segment(app, tmp_path):
     write_mp4(tmp_path / "clip.mp4", 5)
 

@@ -5,10 +5,14 @@ skipped with the reason."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import SEMANTIC, make_image
 
@@ -64,3 +68,32 @@ def test_the_page_loads_segments_an_upload_and_shows_errors_readably(page, proce
     error = page.locator("#error").inner_text()
     assert error.startswith("415 unsupported_media_type") or error.startswith("422 undecodable_input"), error
     assert problems == []
+
+
+def test_a_short_video_plays_back_as_overlays(page, process_server, tmp_path):
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(process_server.url + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    clip = tmp_path / "clip.mp4"
+    write_mp4(clip, [np.asarray(Image.open(io.BytesIO(make_image(64, 80, seed=i)))) for i in range(4)])
+    page.set_input_files("#file", str(clip))
+    page.wait_for_selector("#result:not([hidden])")
+    assert "4 frames of 80x64" in page.locator("#caption").inner_text()
+    assert page.locator("#areas tbody tr").count() == 4  # one row per frame, its time and keyframe flag
+    assert "decode" in page.locator("#timings").inner_text()
+    first = page.eval_on_selector("#overlay", "img => [img.naturalWidth, img.naturalHeight, img.src.slice(0, 23)]")
+    assert first == [80, 64, "data:image/jpeg;base64,"]  # the server's overlay JPEG of a frame
+    source = page.eval_on_selector("#overlay", "img => img.src")
+    page.wait_for_function("src => document.querySelector('#overlay').src !== src", arg=source)  # it plays
+    assert problems == [] and page.locator("#error").is_hidden()
+
+
+def write_mp4(path: Path, images: list[np.ndarray]) -> None:
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.height, stream.width = images[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for image in images:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())

@@ -7,12 +7,16 @@ to engine-direct.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from segserve.client import Client
+from segserve.client.cli import save_result
+from segserve.codecs.overlay import caption, draw_instances, encode_jpeg
 from segserve.contract.artifacts import WEIGHTS_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import load_config
@@ -23,7 +27,7 @@ from segserve_models.evaluation.predictors import EnginePredictor, HttpPredictor
 from segserve_models.evaluation.run import evaluate
 from segserve_models.instance.parity import compare_all, eager_keypoint_instances
 from segserve_models.synthetic import make_scene
-from segserve_models.synthetic.keypoints import KEYPOINT_NAMES, KEYPOINT_SKELETON, NUM_KEYPOINTS
+from segserve_models.synthetic.keypoints import KEYPOINT_NAMES, KEYPOINT_SKELETON, KEYPOINTS_BY_CLASS, NUM_KEYPOINTS
 from segserve_models.train import held_out_seeds
 from tests.conftest import KEYPOINT_MODEL as MODEL
 from tests.servers import BASE_URL, InProcessServer
@@ -52,6 +56,7 @@ def test_models_list_the_keypoint_model_ready_with_its_names_and_skeleton(server
     [info] = [ModelInfo.model_validate(m) for m in r.json()["models"] if m["name"] == MODEL]
     assert (info.task, info.state.value, info.architecture) == ("keypoints", "READY", "keypointrcnn_mobilenet_v3_large_fpn")
     assert info.keypoints.names == KEYPOINT_NAMES and [list(p) for p in info.keypoints.skeleton] == KEYPOINT_SKELETON
+    assert info.keypoints.classes == KEYPOINTS_BY_CLASS
     assert info.classes == ["background", "rectangle", "triangle", "star"] and info.weights.source == "bundled"
 
 
@@ -144,3 +149,54 @@ def test_video_frames_carry_keypoints_like_images(server):
     assert result.ok and result.matched == sum(map(len, alone)), result
     files = [("frame", ("0.png", png(images[0]), "image/png"))]
     assert_error(server.client.post("/segment/video", params={"model": MODEL, "format": "png"}, files=files), 400, "bad_parameter")
+
+
+# -- pictures and the client -----------------------------------------------------------------
+def test_answers_name_the_keypoints_and_overlays_draw_points_and_skeleton(server):
+    """format=overlay: the image with each instance's box, caption, keypoints and skeleton --
+    the very picture ``draw_instances`` makes from the JSON answer (so the client's is the same)."""
+    scene = make_scene(9, 240, 320)
+    data = png(scene.image)
+    answer = r_json(segment(server, data, score_threshold="0.3"))
+    assert answer["keypoint_names"] == KEYPOINT_NAMES and answer["skeleton"] == KEYPOINT_SKELETON
+    assert answer["instances"]
+    r = segment(server, data, score_threshold="0.3", format="overlay")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    drawn = answer["instances"][::-1]
+    expected = draw_instances(scene.image, [None] * len(drawn), [i["box"] for i in drawn], [i["class_id"] for i in drawn],
+                              [caption(i["label"], i["score"]) for i in drawn],
+                              keypoints=[i["keypoints"] for i in drawn], skeleton=KEYPOINT_SKELETON)
+    assert r.content == encode_jpeg(expected)
+    # each instance's own keypoints are drawn (pixels there changed); the other classes' are v = 0
+    for instance in answer["instances"]:
+        points = np.reshape(instance["keypoints"], (-1, 3))
+        own = [i for i, name in enumerate(KEYPOINT_NAMES) if name.startswith(instance["label"] + "_")]
+        assert [i for i in range(NUM_KEYPOINTS) if points[i, 2] > 0] == own
+    x, y = (int(v) for v in points[own[0], :2])
+    assert not np.array_equal(expected[y, x], scene.image[y, x])
+
+
+def test_the_client_reads_keypoints_and_draws_the_servers_overlay(server, tmp_path):
+    scene = make_scene(9, 240, 320)
+    data = png(scene.image)
+    with Client(BASE_URL, transport=server.transport(), model=MODEL) as client:
+        result = client.segment(data, score_threshold=0.3)
+        assert result.task == "keypoints" and result.instances and result.keypoint_names == KEYPOINT_NAMES
+        assert result.keypoints.shape == (len(result.instances), NUM_KEYPOINTS, 3)
+        assert [list(p) for p in result.skeleton] == KEYPOINT_SKELETON
+        with pytest.raises(ValueError, match="no mask"):
+            result.label_map  # noqa: B018 - keypoint models have no masks
+        assert encode_jpeg(result.overlay()) == client.overlay(data, score_threshold=0.3)
+    save_result(tmp_path, "scene", result, result.raw)  # what `segserve segment` writes: no label map here
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.json", "scene.overlay.jpg"]
+
+
+def test_video_frames_come_as_overlays_too(server):
+    images = [make_scene(seed, 120, 160).image for seed in (21, 22)]
+    files = [("frame", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(images)]
+    r = server.client.post("/segment/video", params={"model": MODEL, "score_threshold": "0.3", "format": "overlay"}, files=files)
+    body = r_json(r)
+    assert body["skeleton"] == KEYPOINT_SKELETON
+    for image, frame in zip(images, body["frames"]):
+        alone = segment(server, png(image), score_threshold="0.3", format="overlay").content
+        assert base64.b64decode(frame["overlay"]) == alone  # the same picture as /segment draws

@@ -23,8 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
 from segserve.codecs.geometry import Letterbox
+from segserve.codecs.overlay import blend_labels, encode_jpeg
 from segserve.contract.model_config import load_config
-from segserve.errors import QueueFull, SequenceConflict
+from segserve.errors import QueueFull, SequenceConflict, TooManyPixels
+from segserve.pipelines.video.chunks import prepare_video
 from segserve.pipelines.video.streams import (
     CHANGED_SHARE,
     KeyframePolicy,
@@ -430,13 +432,42 @@ def test_limits(video_server):
     assert_error(post_video(video_server, data, score_threshold=0.5), 400, "bad_parameter")  # instance models only
 
 
-def test_ndjson_streams_one_line_per_frame(video_server):
+def test_ndjson_streams_the_head_one_line_per_frame_then_the_summary(video_server):
     r = post_video(video_server, encode(frames(5)), headers={"Accept": "application/x-ndjson"}, keyframe_interval=3)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
-    *lines, summary = [json.loads(line) for line in r.text.splitlines()]
+    head, *lines, summary = [json.loads(line) for line in r.text.splitlines()]
+    assert (head["model"], head["task"], head["width"], head["height"]) == (SPLIT, "semantic", WIDTH, HEIGHT)
+    assert "index" not in head and "keyframes" not in head and head["new_stream"]
     assert [(f["index"], f["keyframe"]) for f in lines] == [(0, True), (1, False), (2, False), (3, True), (4, False)]
     assert all("segments" in f for f in lines)
     assert summary["keyframes"] == 2 and summary["model"] == SPLIT and "frames" not in summary
+    assert summary == {**head, "keyframes": 2, "timing_ms": summary["timing_ms"]}
+
+
+def test_overlay_format_draws_each_frame_as_received(video_server):
+    """format=overlay: each frame at its full size with its masks blended in, the very picture
+    blend_labels makes of the decoded frame and the same chunk's JSON masks."""
+    data = encode(frames(3, seed=5))
+    drawn = post_video(video_server, data, format="overlay", keyframe_interval=1)
+    assert drawn.status_code == 200, drawn.text
+    masks = post_video(video_server, data, keyframe_interval=1).json()["frames"]
+    with av.open(io.BytesIO(data)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    for rgb, frame, json_frame in zip(decoded, drawn.json()["frames"], masks, strict=True):
+        assert set(frame) == {"index", "pts", "keyframe", "overlay"}
+        expected = blend_labels(rgb, label_map(json_frame["segments"], HEIGHT, WIDTH).astype(np.uint8))
+        assert base64.b64decode(frame["overlay"]) == encode_jpeg(expected)
+
+
+def test_overlay_frames_are_kept_within_a_pixel_budget(video_server):
+    """Overlays keep every frame at full size: a chunk over the budget is refused, not held."""
+    pipeline = video_server.app.state.manager.get(SPLIT)
+    data = encode(frames(4))
+    limits = {"max_frames": 16, "frame_stride": 1, "max_pixels": 10**6}
+    assert prepare_video(data, pipeline, **limits, max_kept_pixels=4 * HEIGHT * WIDTH).frames[3].shape == (HEIGHT, WIDTH, 3)
+    with pytest.raises(TooManyPixels, match="format=overlay"):
+        prepare_video(data, pipeline, **limits, max_kept_pixels=4 * HEIGHT * WIDTH - 1)
+    assert prepare_video(data, pipeline, **limits).frames is None
 
 
 def test_png_format(video_server):

@@ -70,6 +70,7 @@ from segserve_models.instance.parity import compare_all, eager_instances, eager_
 from segserve_models.instance.random_init import lively_random_init
 from segserve_models.instance.whole_graph import MaskRCNNWholeGraph
 from segserve_models.synthetic import make_scene
+from segserve_models.synthetic.keypoints import KEYPOINT_NAMES, KEYPOINTS_BY_CLASS
 from segserve_models.weights import WeightsSpec
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,14 @@ def export_whole_graph(detector: torch.nn.Module, path: Path, example_size: tupl
 
 def keypoint_spec(arch: zoo.Architecture, weights: WeightsSpec, names: list[str] | None = None) -> KeypointSpec:
     """A keypoint model's names and skeleton: from its checkpoint when it says ("keypoints",
-    "skeleton": the bundled models'), else ``names`` (no skeleton), else the architecture's."""
+    "skeleton": the bundled models'), else ``names`` (no skeleton), else the architecture's.
+    A model of the synthetic keypoints (its names are theirs) also says whose keypoints are whose."""
     if weights.path is not None and weights.path.is_file():
         raw = torch.load(weights.path, map_location="cpu", weights_only=True)
         if isinstance(raw, dict) and raw.get("keypoints"):
-            return KeypointSpec(names=list(raw["keypoints"]), skeleton=[tuple(p) for p in raw.get("skeleton", [])])
+            names = list(raw["keypoints"])
+            return KeypointSpec(names=names, skeleton=[tuple(p) for p in raw.get("skeleton", [])],
+                                classes=KEYPOINTS_BY_CLASS if names == KEYPOINT_NAMES else {})
     if names:
         return KeypointSpec(names=list(names))
     return KeypointSpec(names=list(arch.keypoint_names), skeleton=[tuple(p) for p in arch.skeleton])

@@ -28,6 +28,8 @@ KEYPOINT_SKELETON = [
     [first + i + 1, first + (i + 1) % count + 1] for _, first, count in _LAYOUT.values() for i in range(count)
 ]
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+# Each class's own keypoints (1-based), as the served config lists them (KeypointSpec.classes)
+KEYPOINTS_BY_CLASS = {KEYPOINT_CLASSES[cls]: list(range(first + 1, first + count + 1)) for cls, first, count in _LAYOUT.values()}
 # COCO OKS sigma per keypoint: a polygon corner is a point as sharp as COCO's eyes (0.025) but
 # the bundled model is small; 0.05 sits between the face points and the body joints (0.062-0.107).
 KEYPOINT_SIGMA = 0.05

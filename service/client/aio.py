@@ -11,7 +11,17 @@ from typing import Any, AsyncIterator, Iterable
 
 import httpx
 
-from segserve.client.calls import DEFAULT_URL, Call, checked, connection_error, headers_of, image_call, retry_wait
+from segserve.client.calls import (
+    DEFAULT_URL,
+    STREAM_ERRORS,
+    Call,
+    checked,
+    connection_error,
+    connection_lost,
+    headers_of,
+    image_call,
+    retry_wait,
+)
 from segserve.client.errors import SegserveError
 from segserve.client.images import ImageInput, kept_for_overlay, payload
 from segserve.client.result import Result
@@ -105,18 +115,51 @@ class AsyncClient:
         async def frames() -> AsyncIterator[VideoFrame]:
             source_chunks = chunks(read_frames(source), chunk_frames)
             while (chunk := await asyncio.to_thread(next, source_chunks, _END)) is not _END:
-                body = await self._send_chunk(video, chunk)
-                for frame in video.frames(body, chunk):
+                async for frame in self._chunk_frames(video, chunk):
                     yield frame
 
         return AsyncFrameStream(frames(), video.stats)
 
-    async def _send_chunk(self, video: VideoStream, chunk: list) -> dict:
+    async def _chunk_frames(self, video: VideoStream, chunk: list) -> AsyncIterator[VideoFrame]:
         call = await asyncio.to_thread(video.call, chunk)  # the frames' JPEGs
-        for _ in range(self.retry.attempts):
+        given = 0
+        for attempt in range(1, self.retry.attempts + 1):
+            answer = video.answer(chunk, skip=given)
             try:
-                return (await self.send(call)).json()
+                async for line in self.lines(call):
+                    if (frame := answer.read(line)) is not None:
+                        given += 1
+                        yield frame
+                video.finish(answer, chunk)
+                return
             except SegserveError as exc:
-                if not video.recover(exc, call):
+                wait = video.recover(exc, call, self.retry, attempt)
+                if wait is None:
                     raise
+                await asyncio.sleep(wait)
         raise video.unsettled()
+
+    async def lines(self, call: Call) -> AsyncIterator[str]:
+        """As ``Client.lines``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._http.stream(call.method, call.path, **call.request_kwargs(self.timeout_s)) as response:
+                    wait = retry_wait(self.retry, attempt, call, response)
+                    if wait is None:
+                        if not response.is_success:
+                            await response.aread()
+                            checked(response)  # raises the server's error
+                        try:
+                            async for line in response.aiter_lines():
+                                if line:
+                                    yield line
+                        except STREAM_ERRORS as exc:
+                            raise connection_lost(call, exc) from exc
+                        return
+            except RETRIED_ERRORS as exc:
+                wait = retry_wait(self.retry, attempt, call, None)
+                if wait is None:
+                    raise connection_error(call, exc, attempt) from exc
+            await asyncio.sleep(wait)

@@ -19,6 +19,9 @@ USER_AGENT = f"segserve-client/{__version__}"
 # The client's own wait for an answer beyond the request's deadline: the server answers a
 # 504 at the deadline, so the socket should not give up first.
 SLACK_S = 5.0
+CONNECTION_LOST = "connection_lost"  # a streamed answer cut off after it began
+# What cuts a streamed answer off once it began (a read timeout too: the server stopped sending).
+STREAM_ERRORS = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout)
 
 
 @dataclass
@@ -77,3 +80,8 @@ def checked(response: httpx.Response) -> httpx.Response:
 def connection_error(call: Call, exc: Exception, attempts: int) -> SegserveError:
     return SegserveError(None, "connection_error", f"{call.method} {call.path}: {type(exc).__name__}: {exc} "
                                                    f"(after {attempts} tries)")
+
+
+def connection_lost(call: Call, exc: Exception) -> SegserveError:
+    return SegserveError(None, CONNECTION_LOST, f"{call.method} {call.path}: the answer was cut off: {type(exc).__name__}: {exc}",
+                         midway=True)

@@ -88,8 +88,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_result(out: Path, name: str, result, record: dict) -> None:
-    """The PNG and the overlay first, the JSON last: the JSON marks the image done."""
-    write_atomic(out / f"{name}.png", encode_label_png(result.label_map))
+    """The PNG and the overlay first, the JSON last: the JSON marks the image done. A keypoint
+    model's answer has no masks, so no label-map PNG."""
+    if result.task != "keypoints":
+        write_atomic(out / f"{name}.png", encode_label_png(result.label_map))
     write_atomic(out / f"{name}.overlay.jpg", encode_jpeg(result.overlay()))
     if record is not None:
         write_atomic(out / f"{name}.json", json.dumps(record).encode())

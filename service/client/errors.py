@@ -7,14 +7,16 @@ import json
 
 class SegserveError(Exception):
     """The server refused or failed the request (``status`` is the HTTP status), or could not be
-    reached at all (``status`` None, ``code`` "connection_error")."""
+    reached at all (``status`` None, ``code`` "connection_error"). ``midway``: the answer had
+    begun (a streamed video chunk) when it failed, or was cut off ("connection_lost")."""
 
-    def __init__(self, status: int | None, code: str, message: str, request_id: str | None = None):
+    def __init__(self, status: int | None, code: str, message: str, request_id: str | None = None, midway: bool = False):
         super().__init__(f"{status or 'no answer'} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.midway = midway
 
     @classmethod
     def from_response(cls, status: int, headers, body: bytes) -> "SegserveError":

@@ -45,24 +45,28 @@ class Segment:
 
 @dataclass(frozen=True, eq=False)
 class Instance:
-    """Instance: one detected object, best first in ``Result.instances``."""
+    """Instance and keypoints: one detected object, best first in ``Result.instances``."""
 
     class_id: int
     label: str
     score: float
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
-    rle: dict = field(repr=False)
-    keypoints: np.ndarray | None = field(default=None, repr=False)  # (k, 3) x, y, score when the model gives them
+    rle: dict | None = field(repr=False)  # None: a keypoint model's instance has no mask
+    keypoints: np.ndarray | None = field(default=None, repr=False)  # (k, 3) x, y, visibility when the model gives them
 
     @cached_property
     def mask(self) -> np.ndarray:
+        if self.rle is None:
+            raise ValueError(f"a keypoint model's {self.label} has no mask: use its box and keypoints")
         return decode_rle(self.rle)
 
 
 class Result:
     """``/segment``'s answer. ``label_map`` is the (height, width) class-id map (instance models:
     each pixel's best instance's class, 0 elsewhere); instance models also give ``instances``,
-    ``masks`` (n, h, w), ``boxes``, ``scores``, ``class_ids`` and ``keypoints`` when present."""
+    ``masks`` (n, h, w), ``boxes``, ``scores``, ``class_ids`` and ``keypoints`` when present.
+    Keypoint models give instances without masks (``label_map``, ``masks`` and ``areas`` raise)
+    and ``keypoint_names`` and ``skeleton`` (1-based pairs) to read and draw the keypoints with."""
 
     def __init__(self, body: dict[str, Any], round_trip_ms: float, image: ImageInput | Payload | None = None):
         self.raw = body
@@ -73,16 +77,18 @@ class Result:
         self.classes: list[str] = list(body.get("classes") or [])
         self.segments = [Segment(s["class_id"], s["label"], s["area"], s["mask"]) for s in body.get("segments") or []]
         self.instances = [
-            Instance(i["class_id"], i["label"], i["score"], tuple(i["box"]), i["mask"],
-                     None if i.get("keypoints") is None else np.asarray(i["keypoints"], np.float32))
+            Instance(i["class_id"], i["label"], i["score"], tuple(i["box"]), i.get("mask"),
+                     None if i.get("keypoints") is None else np.asarray(i["keypoints"], np.float32).reshape(-1, 3))
             for i in body.get("instances") or []
         ]
+        self.keypoint_names: list[str] = list(body.get("keypoint_names") or [])
+        self.skeleton: list[tuple[int, int]] = [tuple(pair) for pair in body.get("skeleton") or []]
         timing = body.get("timing_ms") or {}
         self.timing = Timing(timing.get("queue", 0.0), timing.get("compute", 0.0), timing.get("total", 0.0), round_trip_ms)
         self._image = image
 
     def __repr__(self) -> str:
-        found = f"{len(self.instances)} instances" if self.task == "instance" else f"{len(self.segments)} classes"
+        found = f"{len(self.instances)} instances" if self.task != "semantic" else f"{len(self.segments)} classes"
         return f"<Result {self.model} ({self.task}) {self.width}x{self.height}: {found}, {self.timing.total_ms:.1f} ms>"
 
     @property
@@ -103,7 +109,7 @@ class Result:
     @cached_property
     def areas(self) -> dict[str, int]:
         """Pixels per label: semantic from the server's areas; instance from the masks."""
-        if self.task != "instance":
+        if self.task == "semantic":
             return {s.label: s.area for s in self.segments}
         counts: dict[str, int] = {}
         for instance in self.instances:
@@ -152,8 +158,10 @@ class Result:
         rgb = pixels(source)
         if rgb.shape[:2] != self.shape:
             raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, the result {self.width}x{self.height}")
-        if self.task != "instance":
+        if self.task == "semantic":
             return blend_labels(rgb, self.label_map)
         drawn = self.instances[::-1]  # best last: on top
-        return draw_instances(rgb, [i.mask for i in drawn], [i.box for i in drawn], [i.class_id for i in drawn],
-                              [caption(i.label, i.score) for i in drawn])
+        keypoints = None if self.task != "keypoints" else [i.keypoints for i in drawn]
+        return draw_instances(rgb, [None if i.rle is None else i.mask for i in drawn], [i.box for i in drawn],
+                              [i.class_id for i in drawn], [caption(i.label, i.score) for i in drawn],
+                              keypoints=keypoints, skeleton=self.skeleton)

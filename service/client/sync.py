@@ -10,7 +10,17 @@ from typing import Any, Iterable, Iterator
 
 import httpx
 
-from segserve.client.calls import DEFAULT_URL, Call, checked, connection_error, headers_of, image_call, retry_wait
+from segserve.client.calls import (
+    DEFAULT_URL,
+    STREAM_ERRORS,
+    Call,
+    checked,
+    connection_error,
+    connection_lost,
+    headers_of,
+    image_call,
+    retry_wait,
+)
 from segserve.client.errors import SegserveError
 from segserve.client.images import ImageInput, kept_for_overlay, payload
 from segserve.client.result import Result
@@ -117,16 +127,49 @@ class Client:
 
         def frames() -> Iterator[VideoFrame]:
             for chunk in chunks(read_frames(source), chunk_frames):
-                yield from video.frames(self._send_chunk(video, chunk), chunk)
+                yield from self._chunk_frames(video, chunk)
 
         return FrameStream(frames(), video.stats)
 
-    def _send_chunk(self, video: VideoStream, chunk: list) -> dict:
+    def _chunk_frames(self, video: VideoStream, chunk: list) -> Iterator[VideoFrame]:
         call = video.call(chunk)
-        for _ in range(self.retry.attempts):
+        given = 0
+        for attempt in range(1, self.retry.attempts + 1):
+            answer = video.answer(chunk, skip=given)
             try:
-                return self.send(call).json()
+                for line in self.lines(call):
+                    if (frame := answer.read(line)) is not None:
+                        given += 1
+                        yield frame
+                video.finish(answer, chunk)
+                return
             except SegserveError as exc:
-                if not video.recover(exc, call):
+                wait = video.recover(exc, call, self.retry, attempt)
+                if wait is None:
                     raise
+                time.sleep(wait)
         raise video.unsettled()
+
+    def lines(self, call: Call) -> Iterator[str]:
+        """``call``'s streamed answer line by line (NDJSON), sent again as ``send`` does until
+        its 200 begins; an answer cut off after that raises SegserveError "connection_lost"."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._http.stream(call.method, call.path, **call.request_kwargs(self.timeout_s)) as response:
+                    wait = retry_wait(self.retry, attempt, call, response)
+                    if wait is None:
+                        if not response.is_success:
+                            response.read()
+                            checked(response)  # raises the server's error
+                        try:
+                            yield from filter(None, response.iter_lines())
+                        except STREAM_ERRORS as exc:
+                            raise connection_lost(call, exc) from exc
+                        return
+            except RETRIED_ERRORS as exc:
+                wait = retry_wait(self.retry, attempt, call, None)
+                if wait is None:
+                    raise connection_error(call, exc, attempt) from exc
+            time.sleep(wait)

@@ -95,12 +95,19 @@ class KeypointSpec(BaseModel):
 
     names: list[str] = Field(min_length=1)
     skeleton: list[tuple[int, int]] = Field(default_factory=list)
+    # Which keypoints (1-based) belong to instances of a class, for models whose classes have
+    # keypoints of their own (the bundled shapes); answers give the others v = 0 (COCO: not
+    # a keypoint of this object). A class not listed (e.g. COCO's one "person") has them all.
+    classes: dict[str, list[int]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _skeleton_in_range(self) -> "KeypointSpec":
+    def _indices_in_range(self) -> "KeypointSpec":
         bad = [pair for pair in self.skeleton if not all(1 <= i <= len(self.names) for i in pair)]
         if bad:
             raise ValueError(f"skeleton pairs must be 1-based indices into the {len(self.names)} names: {bad}")
+        bad_classes = {c: ids for c, ids in self.classes.items() if not all(1 <= i <= len(self.names) for i in ids)}
+        if bad_classes:
+            raise ValueError(f"keypoints.classes must list 1-based indices into the {len(self.names)} names: {bad_classes}")
         return self
 
 

@@ -3,7 +3,8 @@
 A model's pipeline says how a frame of a given size becomes its input (it is the
 ``FrameMapper``): semantic models letterbox to their fixed input; instance models resize
 like their image path does. Decoding asks the mapper for the smallest size worth decoding at, so large
-frames are scaled down once, by the decoder.
+frames are scaled down once, by the decoder -- unless the frames are kept to draw overlays on
+(``keep_frames``): those are decoded at their full size, within a pixel budget for the chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from segserve.codecs.image import decode_image
 from segserve.codecs.video import TooManyFrames, decode_video
-from segserve.errors import BadParameter, UndecodableInput
+from segserve.errors import BadParameter, TooManyPixels, UndecodableInput
 
 
 class FrameMapper(Protocol):
@@ -42,18 +43,38 @@ class PreparedChunk:
     height: int  # frames as received
     width: int
     geometry: Hashable  # one for the whole chunk
+    frames: list[np.ndarray] | None = None  # keep_frames: each frame's (height, width, 3) RGB as received
 
 
-def prepare_video(data: bytes, mapper: FrameMapper, *, max_frames: int, frame_stride: int, max_pixels: int) -> PreparedChunk:
-    """Decode a video chunk straight to model inputs (blocking: codec pool)."""
+def _full_size(height: int, width: int) -> tuple[int, int]:
+    return height, width
+
+
+def _check_kept_pixels(frames: int, height: int, width: int, max_kept_pixels: int) -> None:
+    if frames * height * width > max_kept_pixels:
+        raise TooManyPixels(
+            f"format=overlay keeps every frame at full size: {frames} frames of {width}x{height} exceed the chunk's "
+            f"budget of {max_kept_pixels} pixels; send fewer frames per chunk (or a larger frame_stride)"
+        )
+
+
+def prepare_video(
+    data: bytes, mapper: FrameMapper, *, max_frames: int, frame_stride: int, max_pixels: int, max_kept_pixels: int | None = None
+) -> PreparedChunk:
+    """Decode a video chunk straight to model inputs (blocking: codec pool). With
+    ``max_kept_pixels`` the frames are kept at full size too, at most that many pixels in all."""
     video = decode_video(
         data,
         max_frames=max_frames,
         frame_stride=frame_stride,
         max_pixels=max_pixels,
-        scale_to=lambda h, w: mapper.decode_size(mapper.geometry(h, w)),
+        scale_to=_full_size if max_kept_pixels is not None else lambda h, w: mapper.decode_size(mapper.geometry(h, w)),
     )
     geometry = mapper.geometry(video.height, video.width)
+    kept = None
+    if max_kept_pixels is not None:
+        _check_kept_pixels(len(video.frames), video.height, video.width, max_kept_pixels)
+        kept = [f.rgb for f in video.frames]
     return PreparedChunk(
         [mapper.to_input(geometry, f.rgb) for f in video.frames],
         [f.index for f in video.frames],
@@ -61,29 +82,36 @@ def prepare_video(data: bytes, mapper: FrameMapper, *, max_frames: int, frame_st
         video.height,
         video.width,
         geometry,
+        kept,
     )
 
 
 def prepare_images(
-    images: list[bytes], mapper: FrameMapper, *, max_frames: int, frame_stride: int, max_pixels: int
+    images: list[bytes], mapper: FrameMapper, *, max_frames: int, frame_stride: int, max_pixels: int, max_kept_pixels: int | None = None
 ) -> PreparedChunk:
     """Every ``frame_stride``-th of ordered still frames (JPEG/PNG/WebP) to model inputs;
-    all must be one size."""
+    all must be one size. ``max_kept_pixels``: as for ``prepare_video``."""
     if not images:
         raise BadParameter("multipart body needs at least one file field 'frame'")
     indices = list(range(0, len(images), frame_stride))
     if len(indices) > max_frames:
         raise TooManyFrames(f"{len(indices)} frames (after frame_stride={frame_stride}); at most {max_frames} per chunk")
-    inputs, size, geometry = [], None, None
+    keep = max_kept_pixels is not None
+    scale_to = _full_size if keep else lambda h, w: mapper.decode_size(mapper.geometry(h, w))
+    inputs, kept, size, geometry = [], [], None, None
     for index in indices:
-        decoded = decode_image(images[index], max_pixels, lambda h, w: mapper.decode_size(mapper.geometry(h, w)))
+        decoded = decode_image(images[index], max_pixels, scale_to)
         if size is None:  # the first frame fixes the chunk's size and geometry
             size = decoded.height, decoded.width
             geometry = mapper.geometry(*size)
+            if keep:
+                _check_kept_pixels(len(indices), *size, max_kept_pixels)
         elif (decoded.height, decoded.width) != size:
             raise UndecodableInput(f"frames differ in size ({size[1]}x{size[0]} vs {decoded.width}x{decoded.height})")
         inputs.append(mapper.to_input(geometry, decoded.rgb))
-    return PreparedChunk(inputs, indices, [None] * len(inputs), *size, geometry)
+        if keep:
+            kept.append(decoded.rgb)
+    return PreparedChunk(inputs, indices, [None] * len(inputs), *size, geometry, kept if keep else None)
 
 
 async def in_order(work: Iterable[Awaitable], window: int) -> AsyncIterator:

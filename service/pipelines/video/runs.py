@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from segserve.codecs.overlay import encode_jpeg
 from segserve.config import Settings
 from segserve.errors import ModelNotReady
 from segserve.pipelines.base import OutputFormat, PartStatus, Pipeline, Placement
@@ -54,9 +55,15 @@ class VideoModel(Protocol):
         ...
 
 
-def encode_frame(model: VideoModel, raw: Any, chunk: PreparedChunk, fmt: OutputFormat, options: Any) -> dict:
-    """A frame's body fields at its original size, PNGs as base64 (blocking: codec pool)."""
-    encoded = model.pipeline.encode(raw, Placement(chunk.height, chunk.width, chunk.geometry), options, fmt)
+def encode_frame(model: VideoModel, raw: Any, chunk: PreparedChunk, position: int, fmt: OutputFormat, options: Any) -> dict:
+    """A frame's body fields at its original size; PNGs and overlay JPEGs as base64 (blocking:
+    codec pool)."""
+    pipeline = model.pipeline
+    placement = Placement(chunk.height, chunk.width, chunk.geometry)
+    if fmt == OutputFormat.overlay:
+        drawn = pipeline.draw(chunk.frames[position], pipeline.encode(raw, placement, options, OutputFormat.json), options)
+        return {"overlay": base64.b64encode(encode_jpeg(drawn)).decode("ascii")}
+    encoded = pipeline.encode(raw, placement, options, fmt)
     return encoded.body if encoded.png is None else {"png": base64.b64encode(encoded.png).decode("ascii")}
 
 
@@ -65,7 +72,7 @@ class FrameResult:
     index: int
     pts: float | None
     keyframe: bool
-    body: dict  # "segments" (semantic), "instances" (instance) or "png"
+    body: dict  # "segments" (semantic), "instances" (instance and keypoints), "png" or "overlay"
 
 
 # -- chunks and streams ------------------------------------------------------------------
@@ -124,7 +131,7 @@ class ChunkRun:
         try:
             position = 0
             async for keyframe, raw in model.frames(chunk, self._tracker, self._deadline):
-                body = loop.run_in_executor(self._service.pool, encode_frame, model, raw, chunk, self._fmt, self._options)
+                body = loop.run_in_executor(self._service.pool, encode_frame, model, raw, chunk, position, self._fmt, self._options)
                 self._results.put_nowait((chunk.indices[position], chunk.pts[position], keyframe, body))
                 frames.labels(model.pipeline.config.name, str(keyframe).lower()).inc()
                 position += 1

@@ -136,7 +136,7 @@ def render(pipeline: Pipeline, result: ImageResult, total_s: float) -> Response:
     "Semantic models answer one COCO RLE per class present; instance models one per instance; keypoint models "
     "each instance's box and COCO keypoints. "
     "`format=png` (or `Accept: image/png`) returns the label map (semantic) or instance-id map as a PNG; "
-    "`format=overlay` a JPEG of the image with its masks blended in class colours (instances: with boxes and labels); "
+    "`format=overlay` a JPEG of the image with its masks blended in class colours (instances: with boxes and labels; keypoints: boxes, points and skeleton); "
     "keypoint models answer JSON only.",
     response_model=SemanticResponse | InstanceResponse | KeypointsResponse,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}, **ERRORS},

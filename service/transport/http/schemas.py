@@ -36,7 +36,8 @@ class KeypointInstance(BaseModel):
     box: list[float] = Field(description="[x1, y1, x2, y2] in original-image pixels")
     keypoints: list[float] = Field(
         description="COCO's flat [x1, y1, v1, x2, y2, v2, ...]: the model's K keypoints (names and skeleton in "
-        "/v1/models) in original-image pixels; v as torchvision gives it (1)"
+        "/v1/models) in original-image pixels; v as torchvision gives it (1), or 0 for a keypoint that is not one of "
+        "this instance's class (keypoints.classes)"
     )
     keypoint_scores: list[float] = Field(description="K heatmap logits, one per keypoint: higher is surer")
 
@@ -71,6 +72,8 @@ class KeypointsResponse(BaseModel):
     task: Literal["keypoints"]
     width: int
     height: int
+    keypoint_names: list[str] = Field(description="the K keypoints, in the order each instance's keypoints list them")
+    skeleton: list[tuple[int, int]] = Field(description="pairs of 1-based keypoint indices joined by lines (COCO's convention)")
     instances: list[KeypointInstance]
     timing_ms: TimingMs
 
@@ -98,6 +101,8 @@ class WeightsSource(BaseModel):
 class KeypointsInfo(BaseModel):
     names: list[str] = Field(description="the K keypoints, in the order every answer lists them")
     skeleton: list[tuple[int, int]] = Field(description="pairs of 1-based keypoint indices to draw lines between (COCO's convention)")
+    classes: dict[str, list[int]] = Field(
+        default_factory=dict, description="the keypoints (1-based) of each class that has its own; answers give the others v = 0")
 
 
 class PartInfo(BaseModel):
@@ -147,7 +152,8 @@ class VideoTimingMs(BaseModel):
 
 
 class VideoFrame(BaseModel):
-    """One segmented frame: ``segments`` (semantic), ``instances`` (instance) or, with format=png, ``png``."""
+    """One segmented frame: ``segments`` (semantic), ``instances`` (instance, keypoints) or, with format=png,
+    ``png``, with format=overlay, ``overlay``."""
 
     index: int = Field(description="position among the chunk's decoded frames")
     pts: float | None = Field(description="presentation time, seconds")
@@ -155,6 +161,7 @@ class VideoFrame(BaseModel):
     segments: list[Segment] | None = None
     instances: list[Instance | KeypointInstance] | None = None
     png: str | None = Field(None, description="format=png: the label (or instance-id) map, base64 PNG")
+    overlay: str | None = Field(None, description="format=overlay: the frame with its masks drawn in, base64 JPEG")
 
 
 class VideoResponse(BaseModel):
@@ -165,6 +172,8 @@ class VideoResponse(BaseModel):
     width: int
     height: int
     classes: list[str]
+    keypoint_names: list[str] | None = Field(None, description="keypoint models: as for /segment")
+    skeleton: list[tuple[int, int]] | None = Field(None, description="keypoint models: as for /segment")
     stream_id: str | None
     sequence: int | None
     new_stream: bool

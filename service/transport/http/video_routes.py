@@ -33,6 +33,7 @@ from segserve.pipelines.video.chunks import (
 )
 from segserve.pipelines.video.runs import ChunkRun, FrameResult
 from segserve.transport.http.body import media_type, multipart_files, read_limited
+from segserve.transport.http.errors import status_of
 from segserve.transport.http.routes import (
     CLIENT_CLOSED,
     ERRORS,
@@ -87,7 +88,8 @@ VIDEO_BODY = {
 
 
 async def read_chunk(
-    request: Request, mapper: FrameMapper, settings: Settings, pool, frame_limit: int, frame_stride: int, deadline: float
+    request: Request, mapper: FrameMapper, settings: Settings, pool, frame_limit: int, frame_stride: int, deadline: float,
+    keep_frames: bool,
 ) -> PreparedChunk:
     kind = media_type(request)
     if kind not in VIDEO_TYPES and kind != "multipart/form-data":
@@ -97,7 +99,8 @@ async def read_chunk(
         )
     body = await read_limited(request, settings.max_body_bytes, deadline)
     loop = asyncio.get_running_loop()
-    limits = {"max_frames": frame_limit, "frame_stride": frame_stride, "max_pixels": settings.max_image_pixels}
+    limits = {"max_frames": frame_limit, "frame_stride": frame_stride, "max_pixels": settings.max_image_pixels,
+              "max_kept_pixels": settings.max_inflight_pixels if keep_frames else None}
     if kind == "multipart/form-data":
         parts = await multipart_files(request, body, "frame", max_files=frame_limit * frame_stride)
         return await loop.run_in_executor(pool, partial(prepare_images, [data for data, _ in parts], mapper, **limits))
@@ -124,17 +127,21 @@ def timing_ms(decode_s: float, segment_started: float, started: float) -> dict:
 async def ndjson_lines(
     obs: Observation, run: ChunkRun, summary: dict, decode_s: float, segment_started: float
 ) -> AsyncIterator[bytes]:
-    """One line per frame as it completes, then the summary line (no "frames"); an error
-    after the 200 went out becomes a last line {"error": {...}}."""
+    """The chunk's head (the summary's fields known before any frame: model, task, size,
+    stream), one line per frame as it completes, then the whole summary (no "frames"); an
+    error after the 200 went out becomes a last line {"error": {"code", "message", "status"}}. A reader tells frames
+    by their "index"."""
     keyframes = 0
     try:
+        yield dumps(summary) + b"\n"
         async for frame in run.results():
             keyframes += frame.keyframe
             yield dumps(frame_json(frame)) + b"\n"
         yield dumps({**summary, "keyframes": keyframes, "timing_ms": timing_ms(decode_s, segment_started, obs.started)}) + b"\n"
     except Exception as exc:  # noqa: BLE001 - the 200 is out: the error becomes the last line
         error = obs.error(exc)
-        yield dumps({"error": {"code": error.code, "message": error.message}}) + b"\n"
+        # the status the answer would have had before its 200 went out: a client retries a 503 alike
+        yield dumps({"error": {"code": error.code, "message": error.message, "status": status_of(error)}}) + b"\n"
     finally:
         run.cancel()
 
@@ -149,8 +156,10 @@ async def ndjson_lines(
     "since the last keyframe, at least every `keyframe_interval` frames (the model's default when omitted). "
     "`stream_id` (or an `X-Stream-ID` header) + `sequence` (0, 1, 2, ...) continue a stream's keyframe state across chunks; a repeated or "
     "out-of-order sequence is 409, and a stream the server dropped (idle, or evicted for a newer one) starts "
-    f"afresh (`new_stream: true`; `stream_restarted: true` when it was not the stream's first chunk: its keyframe state was lost). With `Accept: {NDJSON}` one JSON line per frame is streamed as frames "
-    "complete, then a summary line. `format=png` gives each frame's label map as a base64 PNG in `png`. "
+    f"afresh (`new_stream: true`; `stream_restarted: true` when it was not the stream's first chunk: its keyframe state was lost). With `Accept: {NDJSON}` the answer is streamed as JSON lines: the chunk's "
+    "head (model, task, size, stream), one line per frame as frames complete (each with its `index`), then the summary. `format=png` gives each frame's label map as a base64 PNG in `png`, "
+    "`format=overlay` each frame as received with its masks (boxes, labels, keypoints) drawn in, as a base64 JPEG in "
+    "`overlay` (the frames are then decoded at full size: at most `max_inflight_pixels` pixels per chunk). "
     "Instance models run every frame (each is a keyframe) through their batcher, take /segment's "
     "`score_threshold`, `max_instances` and `mask_threshold`, and give each frame's `instances` as /segment does "
     "(`png`: the instance-id map).",
@@ -160,7 +169,8 @@ async def ndjson_lines(
 async def segment_video(
     request: Request,
     model: str | None = Query(None, description="model name; the server default when omitted"),
-    format: Literal["json", "png"] = Query("json", description="json (RLE segments, default) or png (base64 label maps)"),
+    format: Literal["json", "png", "overlay"] = Query(
+        "json", description="json (RLE segments, default), png (base64 label maps) or overlay (base64 JPEGs)"),
     timeout_ms: int | None = Query(None, ge=1, le=MAX_TIMEOUT_MS, description="deadline for the chunk (default: server setting)"),
     keyframe_interval: int | None = Query(None, ge=1, le=10_000, description="a keyframe every N frames (1 = every frame)"),
     keyframe_threshold: float | None = Query(None, ge=0, description="adaptive keyframes: relative shallow-feature change"),
@@ -191,7 +201,8 @@ async def segment_video(
         # a chunk holds up to its window of frames in the model's batchers at once
         admission = pipeline.admit(cost=video.window)  # refused before the body is read when at capacity
         try:
-            chunk = await read_chunk(request, pipeline, settings, manager.codec_pool, frame_limit, frame_stride, deadline)
+            chunk = await read_chunk(request, pipeline, settings, manager.codec_pool, frame_limit, frame_stride, deadline,
+                                     keep_frames=format == OutputFormat.overlay.value)
             decode_s = obs.elapsed()
             check_deadline(deadline, "segmenting the chunk")
             segment_started = time.perf_counter()
@@ -208,6 +219,7 @@ async def segment_video(
             "width": chunk.width,
             "height": chunk.height,
             "classes": config.classes,
+            **pipeline.response_fields(),
             "stream_id": stream_id,
             "sequence": sequence,
             "new_stream": new_stream,

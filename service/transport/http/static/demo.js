@@ -1,4 +1,4 @@
-// The segserve demo page: the public API only (/v1/models, /segment), no build step.
+// The segserve demo page: the public API only (/v1/models, /segment, /segment/video), no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -47,7 +47,7 @@ async function loadModels() {
     option.selected = m.name === list.default_model;
     select.add(option);
   }
-  $("status").textContent = list.models.length ? "Drop or pick an image." : "The server has no model.";
+  $("status").textContent = list.models.length ? "Drop or pick an image or a short video." : "The server has no model.";
 }
 
 function row(cells) {
@@ -71,7 +71,7 @@ function showTable(body) {
   const head = $("areas").tHead, rows = $("areas").tBodies[0];
   rows.replaceChildren();
   const pixels = body.width * body.height;
-  if (body.task === "instance") {
+  if (body.task === "instance" || body.task === "keypoints") {
     $("table-title").textContent = `Instances (${body.instances.length})`;
     head.replaceChildren(row([["label"], ["score", "num"], ["box (x1, y1, x2, y2)"]]));
     for (const i of body.instances) {
@@ -86,20 +86,28 @@ function showTable(body) {
   }
 }
 
-function showTimings(timing, roundTripMs) {
+function showTimings(timings) {
   const rows = $("timings").tBodies[0];
   rows.replaceChildren();
-  for (const [name, ms] of [["queue", timing.queue], ["compute", timing.compute], ["server total", timing.total], ["round trip (this page)", roundTripMs]]) {
-    rows.append(row([[name], [`${ms.toFixed(1)} ms`, "num"]]));
-  }
+  for (const [name, ms] of timings) rows.append(row([[name], [`${ms.toFixed(1)} ms`, "num"]]));
 }
 
-async function segment(file) {
-  $("error").hidden = true;
-  $("status").textContent = `Segmenting ${file.name}...`;
-  const model = $("model").value;
+let player = null;  // the video's frame timer
+
+function stopPlayer() {
+  if (player !== null) clearInterval(player);
+  player = null;
+}
+
+async function show(src) {
+  const image = $("overlay");
+  if (image.src.startsWith("blob:")) URL.revokeObjectURL(image.src);
+  image.src = src;
+  await image.decode();
+}
+
+async function segmentImage(file, model, type) {
   const query = (format) => `/segment?${new URLSearchParams(model ? { model, format } : { format })}`;
-  const type = file.type || "application/octet-stream";
   const started = performance.now();
   // The masks as JSON (areas, timings) and the overlay JPEG, side by side.
   const [json, overlay] = await Promise.all([
@@ -110,13 +118,42 @@ async function segment(file) {
   if (!json.ok) throw await failure(json);
   if (!overlay.ok) throw await failure(overlay);
   const body = await json.json();
-  const image = $("overlay");
-  if (image.src) URL.revokeObjectURL(image.src);
-  image.src = URL.createObjectURL(await overlay.blob());
-  await image.decode();
+  await show(URL.createObjectURL(await overlay.blob()));
   $("caption").textContent = `${file.name}: ${body.width}x${body.height}, ${body.model} (${body.task})`;
   showTable(body);
-  showTimings(body.timing_ms, roundTripMs);
+  const t = body.timing_ms;
+  showTimings([["queue", t.queue], ["compute", t.compute], ["server total", t.total], ["round trip (this page)", roundTripMs]]);
+}
+
+// A short video: one chunk to /segment/video with format=overlay, its frames played in turn.
+async function segmentVideo(file, model, type) {
+  const query = new URLSearchParams(model ? { model, format: "overlay" } : { format: "overlay" });
+  const started = performance.now();
+  const response = await fetch(`/segment/video?${query}`, { method: "POST", body: file, headers: headers({ "Content-Type": type }) });
+  const roundTripMs = performance.now() - started;
+  if (!response.ok) throw await failure(response);
+  const body = await response.json();
+  const frames = body.frames.map((f) => `data:image/jpeg;base64,${f.overlay}`);
+  await show(frames[0]);
+  $("caption").textContent = `${file.name}: ${frames.length} frames of ${body.width}x${body.height}, ` +
+    `${body.keyframes} keyframes, ${body.model} (${body.task})`;
+  $("table-title").textContent = `Frames (${frames.length})`;
+  const head = $("areas").tHead, rows = $("areas").tBodies[0];
+  head.replaceChildren(row([["frame", "num"], ["time", "num"], ["keyframe"]]));
+  rows.replaceChildren(...body.frames.map((f) => row([[String(f.index), "num"], [f.pts === null ? "" : `${f.pts.toFixed(2)} s`, "num"], [f.keyframe ? "yes" : ""]])));
+  const t = body.timing_ms;
+  showTimings([["decode", t.decode], ["segment", t.segment], ["server total", t.total], ["round trip (this page)", roundTripMs]]);
+  let next = 0;
+  player = setInterval(() => { next = (next + 1) % frames.length; $("overlay").src = frames[next]; }, 100);
+}
+
+async function segment(file) {
+  stopPlayer();
+  $("error").hidden = true;
+  $("status").textContent = `Segmenting ${file.name}...`;
+  const model = $("model").value;
+  const type = file.type || "application/octet-stream";
+  await (type.startsWith("video/") ? segmentVideo : segmentImage)(file, model, type);
   $("result").hidden = false;
   $("status").textContent = "Done.";
 }
