@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-overhead loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -63,6 +63,12 @@ test: lint
 # (docker/test.sh; docs/deployment.md). DOCKER_BASE_IMAGE=python:3.11-slim where Docker Hub is reachable.
 docker-test: setup
 	docker/test.sh
+
+# Keyframe feature reuse end to end: held-out synthetic clips as mp4 chunks POSTed to /segment/video on the bundled
+# LRASPP, per-frame vs the model's adaptive policy: frames/s, server CPU per frame, mIoU (docs/benchmarks.md).
+#   make bench-video-http [VIDEO_HTTP_ARGS="--streams 4 --intervals 4,8"]
+bench-video-http: models
+	$(BIN)/python -m segserve_loadtest.bench_video_http --repository $(REPO) --model shapes_lraspp $(VIDEO_HTTP_ARGS)
 
 # Retrain the bundled models from scratch (fixed seed and steps, ~29 min on 2 quiet CPU cores):
 # rewrites models/checkpoints/*.pth + SHA256SUMS byte for byte; `git diff` shows nothing when reproduced.

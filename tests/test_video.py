@@ -477,6 +477,21 @@ def test_png_format(video_server):
         assert labels.shape == (HEIGHT, WIDTH)
 
 
+def test_http_video_bench_table(video_repo, tmp_path):
+    """make bench-video-http's plumbing on a tiny run: real server, real mp4 chunks, rows scored."""
+    from segserve_loadtest.bench_video_http import main
+
+    out = tmp_path / "out"
+    args = ["--repository", str(video_repo), "--model", SPLIT, "--clips", "1", "--frames", "6", "--height", "72",
+            "--width", "96", "--rounds", "1", "--intervals", "3", "--no-lock", "--out", str(out)]
+    assert main(args) == 0
+    table = json.loads((out / "bench_video_http.json").read_text())["table"]
+    assert [r["row"] for r in table] == ["per-frame (keyframe_interval=1)", "model default policy", "keyframe_interval=3"]
+    assert table[0]["keyframe_share"] == 1 and table[2]["keyframe_share"] == pytest.approx(2 / 6)
+    assert table[0]["speedup"] == 1 and all(r["frames_per_s"] > 0 and 0 <= r["miou"] <= 1 for r in table)  # random weights here
+    assert "| keyframe_interval=3 | interval 3 | 33% |" in (out / "bench_video_http.md").read_text()
+
+
 def test_video_bench_table(video_repo, capsys):
     from segserve_models.video_bench import main
 
