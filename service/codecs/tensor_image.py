@@ -27,6 +27,10 @@ def decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.
 
 def resize_float(chw: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(3, h, w) uint8 -> (3, height, width) uint8: antialiased bilinear in float32, rounded."""
+    if width == 1 and height > 1:
+        # torch 2.14's float antialiased kernel (on CPU at least) gives a one-pixel-wide output the
+        # first row's value all the way down: resize the transpose (the filter is separable: exact)
+        return resize_float(chw.transpose(1, 2), width, height).transpose(1, 2)
     out = F.interpolate(chw[None].float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
