@@ -15,19 +15,9 @@ from segserve.config import Settings
 from segserve.contract.model_config import load_config
 from segserve.engine.torch import TorchEngine
 from segserve.pipelines.semantic_device import choose_device
-from segserve_models.export import export_model
-from segserve_models.weights import WeightsSpec
-from tests.conftest import SEMANTIC, SMALL_INPUT, make_image
+from tests.conftest import BUNDLED_MODEL as MODEL
+from tests.conftest import make_image
 from tests.servers import InProcessServer
-
-MODEL = "shapes_lraspp"
-
-
-@pytest.fixture(scope="module")
-def bundled_repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("bundled_repo")
-    export_model(SEMANTIC, repo, WeightsSpec.parse("bundled:shapes_lraspp"), name=MODEL, input_size=SMALL_INPUT, progress=False)
-    return repo
 
 
 @pytest.fixture(scope="module")
