@@ -116,8 +116,9 @@ bench-overhead: setup
 
 # The GPU data path measured (docs/benchmarks.md, "GPU check"): shapes_lraspp on the torch backend, fp16 on CUDA,
 # the device data path against the CPU one under ab; rewrites that section. Within 8 minutes. Without CUDA it
-# is a dry run on CPU that checks the plumbing and writes nothing (tests/test_gpu_check.py runs it).
-gpu-check: models
+# is a dry run on CPU that checks the plumbing and writes nothing (tests/test_gpu_check.py runs it). It exports
+# shapes_lraspp into $(REPO) itself when absent (not the rest of `make models`: their exports would eat its minutes).
+gpu-check: setup
 	$(BIN)/python -m segserve_loadtest.gpu_check --repository $(REPO) $(GPU_CHECK_ARGS)
 
 # segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton), each serving the same

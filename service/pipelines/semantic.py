@@ -12,7 +12,7 @@ import numpy as np
 from segserve.codecs.geometry import Letterbox
 from segserve.codecs.masks import encode_label_png, restored_segments, segments_from_runs
 from segserve.codecs.overlay import blend_labels
-from segserve.contract.model_config import ModelConfig, Task
+from segserve.contract.model_config import UINT8_CLASSES, ModelConfig, Task
 from segserve.contract.refine import REFINE_CHOICES, REFINE_CRF
 from segserve.contract.video import SemanticParameters
 from segserve.engine import Engine
@@ -168,7 +168,7 @@ def _to_engine_input(config: ModelConfig, images: np.ndarray) -> np.ndarray:
 
 
 def _argmax(logits: np.ndarray) -> np.ndarray:
-    return logits.argmax(axis=1).astype(np.uint8 if logits.shape[1] <= 256 else np.int32)
+    return logits.argmax(axis=1).astype(np.uint8 if logits.shape[1] <= UINT8_CLASSES else np.int32)
 
 
 def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:

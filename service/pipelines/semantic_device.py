@@ -22,7 +22,6 @@ engine's fp16 -- none of it verified on a GPU yet (docs/benchmarks.md, "GPU chec
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,10 +31,8 @@ import torch
 from segserve.codecs.geometry import Letterbox
 from segserve.codecs.image import decode_opened, describe, open_image
 from segserve.codecs.tensor_image import decode_jpegs, letterbox, restore, run_starts
-from segserve.contract.model_config import ModelConfig
+from segserve.contract.model_config import UINT8_CLASSES, ModelConfig
 from segserve.engine import Engine, TensorEngine
-
-log = logging.getLogger(__name__)
 
 # What torchvision's decode_jpeg turns into RGB exactly as PIL does; other JPEG modes (CMYK, YCCK) take PIL's decode.
 DEVICE_JPEG_MODES = ("RGB", "L")
@@ -201,5 +198,5 @@ class DeviceRunner:
             out = self.engine.infer({config.input.name: images.cpu().numpy()})[config.output.name]
             out = torch.from_numpy(out).to(self.device)
         if config.output.kind == "logits":
-            out = out.argmax(dim=1).to(torch.uint8 if out.shape[1] <= 256 else torch.int32)
+            out = out.argmax(dim=1).to(torch.uint8 if out.shape[1] <= UINT8_CLASSES else torch.int32)
         return out
