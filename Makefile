@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead gpu-check loadtest soak drain lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -119,6 +119,13 @@ bench-crf: setup
 #   make bench-overhead [BENCH_OVERHEAD_ARGS="--rounds 5 --profile"]   (--profile needs py-spy)
 bench-overhead: setup
 	$(BIN)/python -m segserve_loadtest.bench_overhead --out docs/bench $(BENCH_OVERHEAD_ARGS)
+
+# The GPU data path measured (docs/benchmarks.md, "GPU check"): shapes_lraspp on the torch backend, fp16 on CUDA,
+# the device data path against the CPU one under ab; rewrites that section. Within 8 minutes. Without CUDA it
+# is a dry run on CPU that checks the plumbing and writes nothing (tests/test_gpu_check.py runs it). It exports
+# shapes_lraspp into $(REPO) itself when absent (not the rest of `make models`: their exports would eat its minutes).
+gpu-check: setup
+	$(BIN)/python -m segserve_loadtest.gpu_check --repository $(REPO) $(GPU_CHECK_ARGS)
 
 # segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton), each serving the same
 # exported ONNX file with the same work per request, each in its own virtualenv under .cache/peers/ (created here, never

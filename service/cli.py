@@ -32,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "model_repository": args.model_repository,
         "models": args.models.split(",") if args.models else None,
         "backend": args.backend,
+        "data_path": args.data_path,
         "log_level": args.log_level,
         "api_key_file": args.api_key_file,
         "tls_cert_file": args.tls_cert_file,
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=Path, help="model repository folder (env SEGSERVE_MODEL_REPOSITORY)")
     serve.add_argument("--models", help="comma-separated models to load (default: all)")
     serve.add_argument("--backend", choices=["onnxruntime", "torch"], help="force one backend for all models")
+    serve.add_argument("--data-path", choices=get_args(Settings.model_fields["data_path"].annotation),
+                       help="where semantic models' decode/letterbox/restore/RLE runs (env SEGSERVE_DATA_PATH, default auto: "
+                            "the device when the torch backend serves the model on CUDA)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     access = serve.add_argument_group("access control (docs/deployment.md, Security)")
     # No --api-key: a key on the command line is visible to every user of the host (ps, /proc).

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     default_model: str | None = None
     # Force one backend for every model ("onnxruntime", "torch"); unset = each config's preference.
     backend: Literal["onnxruntime", "torch"] | None = None
+    # Where a semantic model's pixel work runs (JPEG decode, letterbox, argmax, restore, RLE run
+    # boundaries; segserve.pipelines.semantic_device): "cpu" = PIL/numpy on the codec pool;
+    # "device" = torch on the engine's device (CUDA with nvJPEG, else torch CPU tensors);
+    # "auto" = device where the model is served by the torch backend on CUDA, else cpu.
+    # /v1/models shows each model's as data_path.
+    data_path: Literal["auto", "cpu", "device"] = "auto"
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -44,6 +44,7 @@ class ModelManager:
             pixels=PixelBudget(settings.max_inflight_pixels),
             max_image_pixels=settings.max_image_pixels,
             backend=settings.backend,
+            data_path=settings.data_path,
             warmup=settings.warmup,
             drain_timeout_s=settings.shutdown_drain_s,
         )
@@ -119,7 +120,7 @@ class ModelManager:
         if entry.config.weights.source == "random":
             log.warning("model %s serves RANDOM weights (%s): masks are meaningless", name, entry.config.weights.detail)
         engine = pipeline.engine_info
-        log.info("model %s v%s ready on %s/%s", name, entry.version, engine.backend, engine.device)
+        log.info("model %s v%s ready on %s/%s, data path %s", name, entry.version, engine.backend, engine.device, pipeline.data_path)
 
     async def stop(self) -> None:
         """Streams first (no new chunk finds its state), then every model drains its batchers."""

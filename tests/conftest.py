@@ -47,6 +47,18 @@ def copy_model(src_repo: Path, dst_repo: Path, name: str = SEMANTIC, **config_up
     return dst
 
 
+# The bundled LRASPP as `make models` exports it (labels out), at a small input for speed.
+BUNDLED_MODEL = "shapes_lraspp"
+
+
+@pytest.fixture(scope="session")
+def bundled_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("bundled_repo")
+    export_model(SEMANTIC, repo, WeightsSpec.parse("bundled:shapes_lraspp"), name=BUNDLED_MODEL, input_size=SMALL_INPUT,
+                 progress=False)
+    return repo
+
+
 # The bundled LRASPP exported with --probabilities (?refine=crf), at a small input for speed.
 REFINE_MODEL = "shapes_crf"
 

@@ -43,13 +43,19 @@ def describe(exc: Exception) -> str:
 DraftSize = Callable[[int, int], tuple[int, int]]  # original (h, w) -> smallest useful (h, w)
 
 
-def decode_image(
-    data: bytes, max_pixels: int, draft_size: DraftSize | None = None, reserve: Callable[[int], None] | None = None
-) -> DecodedImage:
-    """Decode ``data`` to RGB. ``draft_size`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as
-    long as the result stays at least that large (the model resizes it down anyway): a
-    12 MP photo for a 512 px model decodes several times faster. ``reserve`` is called with
-    the pixel count the header declares, before any pixel is decoded (it may raise)."""
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image whose header has been read and checked, and its pixels reserved: nothing decoded yet."""
+
+    image: Image.Image  # PIL's lazy image on the bytes
+    width: int  # as displayed (EXIF orientation applied)
+    height: int
+    orientation: int  # EXIF tag 0x0112, 1 when absent
+
+
+def open_image(data: bytes, max_pixels: int, reserve: Callable[[int], None] | None = None) -> OpenedImage:
+    """Read ``data``'s header: its format and size checked against ``max_pixels``, then
+    ``reserve`` called with the pixel count it declares (it may raise), before any pixel is decoded."""
     if not data:
         raise UndecodableInput("empty body: expected image bytes")
     try:
@@ -64,20 +70,41 @@ def decode_image(
             if reserve is not None:
                 reserve(width * height)
             orientation = image.getexif().get(ORIENTATION_TAG, 1)
-            if orientation in TRANSPOSED:
-                width, height = height, width
+    except ServiceError:  # ours, and reserve's
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
+        raise UndecodableInput(f"cannot decode image: {describe(exc)}") from exc
+    if orientation in TRANSPOSED:
+        width, height = height, width
+    return OpenedImage(image, width, height, orientation)
+
+
+def decode_image(
+    data: bytes, max_pixels: int, draft_size: DraftSize | None = None, reserve: Callable[[int], None] | None = None
+) -> DecodedImage:
+    """Decode ``data`` to RGB. ``draft_size`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as
+    long as the result stays at least that large (the model resizes it down anyway): a
+    12 MP photo for a 512 px model decodes several times faster. ``reserve`` is called with
+    the pixel count the header declares, before any pixel is decoded (it may raise)."""
+    return decode_opened(open_image(data, max_pixels, reserve), draft_size)
+
+
+def decode_opened(opened: OpenedImage, draft_size: DraftSize | None = None) -> DecodedImage:
+    """``open_image``'s image decoded to RGB as displayed (``decode_image`` says what ``draft_size`` does)."""
+    image, orientation = opened.image, opened.orientation
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             if draft_size is not None and image.format == "JPEG":
-                min_h, min_w = draft_size(height, width)  # as displayed; the draft is in stored order
+                min_h, min_w = draft_size(opened.height, opened.width)  # as displayed; the draft is in stored order
                 image.draft("RGB", (min_h, min_w) if orientation in TRANSPOSED else (min_w, min_h))
             if image.mode != "RGB":  # every JPEG drafted to "RGB" is already: convert would only copy it
                 image = image.convert("RGB")
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             rgb = np.array(image)  # writable (np.asarray's is not): torch can take it as is
-    except ServiceError:  # ours, and reserve's
-        raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise UndecodableInput(f"cannot decode image: {describe(exc)}") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise UndecodableInput("image has no pixels")
-    return DecodedImage(rgb=rgb, width=width, height=height)
+    return DecodedImage(rgb=rgb, width=opened.width, height=opened.height)

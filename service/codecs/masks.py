@@ -71,12 +71,24 @@ def restored_segments(plane: np.ndarray, index: RestoreIndex, class_names: list[
     position = np.repeat(np.arange(0, numel, height, dtype=np.int64), per_x)
     position += run_row[run]
     value = run_value[run]
-    if value.dtype.kind == "i" and value.min() < 0:
-        raise ValueError(f"negative class id {int(value.min())} in the label map")
+    # same class across a column boundary: one run
     keep = np.empty(total, dtype=bool)
     keep[0] = True
-    np.not_equal(value[1:], value[:-1], out=keep[1:])  # same class across a column boundary: one run
-    position, value = position[keep], value[keep]
+    np.not_equal(value[1:], value[:-1], out=keep[1:])
+    return segments_from_runs(position[keep], value[keep], height, width, class_names)
+
+
+def segments_from_runs(position: np.ndarray, value: np.ndarray, height: int, width: int, class_names: list[str]) -> list[dict]:
+    """The label map's runs in column-major order -> one binary RLE per class present, with its area.
+
+    ``position`` (int64, ascending, starting at 0) is where each run starts in the column-major
+    flattened (height, width) map, ``value`` its class; consecutive runs differ in class. A
+    class's binary RLE is then its runs and the gaps between them, its area their total length."""
+    numel = height * width
+    if numel == 0:
+        return []
+    if value.dtype.kind == "i" and value.min() < 0:
+        raise ValueError(f"negative class id {int(value.min())} in the label map")
     runs = len(position)
     end = np.empty_like(position)
     end[:-1] = position[1:]

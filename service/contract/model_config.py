@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 from segserve.contract.artifacts import CONFIG_FILE, ONNX_ARTIFACT
 
 
+# Class ids a uint8 label map holds: the in-graph argmax's output, and the argmax of logits outside the graph
+# (larger class counts take int32 there).
+UINT8_CLASSES = 256
+
+
 class Task(str, Enum):
     semantic = "semantic"
     instance = "instance"
@@ -149,8 +154,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _semantic_class_limit(self) -> "ModelConfig":
-        if self.task == Task.semantic and len(self.classes) > 256 and self.output.kind == "labels":
-            raise ValueError("in-graph argmax emits uint8 labels: at most 256 classes")
+        if self.task == Task.semantic and len(self.classes) > UINT8_CLASSES and self.output.kind == "labels":
+            raise ValueError(f"in-graph argmax emits uint8 labels: at most {UINT8_CLASSES} classes")
         return self
 
     @model_validator(mode="after")

@@ -9,9 +9,12 @@ per engine instance, so implementations need not be thread-safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 Tensors = dict[str, np.ndarray]
 
@@ -33,6 +36,19 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the session/device memory. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class TensorEngine(Engine, Protocol):
+    """An engine that also takes and gives torch tensors on its own device, without copies
+    (the torch backend): what the semantic pipeline's device data path feeds directly."""
+
+    device: "torch.device"
+
+    def infer_tensors(self, inputs: "dict[str, torch.Tensor]") -> "dict[str, torch.Tensor]":
+        """``infer`` on tensors already on ``device``; the outputs stay there. Runs on the
+        caller's current CUDA stream."""
         ...
 
 

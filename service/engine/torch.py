@@ -31,35 +31,38 @@ class TorchEngine:
         want = config.torch.device
         if want == "cuda" and not torch.cuda.is_available():
             raise EngineUnavailable("torch.device=cuda but no CUDA device is visible")
-        self._device = torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-        self._fp16 = config.torch.fp16 and self._device.type == "cuda"
-        if self._device.type == "cpu" and config.torch.threads:
+        self.device = torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+        self._fp16 = config.torch.fp16 and self.device.type == "cuda"
+        if self.device.type == "cpu" and config.torch.threads:
             torch.set_num_threads(config.torch.threads)
 
         module = build_serving_module(config)
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
-        module.eval().to(self._device)
+        module.eval().to(self.device)
         if self._fp16:
             module.half_compute()
         self._module = module
         self._torch = torch
         self.info = EngineInfo(
             backend="torch",
-            device=str(self._device),
+            device=str(self.device),
             detail={"dtype": "float16" if self._fp16 else "float32", "torch": torch.__version__},
         )
 
     def infer(self, inputs: Tensors) -> Tensors:
         torch = self._torch
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self._device) for n in self._module.input_names]
-            out = self._module(*args)
+            args = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._module.input_names}
+            return {name: t.cpu().numpy() for name, t in self.infer_tensors(args).items()}
+
+    def infer_tensors(self, inputs: dict) -> dict:
+        """``infer`` on tensors on ``self.device`` (segserve.engine.base.TensorEngine); float outputs as float32."""
+        torch = self._torch
+        with torch.inference_mode():
+            out = self._module(*(inputs[n] for n in self._module.input_names))
             outs = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-            return {
-                name: (t.float() if t.is_floating_point() else t).cpu().numpy()
-                for name, t in zip(self._module.output_names, outs)
-            }
+            return {name: t.float() if t.is_floating_point() else t for name, t in zip(self._module.output_names, outs)}
 
     def close(self) -> None:
         self._module = None

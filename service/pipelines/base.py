@@ -121,6 +121,7 @@ class PipelineContext:
     pixels: PixelBudget
     max_image_pixels: int
     backend: str | None  # forced for every model (SEGSERVE_BACKEND), else each config's preference
+    data_path: str  # Settings.data_path: "auto", "cpu" or "device" (semantic models; segserve.pipelines.semantic_device)
     warmup: bool
     drain_timeout_s: float
 
@@ -175,11 +176,18 @@ class Pipeline:
     def engine_info(self) -> EngineInfo | None:
         return self.engines[0].info if self.engines else None
 
+    @property
+    def data_path(self) -> str:
+        """Where this model's pixel work runs, for /v1/models and the log: "cpu" (the codec pool),
+        or "device:<torch device>" (segserve.pipelines.semantic_device)."""
+        return "cpu"
+
     # -- life -------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the engines (in a thread), warm them up and start the batcher."""
         config = self.config
         self.engines = await asyncio.to_thread(load_engines, config, self.entry.version_dir, self.context.backend)
+        self.engines_loaded()
         runners = [self.predict(engine) for engine in self.engines]
         if self.context.warmup:
             for runner in runners:
@@ -198,6 +206,10 @@ class Pipeline:
 
     def parts(self) -> list[PartStatus]:
         return [] if self.video is None else self.video.parts()
+
+    def engines_loaded(self) -> None:
+        """Called once the engines are loaded, before ``predict`` builds their runners: what a task
+        decides from its engines (the semantic pipeline: its data path)."""
 
     # -- request options ---------------------------------------------------------------
     def parse_options(self, query: Mapping[str, str]) -> Any:
@@ -269,12 +281,22 @@ class Pipeline:
             reserved = pixels
 
         try:
-            image = decode_image(data, self.context.max_image_pixels, lambda h, w: self.decode_size(self.geometry(h, w)), reserve)
-            geometry = self.geometry(image.height, image.width)
-            return Decoded(self.to_input(geometry, image.rgb), Placement(image.height, image.width, geometry), reserved)
+            model_input, placement = self.decode_input(data, reserve)
+            return Decoded(model_input, placement, reserved)
         except BaseException:
             budget.release(reserved)
             raise
+
+    def decode_input(self, data: bytes, reserve: Callable[[int], None]) -> tuple[Any, Placement]:
+        """``decode``'s work: the model input and its placement, ``reserve`` called with the pixels
+        the header declares before any is decoded. PIL's decode, then ``to_input``."""
+        image = decode_image(data, self.context.max_image_pixels, self.draft_size, reserve)
+        geometry = self.geometry(image.height, image.width)
+        return self.to_input(geometry, image.rgb), Placement(image.height, image.width, geometry)
+
+    def draft_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest (h, w) an image of this size may be decoded at (codecs.image.DraftSize)."""
+        return self.decode_size(self.geometry(height, width))
 
     # -- one request ----------------------------------------------------------------------
     async def segment_image(self, data: bytes, options: Any, fmt: OutputFormat, deadline: float) -> ImageResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
+from segserve.contract.model_config import UINT8_CLASSES
 from segserve.contract.refine import PROBABILITY_SCALE, CrfSettings
 
 # -log of half a quantisation step: a class the uint8 softmax rounds to 0 is unlikely, not impossible.
@@ -49,7 +50,7 @@ def crf_labels(scores: np.ndarray, image: np.ndarray, settings: CrfSettings) -> 
     q, tmp1, tmp2 = crf.startInference()
     for _ in range(settings.iterations):
         crf.stepInference(q, tmp1, tmp2)  # one step per call: see the module's docstring
-    return np.asarray(q).reshape(c, h, w).argmax(axis=0).astype(np.uint8 if c <= 256 else np.int32)
+    return np.asarray(q).reshape(c, h, w).argmax(axis=0).astype(np.uint8 if c <= UINT8_CLASSES else np.int32)
 
 
 def refine_letterboxed(

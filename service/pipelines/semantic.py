@@ -10,16 +10,17 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from segserve.codecs.geometry import Letterbox
-from segserve.codecs.masks import encode_label_png, restored_segments
+from segserve.codecs.masks import encode_label_png, restored_segments, segments_from_runs
 from segserve.codecs.overlay import blend_labels
-from segserve.contract.model_config import ModelConfig, Task
+from segserve.contract.model_config import UINT8_CLASSES, ModelConfig, Task
 from segserve.contract.refine import REFINE_CHOICES, REFINE_CRF
 from segserve.contract.video import SemanticParameters
 from segserve.engine import Engine
-from segserve.errors import BadParameter
+from segserve.errors import BadParameter, UndecodableInput
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
 from segserve.pipelines.options import ChoiceOption
 from segserve.pipelines.refine import refine_letterboxed
+from segserve.pipelines.semantic_device import DeviceLabels, DeviceRunner, Undecodable, choose_device, decode_input
 from segserve.pipelines.video.semantic import SemanticVideoModel
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class SemanticModel(Pipeline):
     options = (REFINE,)
     label_map = True
     json_floats = False  # class ids, labels, areas and RLE strings
+    device = None  # torch.device of the device data path (semantic_device); None = the CPU path
 
     async def start(self) -> None:
         self.params = SemanticParameters.model_validate(self.config.parameters)
@@ -57,6 +59,14 @@ class SemanticModel(Pipeline):
         await super().start()
         self.video = SemanticVideoModel(self, self.params.video)
         await self.video.start()
+
+    def engines_loaded(self) -> None:
+        self.device, why = choose_device(self.context.data_path, self.config, self.engines[0])
+        log.info("model %s: data path %s (%s)", self.config.name, self.data_path, why)
+
+    @property
+    def data_path(self) -> str:
+        return "cpu" if self.device is None else f"device:{self.device}"
 
     def response_fields(self) -> dict[str, Any]:
         return {"classes": self.config.classes}
@@ -85,12 +95,21 @@ class SemanticModel(Pipeline):
     def to_input(self, geometry: Letterbox, rgb: np.ndarray) -> np.ndarray:
         return geometry.apply(rgb, self.config.input.pad_value)  # (3, H, W) uint8 at the model input size
 
+    def decode_input(self, data: bytes, reserve: Callable[[int], None]) -> tuple[Any, Placement]:
+        if self.device is None:
+            return super().decode_input(data, reserve)
+        model_input = decode_input(data, self.context.max_image_pixels, reserve, self.geometry, self.to_input)
+        box = model_input.box
+        return model_input, Placement(box.src_h, box.src_w, box)
+
     def blank_input(self) -> np.ndarray:
         spec = self.config.input
         return np.zeros((3, spec.height, spec.width), np.uint8)
 
     def predict(self, engine: Engine) -> Callable[[list[np.ndarray]], list[np.ndarray] | list[Scored]]:
         config = self.config
+        if self.device is not None:
+            return DeviceRunner(engine, config, self.device)
         if not config.output.has_scores:  # labels only: the fast path, 1 byte per pixel out of the engine
             def run(batch: list[np.ndarray]) -> list[np.ndarray]:
                 return list(infer_labels(engine, config, np.stack(batch)))
@@ -104,8 +123,17 @@ class SemanticModel(Pipeline):
 
         return run_scored
 
-    def encode(self, output: np.ndarray | Scored, placement: Placement, options: SemanticOptions | None, fmt: OutputFormat) -> Encoded:
+    def encode(self, output: np.ndarray | Scored | DeviceLabels | Undecodable, placement: Placement,
+               options: SemanticOptions | None, fmt: OutputFormat) -> Encoded:
         box: Letterbox = placement.geometry
+        if isinstance(output, Undecodable):
+            raise UndecodableInput(output.reason)
+        if isinstance(output, DeviceLabels):
+            if fmt == OutputFormat.png:
+                return self.encode(output.host_labels(), placement, options, fmt)
+            # the runs were found on the device: only their RLE strings are written here
+            segments = segments_from_runs(output.run_start, output.run_value, box.src_h, box.src_w, self.config.classes)
+            return Encoded({"segments": segments}, make_label_map=lambda: box.restore(output.host_labels()))
         labels = self.refined(output, box, options)
         if fmt == OutputFormat.png:
             full = box.restore(labels)
@@ -140,7 +168,7 @@ def _to_engine_input(config: ModelConfig, images: np.ndarray) -> np.ndarray:
 
 
 def _argmax(logits: np.ndarray) -> np.ndarray:
-    return logits.argmax(axis=1).astype(np.uint8 if logits.shape[1] <= 256 else np.int32)
+    return logits.argmax(axis=1).astype(np.uint8 if logits.shape[1] <= UINT8_CLASSES else np.int32)
 
 
 def infer_labels(engine: Engine, config: ModelConfig, images: np.ndarray) -> np.ndarray:

@@ -177,6 +177,7 @@ def model_info(status: ModelStatus) -> ModelInfo:
         reason=status.reason,
         backend=engine.backend if engine else None,
         device=engine.device if engine else None,
+        data_path=pipeline.data_path if engine else None,
         version=status.entry.version,
         input={"height": cfg.input.height, "width": cfg.input.width, "resize": cfg.input.resize.value},
         max_batch_size=cfg.max_batch_size,

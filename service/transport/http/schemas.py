@@ -123,6 +123,8 @@ class ModelInfo(BaseModel):
     reason: str | None = None
     backend: str | None = None
     device: str | None = None
+    data_path: str | None = Field(None, description="where the image's decode, letterbox, restore and RLE run: "
+                                  "cpu, or device:<torch device> (SEGSERVE_DATA_PATH)")
     version: int | None = None
     input: InputGeometry
     max_batch_size: int
