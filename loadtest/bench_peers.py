@@ -295,6 +295,17 @@ def model_json(repository: Path, name: str, out: Path) -> Path:
     return out
 
 
+def serving_settings(repository: Path, name: str = BUNDLED) -> str:
+    """The exported config.yaml's serving settings, as the report states them."""
+    from segserve.contract.model_config import load_config
+    from segserve.engine.onnxruntime import default_threads
+
+    config = load_config(repository / name)
+    threads = config.onnxruntime.intra_op_threads or f"auto = {default_threads(config.instances)}"
+    return (f"{config.instances} engine instances x {threads} intra-op threads, max batch {config.max_batch_size}, "
+            f"queue delay {config.dynamic_batching.max_queue_delay_ms:g} ms")
+
+
 def photo(width: int = 640, height: int = 480, seed: int = 0) -> Payload:
     buffer = io.BytesIO()
     synthetic_scene(width, height, seed=seed).save(buffer, format="JPEG", quality=85)
@@ -661,8 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": models[0]["load_before"] if models else "?", "load_after": models[-1]["load_after"] if models else "?",
         "rounds": args.rounds, "requests": args.requests, "levels": args.levels,
         "titles": {"segserve": "segserve", **{name: peer_specs[name].title for name in pythons}},
-        "settings": {"segserve": "`segserve serve` on the model's exported config.yaml (bundled: 2 engine instances x 1 intra-op thread, "
-                                 "max batch 8, queue delay 4 ms; trivial: bench_overhead's 6-line config)",
+        "settings": {"segserve": f"`segserve serve` on the model's exported config.yaml (bundled: {serving_settings(args.repository)}; "
+                                 "trivial: bench_overhead's 6-line config)",
                      **{name: peer_specs[name].settings for name in pythons}},
         "skipped": skipped,
         "models": models,
