@@ -46,12 +46,16 @@ class Candidate:
         return cls(config.instances, threads, config.max_batch_size, config.dynamic_batching.max_queue_delay_ms)
 
     def apply(self, config: ModelConfig) -> ModelConfig:
+        # the threads of the backend that of() read them from, only: an ONNX Runtime Mask R-CNN keeps its torch
+        # heads' own threads (1 as exported; torch's default would oversubscribe the cores), so that
+        # Candidate.of(config).apply(config) is config itself
+        threads = ({"torch": config.torch.model_copy(update={"threads": self.threads})} if config.backends[0] == "torch"
+                   else {"onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads})})
         return config.model_copy(update={
             "instances": self.instances,
             "max_batch_size": self.max_batch_size,
             "dynamic_batching": config.dynamic_batching.model_copy(update={"max_queue_delay_ms": self.max_queue_delay_ms}),
-            "onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads}),
-            "torch": config.torch.model_copy(update={"threads": self.threads}),
+            **threads,
         })
 
     def label(self) -> str:

@@ -151,6 +151,19 @@ def test_tune_keeps_the_fastest_configuration_that_meets_the_latency_target():
     assert placements(2) == [(1, 2), (2, 1)] and placements(8) == [(1, 8), (2, 4), (3, 2), (4, 2)]
 
 
+def test_tune_measures_the_shipped_configuration_as_shipped(semantic_repo):
+    from segserve.contract.model_config import load_config
+    from segserve_loadtest.tune import Candidate
+
+    config = load_config(semantic_repo / MODEL)
+    # an ONNX Runtime model whose torch side (a Mask R-CNN's heads) has threads of its own
+    config = config.model_copy(update={"torch": config.torch.model_copy(update={"threads": 1})})
+    assert Candidate.of(config).apply(config) == config
+    tuned = Candidate(1, 2, 4, 2.0).apply(config)
+    assert (tuned.instances, tuned.onnxruntime.intra_op_threads, tuned.torch.threads, tuned.max_batch_size) == (1, 2, 1, 4)
+    assert tuned.dynamic_batching.max_queue_delay_ms == 2.0
+
+
 def test_tune_keeps_its_pick_only_if_it_wins_the_interleaved_confirmation():
     from segserve_loadtest.tune import Candidate, Trial, confirmed
 
