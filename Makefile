@@ -127,7 +127,7 @@ bench-overhead: setup
 gpu-check: setup
 	$(BIN)/python -m segserve_loadtest.gpu_check --repository $(REPO) $(GPU_CHECK_ARGS)
 
-# segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton), each serving the same
+# segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton, Ray Serve, BentoML), each serving the same
 # exported ONNX file with the same work per request, each in its own virtualenv under .cache/peers/ (created here, never
 # a project dependency); the bundled shapes_lraspp (exported as `make models` does) and bench_overhead's trivial model;
 # interleaved rounds under /tmp/segserve-bench.lock. Writes docs/bench/bench_peers.{md,json,png} (docs/benchmarks.md).

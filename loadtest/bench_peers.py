@@ -12,7 +12,13 @@ creates under ``.cache/peers/<name>`` (never a dependency of segserve; segserve 
   ``workers_per_device`` worker processes,
 * ``pytriton``: NVIDIA PyTriton, the real Triton core with a Python model (``@batch``, a
   ``DynamicBatcher``, one infer function per model instance), driven over KServe v2 HTTP with the
-  binary-data extension (the JPEG as one BYTES element, the JSON back as one BYTES element).
+  binary-data extension (the JPEG as one BYTES element, the JSON back as one BYTES element),
+* ``ray``: Ray Serve, a deployment (``num_replicas``, one CPU each) whose ``@serve.batch`` method runs the
+  session, behind Ray Serve's HTTP proxy (a plain ``__call__`` on the Starlette request, the raw JPEG body);
+  Ray itself bounded to this machine (``ray.init(num_cpus=cores)``, no dashboard, usage stats off),
+* ``bentoml``: BentoML, a ``@bentoml.service`` with ``workers`` processes and one
+  ``@bentoml.api(batchable=True)`` method (adaptive batching; the image as a multipart file, a one-element
+  JSON list back).
 
 Steps: export/generate the models (the bundled ``shapes_lraspp`` as `make models` exports it, and
 bench_overhead's trivial model); install each peer's virtualenv (skipped, with the reason, when
@@ -58,6 +64,8 @@ PEERS_DIR = Path(__file__).resolve().parent / "peers"
 LOCK_FILE = "/tmp/segserve-bench.lock"
 # The peers run the same onnxruntime / numpy / Pillow / pycocotools releases as segserve (pyproject.toml).
 COMMON = ["onnxruntime==1.31.1", "numpy==2.4.6", "pillow==13.0.0", "pycocotools==2.0.11"]
+RAY_VERSION = "2.60.0"
+BENTOML_VERSION = "1.4.40"
 BUNDLED = "shapes_lraspp"
 TRIVIAL = "trivial"
 
@@ -72,11 +80,15 @@ class Peer:
     title: str
     requirements: list[str]
     script: str
-    protocol: str  # "segment" (POST the image), "multipart" (the image as a form field), "kserve-binary"
+    # "segment" (POST the image), "multipart" (the image as the form field "image"), "multipart-list" (as one file
+    # of the form field "images", a one-element JSON list back: a batchable BentoML API), "kserve-binary"
+    protocol: str
     settings: str  # what was chosen for this machine, for the report
     args: list[str] = field(default_factory=list)
     common: list[str] = field(default_factory=lambda: list(COMMON))
     env: dict[str, str] = field(default_factory=dict)
+    path: str = "/segment"  # where the images go
+    ready_path: str = "/healthz"  # answers 200 once the model is loaded
 
 
 def peers(cores: int) -> dict[str, Peer]:
@@ -88,7 +100,8 @@ def peers(cores: int) -> dict[str, Peer]:
         "litserve": Peer("litserve", "LitServe 0.2.19", ["litserve==0.2.19", "python-multipart==0.0.34"], "litserve_server.py", "multipart",
                          f"{cores} worker processes (workers_per_device={cores}, accelerator=cpu), 1 intra-op thread each, "
                          "max_batch_size=8, batch_timeout=0.004 s",
-                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--batch-timeout", "0.004"]),
+                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--batch-timeout", "0.004"],
+                         path="/predict", ready_path="/health"),
         "pytriton": Peer("pytriton", "PyTriton 0.7.0 (Triton core)", ["nvidia-pytriton==0.7.0"], "pytriton_server.py", "kserve-binary",
                          f"1 model instance with {cores} intra-op threads, max_batch_size=8, DynamicBatcher max_queue_delay 4000 us "
                          f"({cores} instances, one infer function each, do not load on this loaded machine: the second instance's "
@@ -100,19 +113,43 @@ def peers(cores: int) -> dict[str, Peer]:
                          # Triton's Python-backend stub links the system libpython3.11 (Debian's) but runs this
                          # interpreter's standard library: a mismatch (RLock._recursion_count) unless it finds ours first
                          {"LD_LIBRARY_PATH": ":".join(filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")]))}),
+        "ray": Peer("ray", f"Ray Serve {RAY_VERSION}", [f"ray[serve]=={RAY_VERSION}"], "ray_serve_server.py", "segment",
+                    f"ray.init(num_cpus={cores}, include_dashboard=False), usage stats off; {cores} replicas x 1 CPU "
+                    f"(ray_actor_options), 1 intra-op thread each, @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.004), "
+                    "max_ongoing_requests=16 per replica; Ray's HTTP proxy, the raw JPEG body",
+                    ["--cpus", str(cores), "--replicas", str(cores), "--threads", "1", "--max-batch-size", "8",
+                     "--batch-wait-timeout", "0.004"],
+                    # the replicas are Ray worker processes started by the raylet: they find peer_common on PYTHONPATH
+                    env={"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PEERS_DIR)}),
+        "bentoml": Peer("bentoml", f"BentoML {BENTOML_VERSION}", [f"bentoml=={BENTOML_VERSION}"], "bentoml_server.py", "multipart-list",
+                        f"@bentoml.service(workers={cores}), 1 intra-op thread each, @bentoml.api(batchable=True, max_batch_size=8, "
+                        "max_latency_ms=60000 = BentoML's default: the batch window is its adaptive dispatcher's), the image as a "
+                        "multipart file (a pathlib.Path to the API)",
+                        ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--max-latency-ms", "60000"],
+                        ready_path="/readyz"),
     }
 
 
 # -- virtualenvs -----------------------------------------------------------------------------
+def venv_stamp(cache: Path, peer: Peer) -> Path:
+    """The file that marks the peer's virtualenv as filled with exactly its current requirements."""
+    requirements = [*peer.requirements, *peer.common]
+    return cache / peer.name / (".installed-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12])
+
+
+def installed_python(cache: Path, peer: Peer) -> Path | None:
+    """The peer's virtualenv python when that virtualenv is already complete, else None (installs nothing)."""
+    return cache / peer.name / "bin" / "python" if venv_stamp(cache, peer).is_file() else None
+
+
 def ensure_venv(cache: Path, peer: Peer, log: Path) -> Path:
     """The peer's virtualenv (created and filled once; a stamp of its requirements marks it done):
     returns its python. Raises RuntimeError with pip's tail when the install fails."""
+    if (python := installed_python(cache, peer)) is not None:
+        return python
     requirements = [*peer.requirements, *peer.common]
-    stamp_name = ".installed-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
     venv = cache / peer.name
     python = venv / "bin" / "python"
-    if (venv / stamp_name).is_file():
-        return python
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         if not python.exists():
@@ -123,7 +160,7 @@ def ensure_venv(cache: Path, peer: Peer, log: Path) -> Path:
         raise RuntimeError(f"pip install {' '.join(requirements)} failed ({done.returncode}): " + " | ".join(tail))
     for old in venv.glob(".installed-*"):
         old.unlink()
-    (venv / stamp_name).touch()
+    venv_stamp(cache, peer).touch()
     return python
 
 
@@ -143,6 +180,14 @@ def process_tree(pid: int) -> list[int]:
         tree.append(current)
         todo += children.get(current, [])
     return tree
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (exists and is not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -172,8 +217,7 @@ class PeerProcess:
             self.url, self.ready_url = f"{base}/v2/models/segment/infer", f"{base}/v2/models/segment/ready"
         else:
             self.ports = ["--port", str(self.port)]
-            path = "/predict" if peer.name == "litserve" else "/segment"
-            self.url, self.ready_url = base + path, base + ("/health" if peer.name == "litserve" else "/healthz")
+            self.url, self.ready_url = base + peer.path, base + peer.ready_path
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "PeerProcess":
@@ -196,17 +240,24 @@ class PeerProcess:
         self.stop()
         raise RuntimeError(f"{self.peer.name} not ready within {self.ready_timeout_s:g} s:\n{self.log_tail()}")
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM to the peer's process group; whatever of its process tree still runs after ``grace_s``
+        (BentoML's workers and Ray's actors have process groups of their own and may outlive the
+        script for a while) gets SIGKILL, so that nothing of it runs into the next measurement."""
         if self.process is None or self.process.poll() is not None:
             return
+        tree = process_tree(self.process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + grace_s
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace_s)
+        while any(map(alive, tree)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for member in filter(alive, tree):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+                os.kill(member, signal.SIGKILL)
+        self.process.wait()
 
     def log_tail(self, lines: int = 25) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -242,6 +293,17 @@ def model_json(repository: Path, name: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(spec, indent=2))
     return out
+
+
+def serving_settings(repository: Path, name: str = BUNDLED) -> str:
+    """The exported config.yaml's serving settings, as the report states them."""
+    from segserve.contract.model_config import load_config
+    from segserve.engine.onnxruntime import default_threads
+
+    config = load_config(repository / name)
+    threads = config.onnxruntime.intra_op_threads or f"auto = {default_threads(config.instances)}"
+    return (f"{config.instances} engine instances x {threads} intra-op threads, max batch {config.max_batch_size}, "
+            f"queue delay {config.dynamic_batching.max_queue_delay_ms:g} ms")
 
 
 def photo(width: int = 640, height: int = 480, seed: int = 0) -> Payload:
@@ -289,6 +351,8 @@ class Target:
             return Payload("kserve_binary.bin", "application/octet-stream", body), headers
         if self.protocol == "multipart":
             return multipart(image), None
+        if self.protocol == "multipart-list":
+            return multipart(image, "images"), None
         return image, None
 
     def segment(self, client: httpx.Client, image: Payload) -> dict:
@@ -297,6 +361,9 @@ class Target:
         response.raise_for_status()
         if self.protocol == "kserve-binary":
             return kserve_binary_result(response.content, int(response.headers["Inference-Header-Content-Length"]))
+        if self.protocol == "multipart-list":
+            (result,) = response.json()
+            return result
         return response.json()
 
 
@@ -549,7 +616,7 @@ def bench_model(name: str, repository: Path, description: str, work: Path, pytho
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.bench_peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--systems", default="naive,litserve,pytriton", help="peers to run besides segserve")
+    parser.add_argument("--systems", default="naive,litserve,pytriton,ray,bentoml", help="peers to run besides segserve")
     parser.add_argument("--models", default=f"{BUNDLED},{TRIVIAL}")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--requests", type=int, default=300, help="ab requests per level per system per round")
@@ -605,8 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": models[0]["load_before"] if models else "?", "load_after": models[-1]["load_after"] if models else "?",
         "rounds": args.rounds, "requests": args.requests, "levels": args.levels,
         "titles": {"segserve": "segserve", **{name: peer_specs[name].title for name in pythons}},
-        "settings": {"segserve": "`segserve serve` on the model's exported config.yaml (bundled: 2 engine instances x 1 intra-op thread, "
-                                 "max batch 8, queue delay 4 ms; trivial: bench_overhead's 6-line config)",
+        "settings": {"segserve": f"`segserve serve` on the model's exported config.yaml (bundled: {serving_settings(args.repository)}; "
+                                 "trivial: bench_overhead's 6-line config)",
                      **{name: peer_specs[name].settings for name in pythons}},
         "skipped": skipped,
         "models": models,

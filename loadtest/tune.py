@@ -6,7 +6,11 @@ by a real `segserve serve` and driven by ab at the target concurrency. The searc
 shipped configuration, then walks one setting at a time from it (placement, then batch size, then delay),
 keeping the best so far: a few runs instead of the full grid, which on a small CPU would take
 longer than anyone waits. Best = the most answers per second whose p99 meets ``--p99-ms``
-(when given); its settings are written into the model's config.yaml unless ``--dry-run``.
+(when given). The search measures each candidate once, one after another, so a machine whose load
+changes under it (a shared one) can make the pick by itself; a pick other than the shipped
+configuration is therefore confirmed: the two are measured alternately ``--confirm`` times each,
+and the pick is kept only if its median throughput is higher with a median p99 no worse. What is
+kept is written into the model's config.yaml unless ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -41,12 +46,16 @@ class Candidate:
         return cls(config.instances, threads, config.max_batch_size, config.dynamic_batching.max_queue_delay_ms)
 
     def apply(self, config: ModelConfig) -> ModelConfig:
+        # the threads of the backend that of() read them from, only: an ONNX Runtime Mask R-CNN keeps its torch
+        # heads' own threads (1 as exported; torch's default would oversubscribe the cores), so that
+        # Candidate.of(config).apply(config) is config itself
+        threads = ({"torch": config.torch.model_copy(update={"threads": self.threads})} if config.backends[0] == "torch"
+                   else {"onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads})})
         return config.model_copy(update={
             "instances": self.instances,
             "max_batch_size": self.max_batch_size,
             "dynamic_batching": config.dynamic_batching.model_copy(update={"max_queue_delay_ms": self.max_queue_delay_ms}),
-            "onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads}),
-            "torch": config.torch.model_copy(update={"threads": self.threads}),
+            **threads,
         })
 
     def label(self) -> str:
@@ -114,10 +123,38 @@ def best_of(trials: list[Trial], p99_ms: float | None) -> Trial | None:
     return max(eligible, key=lambda t: (t.requests_per_s, -(t.p99_ms or 0))) if eligible else None
 
 
+def confirm(model_dir: Path, config: ModelConfig, shipped: Candidate, pick: Candidate, args: argparse.Namespace,
+            scratch: Path) -> tuple[Candidate, list[Trial]]:
+    """Shipped and pick measured alternately ``args.confirm`` times each. Returns (the one kept, the
+    confirmation trials in order)."""
+    trials = []
+    for _ in range(args.confirm):
+        for candidate in (shipped, pick):
+            log.info("confirming: %s", candidate.label())
+            trials.append(measure(model_dir, config, candidate, args, scratch))
+    return confirmed(trials, shipped, pick, args.p99_ms), trials
+
+
+def confirmed(trials: list[Trial], shipped: Candidate, pick: Candidate, p99_ms: float | None) -> Candidate:
+    """The pick if its median req/s over ``trials`` is higher than the shipped one's and its median p99 no
+    worse (or it meets the target in every trial and the shipped one does not), else the shipped one."""
+
+    def medians(candidate: Candidate) -> tuple[float, float] | None:
+        mine = [t for t in trials if t.candidate == candidate]
+        if not mine or not all(t.meets(p99_ms) for t in mine):
+            return None
+        return statistics.median(t.requests_per_s for t in mine), statistics.median(t.p99_ms or 0 for t in mine)
+
+    ours, theirs = medians(shipped), medians(pick)
+    better = theirs is not None and (ours is None or (theirs[0] > ours[0] and theirs[1] <= ours[1]))
+    return pick if better else shipped
+
+
 def table(trials: list[Trial], chosen: Trial | None, shipped: Candidate) -> str:
     rows = ["| configuration | req/s | p50 ms | p99 ms | failed | |", "|---|---:|---:|---:|---:|---|"]
     for t in trials:
-        mark = "best" if t is chosen else ("shipped" if t.candidate == shipped else "")
+        mark = ", ".join(name for name, is_it in (("shipped", t.candidate == shipped),
+                                                  ("best", chosen is not None and t.candidate == chosen.candidate)) if is_it)
         cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         rows.append(f"| {t.candidate.label()} | {t.requests_per_s:.1f} | {cell(t.p50_ms)} | {cell(t.p99_ms)} | "
                     f"{t.failed if t.error is None else t.error[:40]} | {mark} |")
@@ -162,16 +199,28 @@ def tune(args: argparse.Namespace) -> int:
                     trials[candidate] = measure(model_dir, config, candidate, args, Path(tmp))
             chosen = best_of(list(trials.values()), args.p99_ms)
             best = chosen.candidate if chosen else best
-    results = list(trials.values())
-    chosen = best_of(results, args.p99_ms)
+        results = list(trials.values())
+        picked = best_of(results, args.p99_ms)
+        confirmation: list[Trial] = []
+        chosen = picked
+        if picked is not None and picked.candidate != shipped and args.confirm:
+            kept, confirmation = confirm(model_dir, config, shipped, picked.candidate, args, Path(tmp))
+            chosen = trials[kept]
     print(f"segserve tune {config.name}: {cpus} CPUs, ab -c {args.concurrency} for {args.seconds:g} s per configuration\n")
     print(table(results, chosen, shipped))
+    if confirmation:
+        verdict = "kept" if chosen is picked else "not confirmed: the shipped configuration stays"
+        print(f"\nthe search's pick ({picked.candidate.label()}) against the shipped one, alternately, "
+              f"{args.confirm} times each: {verdict}\n")
+        print(table(confirmation, chosen, shipped))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps({
         "model": config.name, "cpus": cpus, "concurrency": args.concurrency, "seconds": args.seconds, "p99_ms": args.p99_ms,
         "shipped": asdict(shipped), "best": asdict(chosen.candidate) if chosen else None,
+        "search_best": asdict(picked.candidate) if picked else None, "confirm": args.confirm,
         "trials": [{**asdict(t), "candidate": asdict(t.candidate)} for t in results],
+        "confirmation": [{**asdict(t), "candidate": asdict(t.candidate)} for t in confirmation],
     }, indent=2))
     plot(results, chosen, out / "tune.png")
     if chosen is None:
@@ -196,6 +245,9 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--placements", help="instances x threads to try, e.g. 1x2,2x1 (default: those the CPUs allow)")
     parser.add_argument("--batch", default="1,2,4,8", help="max batch sizes to try")
     parser.add_argument("--delay-ms", default="0,2,5", help="max queue delays to try (ms)")
+    parser.add_argument("--confirm", type=int, default=3,
+                        help="rounds of the search's pick against the shipped configuration, alternately, before the pick is kept "
+                             "(0: keep the search's pick as measured)")
     parser.add_argument("--out", default="out/tune", help="folder for tune.json and tune.png")
     parser.add_argument("--dry-run", action="store_true", help="print the best configuration, leave config.yaml as it is")
     parser.set_defaults(func=lambda args: tune(args))

@@ -2,7 +2,9 @@
 decoded to label maps), the medians and ratios, the report and plot, the KServe binary-data body,
 and the hand-written FastAPI peer script itself, run with this project's own interpreter (it has
 fastapi, uvicorn, onnxruntime, Pillow and pycocotools) on bench_overhead's trivial model, checked
-against segserve's own codecs on the same images. No virtualenv is created."""
+against segserve's own codecs on the same images. No virtualenv is created: the other peers'
+scripts (LitServe, PyTriton, Ray Serve, BentoML) are served and checked the same way only where
+`make bench-peers` has already built their virtualenvs under .cache/peers, and skipped otherwise."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from segserve_loadtest import bench_peers
 from segserve_loadtest.bench_overhead import build_trivial_model
 from segserve_loadtest.bench_peers import (
     PeerProcess,
+    installed_python,
     Target,
     agreement,
     kserve_binary_request,
@@ -105,6 +108,8 @@ def test_kserve_binary_body_and_answer():
     assert kserve_binary_result(b'{"h":1}' + struct.pack("<I", len(out)) + out, 7) == {"segments": []}
     form = multipart(photo(64, 48, 0))
     assert form.content_type.startswith("multipart/form-data; boundary=") and b'name="image"' in form.body
+    listed, _ = Target("bentoml", "http://x", "multipart-list", 0, "").load(photo(64, 48, 0))
+    assert b'name="images"' in listed.body  # a batchable BentoML API's one list argument
 
 
 def segserve_label_map(repository: Path, data: bytes) -> np.ndarray:
@@ -119,22 +124,41 @@ def segserve_label_map(repository: Path, data: bytes) -> np.ndarray:
     return box.restore((box.apply(image.rgb, spec.pad_value)[0] > 127).astype(np.uint8))
 
 
-def test_naive_peer_serves_the_trivial_model_like_segserve(tmp_path):
+def serves_the_trivial_model_like_segserve(peer: bench_peers.Peer, python: Path, tmp_path: Path) -> None:
+    """``peer``'s script answers two images of the trivial model with segserve's label maps (within the
+    resize differences), its process tree's CPU is counted, and stop() leaves none of that tree running."""
     repository = tmp_path / "repository"
     build_trivial_model(repository)
     spec = model_json(repository, "trivial", tmp_path / "trivial.json")
-    naive = bench_peers.peers(2)["naive"]
-    process = PeerProcess(naive, Path(sys.executable), spec, tmp_path / "naive.log", ready_timeout_s=60).start()
+    process = PeerProcess(peer, python, spec, tmp_path / f"{peer.name}.log", ready_timeout_s=180).start()
     try:
-        target = Target("naive", process.url, naive.protocol, process.pid, naive.settings)
-        with httpx.Client(timeout=30) as client:
+        target = Target(peer.name, process.url, peer.protocol, process.pid, peer.settings)
+        with httpx.Client(timeout=60) as client:
             for image in (photo(640, 480, 0), photo(500, 375, 2)):
                 result = target.segment(client, image)
                 assert (result["width"], result["height"]) == (int(image.name.split("_")[1].split("x")[0]), int(image.name.split("x")[1][:-4]))
                 assert {s["label"] for s in result["segments"]} <= {"dark", "bright"}
                 equal = (label_map(result) == segserve_label_map(repository, image.body)).mean()
                 assert equal >= 0.98, equal  # PIL's resize of the full decode vs segserve's draft decode + torch resize
+        tree = bench_peers.process_tree(process.pid)
         assert bench_peers.tree_cpu_s(process.pid) > 0
     finally:
         process.stop()
     assert process.process.poll() is not None
+    assert not [pid for pid in tree if bench_peers.alive(pid)], process.log_tail()
+
+
+def test_naive_peer_serves_the_trivial_model_like_segserve(tmp_path):
+    serves_the_trivial_model_like_segserve(bench_peers.peers(2)["naive"], Path(sys.executable), tmp_path)
+
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
+
+
+@pytest.mark.parametrize("name", ["litserve", "pytriton", "ray", "bentoml"])
+def test_installed_peer_serves_the_trivial_model_like_segserve(name, tmp_path):
+    peer = bench_peers.peers(2)[name]
+    python = installed_python(CACHE, peer)
+    if python is None:  # the suite never downloads a peer (Ray alone is hundreds of MB)
+        pytest.skip(f"no virtualenv for {name} under {CACHE}: `make bench-peers BENCH_PEERS_ARGS=--systems {name}` builds it")
+    serves_the_trivial_model_like_segserve(peer, python, tmp_path)

@@ -120,7 +120,7 @@ def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_pat
     config_file = repo / MODEL / "config.yaml"
     # the shipped placement and delay, two batch sizes: the shipped configuration and one other
     args = ["tune", MODEL, "--repository", str(repo), "--seconds", "1", "--concurrency", "4",
-            "--placements", "1x0", "--batch", "1,8", "--delay-ms", "4", "--out", str(tmp_path / "out")]
+            "--placements", "1x0", "--batch", "1,8", "--delay-ms", "4", "--confirm", "1", "--out", str(tmp_path / "out")]
     before = config_file.read_text()
     assert segserve(args + ["--dry-run"]) == 0
     assert config_file.read_text() == before
@@ -128,6 +128,10 @@ def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_pat
     assert [t["candidate"]["max_batch_size"] for t in result["trials"]] == [8, 1]  # shipped first, each once
     assert all(t["requests_per_s"] > 0 and t["p99_ms"] and t["failed"] == 0 for t in result["trials"])
     assert (tmp_path / "out" / "tune.png").stat().st_size > 1000
+    # a pick other than the shipped configuration was measured against it once more, shipped first
+    expected = [] if result["search_best"] == result["shipped"] else [result["shipped"], result["search_best"]]
+    assert [t["candidate"] for t in result["confirmation"]] == expected
+    assert result["best"] in (result["shipped"], result["search_best"])
 
     assert segserve(args) == 0
     best = json.loads((tmp_path / "out" / "tune.json").read_text())["best"]
@@ -145,3 +149,35 @@ def test_tune_keeps_the_fastest_configuration_that_meets_the_latency_target():
     assert best_of([fast, quick, failing], 100.0) is quick
     assert best_of([fast, quick, failing], 10.0) is None
     assert placements(2) == [(1, 2), (2, 1)] and placements(8) == [(1, 8), (2, 4), (3, 2), (4, 2)]
+
+
+def test_tune_measures_the_shipped_configuration_as_shipped(semantic_repo):
+    from segserve.contract.model_config import load_config
+    from segserve_loadtest.tune import Candidate
+
+    config = load_config(semantic_repo / MODEL)
+    # an ONNX Runtime model whose torch side (a Mask R-CNN's heads) has threads of its own
+    config = config.model_copy(update={"torch": config.torch.model_copy(update={"threads": 1})})
+    assert Candidate.of(config).apply(config) == config
+    tuned = Candidate(1, 2, 4, 2.0).apply(config)
+    assert (tuned.instances, tuned.onnxruntime.intra_op_threads, tuned.torch.threads, tuned.max_batch_size) == (1, 2, 1, 4)
+    assert tuned.dynamic_batching.max_queue_delay_ms == 2.0
+
+
+def test_tune_keeps_its_pick_only_if_it_wins_the_interleaved_confirmation():
+    from segserve_loadtest.tune import Candidate, Trial, confirmed
+
+    shipped, pick = Candidate(2, 0, 8, 4), Candidate(2, 0, 1, 2)
+
+    def rounds(pick_rps: list[float], pick_p99: float = 900.0, shipped_p99: float = 1000.0, pick_failed: int = 0) -> list[Trial]:
+        out = []
+        for rps in pick_rps:
+            out += [Trial(shipped, 20.0, 500.0, shipped_p99, 0), Trial(pick, rps, 400.0, pick_p99, pick_failed)]
+        return out
+
+    assert confirmed(rounds([25.0, 19.0, 24.0]), shipped, pick, None) == pick  # median 24 > 20, p99 better
+    assert confirmed(rounds([30.0, 18.0, 19.0]), shipped, pick, None) == shipped  # one lucky round is not enough
+    assert confirmed(rounds([25.0, 25.0, 25.0], pick_p99=1100.0), shipped, pick, None) == shipped  # faster, p99 worse
+    assert confirmed(rounds([25.0, 25.0, 25.0], pick_failed=1), shipped, pick, None) == shipped  # failures disqualify
+    # with a target: the pick meets it in every round and the shipped one misses it
+    assert confirmed(rounds([15.0, 15.0, 15.0], pick_p99=900.0, shipped_p99=1500.0), shipped, pick, 1000.0) == pick
