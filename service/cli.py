@@ -17,13 +17,8 @@ COMMANDS = "segserve.commands"  # entry-point group: name -> add_command(subpars
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from segserve import logs
     from segserve.config import Settings
-    from segserve.server import create_app
-    from segserve.transport.http.keepalive import http_protocol
-    from segserve.transport.http.server import DrainingServer
 
     overrides = {k: v for k, v in {
         "host": args.host,
@@ -34,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "data_path": args.data_path,
         "log_level": args.log_level,
+        "workers": args.workers,
         "api_key_file": args.api_key_file,
         "tls_cert_file": args.tls_cert_file,
         "tls_key_file": args.tls_key_file,
@@ -42,23 +38,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "docs": args.docs,
     }.items() if v is not None}
     settings = Settings(**overrides)
+    if settings.worker_count() > 1:
+        from segserve.supervisor import serve_workers
+
+        logs.configure(settings.log_level, process_name=True)
+        return serve_workers(settings)
+    from segserve.server import create_app
+    from segserve.transport.http.server import DrainingServer, uvicorn_config
+
     logs.configure(settings.log_level)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        http=http_protocol(settings.header_timeout_s, app.state.metrics.slow_clients.inc),
-        access_log=False,
-        timeout_keep_alive=30,
-        # beyond this many open connections (or requests), new requests get an immediate 503
-        limit_concurrency=settings.max_connections,
-        timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,
-        ssl_certfile=settings.tls_cert_file,
-        ssl_keyfile=settings.tls_key_file,
-    )
-    DrainingServer(config, app.state.manager, settings.shutdown_delay_s).run()
+    DrainingServer(uvicorn_config(settings, app), app.state.manager, settings.shutdown_delay_s).run()
     return 0
 
 
@@ -79,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where semantic models' decode/letterbox/restore/RLE runs (env SEGSERVE_DATA_PATH, default auto: "
                             "the device when the torch backend serves the model on CUDA)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int,
+                       help="HTTP worker processes beside one engine process (env SEGSERVE_WORKERS; default 1: a single "
+                            "process; 0: one per CPU)")
     access = serve.add_argument_group("access control (docs/deployment.md, Security)")
     # No --api-key: a key on the command line is visible to every user of the host (ps, /proc).
     access.add_argument("--api-key-file", type=Path,

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(2048, ge=1)
     # Threads for decode/resize/encode work off the event loop; 0 = one per CPU (cgroup quota included).
     codec_threads: int = Field(0, ge=0)
+    # HTTP worker processes (segserve.supervisor): 1 = one process does everything (HTTP, gRPC,
+    # engines); N > 1 = one engine process (engines, batchers, gRPC, metrics port) and N
+    # processes serving HTTP on one port, which submit to its batchers; 0 = one per CPU of the
+    # cgroup quota. Per worker: max_connections, codec_threads, max_inflight_pixels.
+    workers: int = Field(1, ge=0)
     warmup: bool = True
     shutdown_drain_s: float = Field(30.0, ge=0)
     # After SIGTERM, /readyz answers 503 this long before the server stops taking connections
@@ -134,6 +139,9 @@ class Settings(BaseSettings):
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+    def worker_count(self) -> int:
+        return self.workers or available_cpus()
 
     def codec_thread_count(self) -> int:
         return self.codec_threads or max(2, available_cpus())

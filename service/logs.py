@@ -26,10 +26,13 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = "info", process_name: bool = False) -> None:
+    """``process_name``: every line says which process wrote it (``--workers N``: MainProcess is
+    the engine process, segserve-worker-I the workers)."""
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    where = "%(processName)s " if process_name else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}[%(request_id)s] %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

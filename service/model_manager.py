@@ -15,6 +15,7 @@ from segserve.pipelines import PIPELINES, ModelState, Pipeline, PipelineContext
 from segserve.pipelines.limits import PixelBudget
 from segserve.pipelines.video.runs import VideoStreams
 from segserve.repository import ModelEntry, scan
+from segserve.scheduler import BatcherFactory, LocalBatchers
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ class ModelStatus:
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, batchers: BatcherFactory | None = None):
+        """``batchers``: where the pipelines' batchers run; default here (LocalBatchers)."""
         self.settings = settings
         self.metrics = metrics
+        self.batchers = batchers or LocalBatchers(metrics.batch_observer)
         self.codec_pool = ThreadPoolExecutor(settings.codec_thread_count(), thread_name_prefix="codec")
         self.context = PipelineContext(
             codec_pool=self.codec_pool,
@@ -47,6 +50,7 @@ class ModelManager:
             data_path=settings.data_path,
             warmup=settings.warmup,
             drain_timeout_s=settings.shutdown_drain_s,
+            batchers=self.batchers,
         )
         self.streams = VideoStreams(settings, metrics.registry, self.codec_pool)
         self.models: dict[str, ModelStatus] = {}

@@ -2,7 +2,12 @@
 starts them in order (models, then gRPC; HTTP serves once the app's lifespan has started)
 and stops them in reverse (gRPC finishes its RPCs, then the models drain their batchers).
 A metrics port (settings.metrics_port) opens before all of them and closes after, so model
-loading and the drain can be watched."""
+loading and the drain can be watched.
+
+With ``--workers N`` (segserve.supervisor) the engine process runs this app's lifespan (models,
+gRPC, metrics port) without serving its HTTP routes, and each worker serves them from an app
+whose batchers are the engine process's (``batchers``) and which starts neither gRPC nor the
+metrics port (``engine_side=False``)."""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ import gc
 import ipaddress
 import logging
 from contextlib import asynccontextmanager
+from typing import Awaitable, Callable
 
 from fastapi import FastAPI
 
 from segserve.config import Settings
 from segserve.metrics import Metrics
 from segserve.model_manager import ModelManager
+from segserve.scheduler import BatcherFactory
 from segserve.transport.http.app import build_app
 from segserve.transport.http.metrics_port import MetricsServer, build_metrics_app
 
@@ -39,26 +46,26 @@ def log_access(settings: Settings) -> None:
                     settings.host)
 
 
-def with_metrics_port(lifespan, metrics_server: MetricsServer):
-    """``lifespan`` inside the metrics server's life: a port already taken fails start-up
-    before any model loads."""
+def inside(lifespan, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]):
+    """``lifespan`` inside another service's life, started before it and stopped after (the
+    metrics port: a port already taken fails start-up before any model loads)."""
 
     @asynccontextmanager
-    async def lifespan_with_metrics(app: FastAPI):
-        await metrics_server.start()
+    async def lifespan_inside(app: FastAPI):
+        await start()
         try:
             async with lifespan(app):
                 yield
         finally:
-            await metrics_server.stop()
+            await stop()
 
-    return lifespan_with_metrics
+    return lifespan_inside
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, batchers: BatcherFactory | None = None, engine_side: bool = True) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    manager = ModelManager(settings, metrics)
+    manager = ModelManager(settings, metrics, batchers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await manager.start()
         freeze_startup_objects()
         grpc_server = None
-        if settings.grpc_port:
+        if settings.grpc_port and engine_side:
             # Imported only when used: its `inference.*` protobuf messages cannot share a process
             # with tritonclient.grpc's identically named ones (duplicate descriptor symbols).
             from segserve.transport.grpc.server import start_grpc_server
@@ -81,9 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.stop()
 
     app = build_app(settings, metrics, manager, lifespan)
-    if settings.metrics_port:  # its docs (settings.docs) are the app's: built once the app is
+    if settings.metrics_port and engine_side:  # its docs (settings.docs) are the app's: built once the app is
         metrics_server = MetricsServer(settings, build_metrics_app(settings, metrics, app))
-        app.router.lifespan_context = with_metrics_port(app.router.lifespan_context, metrics_server)
+        app.router.lifespan_context = inside(app.router.lifespan_context, metrics_server.start, metrics_server.stop)
     return app
 
 

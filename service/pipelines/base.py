@@ -35,7 +35,7 @@ from segserve.metrics import Metrics
 from segserve.pipelines.limits import Admission, InFlight, PixelBudget, check_deadline
 from segserve.pipelines.options import MODEL, TIMEOUT_MS, ChoiceOption, Option
 from segserve.repository import ModelEntry
-from segserve.scheduler import BatchPolicy, DynamicBatcher
+from segserve.scheduler import Batcher, BatcherFactory, BatchPolicy
 
 class ModelState(str, Enum):
     loading = "LOADING"
@@ -124,6 +124,8 @@ class PipelineContext:
     data_path: str  # Settings.data_path: "auto", "cpu" or "device" (semantic models; segserve.pipelines.semantic_device)
     warmup: bool
     drain_timeout_s: float
+    # Where batchers come from: here (LocalBatchers), or the engine process (a worker's RemoteBatchers)
+    batchers: BatcherFactory
 
 
 def batch_policy(config: ModelConfig) -> BatchPolicy:
@@ -162,8 +164,8 @@ class Pipeline:
         self.entry = entry
         self.config = entry.config
         self.context = context
-        self.engines: list[Engine] = []
-        self.batcher: DynamicBatcher | None = None
+        self.engines: list[Engine] = []  # loaded where the batchers run (not in a worker of --workers N)
+        self.batcher: Batcher | None = None
         self.video = None  # segserve.pipelines.video.runs.VideoModel, set by start()
         config = self.config
         self.in_flight = InFlight(config.name, config.dynamic_batching.max_queue_size + config.instances * config.max_batch_size)
@@ -174,7 +176,7 @@ class Pipeline:
 
     @property
     def engine_info(self) -> EngineInfo | None:
-        return self.engines[0].info if self.engines else None
+        return self.batcher.info if self.batcher is not None else None
 
     @property
     def data_path(self) -> str:
@@ -184,7 +186,12 @@ class Pipeline:
 
     # -- life -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the engines (in a thread), warm them up and start the batcher."""
+        """The model's batcher, started where its engines are loaded (``_load``)."""
+        name = self.config.name
+        self.batcher = (await self.context.batchers.open([name], batch_policy(self.config), self._load))[name]
+
+    async def _load(self) -> dict[str, tuple[list[Callable], EngineInfo]]:
+        """Load the engines (in a thread) and warm them up: the batcher's runners."""
         config = self.config
         self.engines = await asyncio.to_thread(load_engines, config, self.entry.version_dir, self.context.backend)
         self.engines_loaded()
@@ -192,9 +199,7 @@ class Pipeline:
         if self.context.warmup:
             for runner in runners:
                 await warm_up(lambda n, runner=runner: runner([self.blank_input()] * n), config.max_batch_size)
-        observer = self.context.metrics.batch_observer(config.name)
-        self.batcher = DynamicBatcher(runners, batch_policy(config), name=config.name, observer=observer)
-        self.batcher.start()
+        return {config.name: (runners, self.engines[0].info)}
 
     async def stop(self) -> None:
         if self.video is not None:

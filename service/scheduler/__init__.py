@@ -5,5 +5,7 @@ from segserve.scheduler.batcher import (
     DynamicBatcher,
 )
 from segserve.scheduler.clock import Clock, MonotonicClock
+from segserve.scheduler.factory import Batcher, BatcherFactory, LocalBatchers
 
-__all__ = ["BatchObserver", "BatchPolicy", "Clock", "Completed", "DynamicBatcher", "MonotonicClock"]
+__all__ = ["BatchObserver", "BatchPolicy", "Batcher", "BatcherFactory", "Clock", "Completed", "DynamicBatcher",
+           "LocalBatchers", "MonotonicClock"]

@@ -86,11 +86,13 @@ class DynamicBatcher(Generic[T, R]):
         name: str = "model",
         clock: Clock | None = None,
         observer: BatchObserver | None = None,
+        info: object = None,
     ):
         if not runners:
             raise ValueError("at least one runner (engine instance) is required")
         self.name = name
         self.policy = policy
+        self.info = info  # what its runners run on (an EngineInfo), for /v1/models and the logs
         self._runners = list(runners)
         self._clock = clock or MonotonicClock()
         self._observer = observer or _NullObserver()

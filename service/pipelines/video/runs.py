@@ -80,7 +80,8 @@ class VideoMetrics:
     """Stream and frame counts; also the stream registry's observer."""
 
     def __init__(self, registry: CollectorRegistry):
-        self.streams = Gauge("segserve_video_streams", "Video streams whose keyframe state the server keeps", registry=registry)
+        self.streams = Gauge("segserve_video_streams", "Video streams whose keyframe state the server keeps", registry=registry,
+                             multiprocess_mode="livesum")
         self.evictions = Counter(
             "segserve_video_stream_evictions", "Video streams dropped, by reason (idle, capacity, shutdown)", ["reason"], registry=registry
         )

@@ -32,7 +32,7 @@ import numpy as np
 
 from segserve.contract.model_config import ModelConfig
 from segserve.contract.video import VideoSplit
-from segserve.engine import Engine
+from segserve.engine import Engine, EngineInfo
 from segserve.pipelines.base import (
     ModelState,
     PartStatus,
@@ -42,7 +42,7 @@ from segserve.pipelines.base import (
 )
 from segserve.pipelines.video.chunks import PreparedChunk, in_order
 from segserve.pipelines.video.streams import KeyframePolicy, KeyframeTracker
-from segserve.scheduler import DynamicBatcher
+from segserve.scheduler import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class _SplitRun:
     """One chunk through the split model. ``frame`` must be called in frame order: it chains
     each frame's keyframe decision after the previous frame's."""
 
-    def __init__(self, parts: dict[str, DynamicBatcher], split: VideoSplit, tracker: KeyframeTracker, deadline: float):
+    def __init__(self, parts: dict[str, Batcher], split: VideoSplit, tracker: KeyframeTracker, deadline: float):
         self._parts = parts
         self._inputs = {part: split.tensors(part)[0] for part in parts}
         self._tracker = tracker
@@ -133,7 +133,7 @@ class SemanticVideoModel:
         self.config = pipeline.config
         self._split = split
         self._engines: dict[str, list[Engine]] = {}
-        self._parts: dict[str, DynamicBatcher] = {}
+        self._parts: dict[str, Batcher] = {}
         self._failure: str | None = None
         self.window = 2 * self.config.max_batch_size  # frames of a chunk in flight at once
         self._use_split(False)
@@ -150,25 +150,28 @@ class SemanticVideoModel:
     async def start(self) -> None:
         if self._split is None:
             return
-        context, config = self.pipeline.context, self.config
+        config = self.config
+        names = {f"{config.name}/{part}": part for part in self._split.parts()}
         try:
-            self._engines = await asyncio.to_thread(load_split, config, self.pipeline.entry.version_dir, self._split)
-            if context.warmup:
-                for i in range(config.instances):
-                    await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.max_batch_size)
+            opened = await self.pipeline.context.batchers.open(list(names), batch_policy(config), self._load)
         except Exception as exc:  # noqa: BLE001 - logged and shown; the model still serves video frame by frame
             log.exception("model %s: video split unavailable, video runs frame by frame", config.name)
             self._failure = f"{type(exc).__name__}: {exc}"
             self._close_engines()
             return
-        policy = batch_policy(config)
-        for part, engines in self._engines.items():
-            name = f"{config.name}/{part}"
-            runners = [_batch_runner(e, *self._split.tensors(part)) for e in engines]
-            self._parts[part] = DynamicBatcher(runners, policy, name=name, observer=context.metrics.batch_observer(name))
-            self._parts[part].start()
+        self._parts = {names[name]: batcher for name, batcher in opened.items()}
         self._use_split(True)
         log.info("model %s: video with keyframe feature reuse (%s)", config.name, ", ".join(self._parts))
+
+    async def _load(self) -> dict[str, tuple[list, EngineInfo]]:
+        """Every part's engines (in a thread), warmed up: each part's batcher's runners."""
+        config = self.config
+        self._engines = await asyncio.to_thread(load_split, config, self.pipeline.entry.version_dir, self._split)
+        if self.pipeline.context.warmup:
+            for i in range(config.instances):
+                await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.max_batch_size)
+        return {f"{config.name}/{part}": ([_batch_runner(e, *self._split.tensors(part)) for e in engines], engines[0].info)
+                for part, engines in self._engines.items()}
 
     def _keyframe_run(self, instance: int, n: int) -> None:
         """Every part of one instance once, on a batch of ``n`` blank frames (warm-up)."""
@@ -184,7 +187,7 @@ class SemanticVideoModel:
             return []
         if self._failure is not None:
             return [PartStatus(f"video/{part}", ModelState.unavailable, self._failure) for part in self._split.parts()]
-        return [PartStatus(f"video/{part}", ModelState.ready, engine=engines[0].info) for part, engines in self._engines.items()]
+        return [PartStatus(f"video/{part}", ModelState.ready, engine=batcher.info) for part, batcher in self._parts.items()]
 
     def policy(self, interval: int | None, threshold: float | None) -> KeyframePolicy:
         """The request's keyframe policy: a fixed interval, a threshold (adaptive, with the

@@ -16,7 +16,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -33,7 +33,7 @@ STOP_TIMEOUT_S = 5
 def build_metrics_app(settings: Settings, metrics: Metrics, main_app: FastAPI) -> Starlette:
     async def scrape(request: Request) -> Response:
         # rendered off the event loop: a scrape must not hold up requests
-        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        body = await asyncio.to_thread(metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     routes = [Route("/metrics", scrape, methods=["GET"])]

@@ -7,7 +7,7 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from segserve.errors import ModelNotFound, ModelNotReady
@@ -232,5 +232,5 @@ async def readyz(request: Request) -> Response:
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     # rendered off the event loop: a scrape must not hold up requests
-    body = await asyncio.to_thread(generate_latest, request.app.state.metrics.registry)
+    body = await asyncio.to_thread(request.app.state.metrics.exposition)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

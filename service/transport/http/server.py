@@ -12,8 +12,11 @@ import asyncio
 import logging
 
 import uvicorn
+from fastapi import FastAPI
 
+from segserve.config import Settings
 from segserve.model_manager import ModelManager
+from segserve.transport.http.keepalive import http_protocol
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +51,21 @@ class DrainingServer(uvicorn.Server):
             sig, sum(in_flight.values()), ", ".join(f"{k}: {v}" for k, v in in_flight.items() if v) or "none",
             f" in {self._delay_s:g} s" if self._delay_s else "",
         )
+
+
+def uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    """How uvicorn serves ``app``: one process's, or each worker's of ``--workers N``."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        http=http_protocol(settings.header_timeout_s, app.state.metrics.slow_clients.inc),
+        access_log=False,
+        timeout_keep_alive=30,
+        # beyond this many open connections (or requests), new requests get an immediate 503
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+    )
