@@ -31,10 +31,10 @@ def semantic_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def copy_model(src_repo: Path, dst_repo: Path, name: str = SEMANTIC, **config_updates) -> Path:
-    """Copy a model into another repository, changing fields of its config.yaml."""
+def copy_model(src_repo: Path, dst_repo: Path, name: str = SEMANTIC, source: str = SEMANTIC, **config_updates) -> Path:
+    """Copy model ``source`` into another repository as ``name``, changing fields of its config.yaml."""
     dst = dst_repo / name
-    shutil.copytree(src_repo / SEMANTIC, dst)
+    shutil.copytree(src_repo / source, dst)
     config = load_config(dst).model_copy(update={"name": name})
     data = config.model_dump(mode="json")
     for dotted, value in config_updates.items():
