@@ -12,14 +12,16 @@ no server can skip for the same request, measured in the same run:
    full-size masks), JSON -- the definition of issue 12, with the project's own codec
    functions. A second figure runs the codec path the server itself runs today (decode +
    letterbox hop, encode + JSON), for reference.
-3. The service: `segserve serve` on the trivial model (1 front-end process: there is no
-   multi-process mode yet), driven by ``ab -n 3000 -c 32 -k -l`` with a 640x480 JPEG,
-   in rounds, each paired with a floor measurement right before it (this VM's speed
-   drifts); the median round is the headline: service req/s / floor req/s.
+3. The service: `segserve serve` on the trivial model, once per ``--workers`` value (1 = one
+   process; 2 = an engine process and two HTTP workers: segserve.supervisor), driven by
+   ``ab -n 3000 -c 32 -k -l`` with a 640x480 JPEG, in rounds, each paired with a floor
+   measurement right before it (this VM's speed drifts) and serving each server in turn;
+   the median round is the headline: service req/s / floor req/s. Server CPU counts every
+   process of the server.
 4. ``--profile``: py-spy (a dev tool: ``pip install py-spy``) records the server under the
    same load with ``--gil`` (GIL-held share of wall time, top holders) and ``--threads``.
 
-    python -m segserve_loadtest.bench_overhead --out docs/bench [--rounds 3] [--profile]
+    python -m segserve_loadtest.bench_overhead --out docs/bench [--rounds 3] [--workers 1,2] [--profile]
 """
 
 from __future__ import annotations
@@ -186,9 +188,12 @@ def service_round(server: SegserveProcess, payload: Payload, requests: int, conc
 
 
 def server_cpu_s(pid: int) -> float:
-    """User + system CPU seconds the server process has used so far (all its threads)."""
+    """User + system CPU seconds the server has used so far: the process (all its threads) and
+    its child processes (the workers of --workers N), living ones and those it has waited for."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own / os.sysconf("SC_CLK_TCK") + sum(server_cpu_s(int(child)) for child in children if Path(f"/proc/{child}").exists())
 
 
 # -- profiling -----------------------------------------------------------------------------
@@ -355,7 +360,7 @@ def markdown(result: dict) -> str:
     which = "; servers: " + ", ".join(f"`{name}` = {path}" for name, path in result["versions"].items()) if len(servers) > 1 else ""
     lines = [
         f"Trivial model (`labels = images[:, 0] > 127`, {SIZE}x{SIZE}, max batch {MAX_BATCH_SIZE}) on {result['machine']}, "
-        f"image {result['image']}, 1 front-end process{which}.",
+        f"image {result['image']}{which}; `workers N`: `segserve serve --workers N` (1 = one process).",
         "",
         f"Service: `{first.split(' -p ')[0]} -p photo_640x480.jpg -T image/jpeg URL`; floor: the codec loop in one thread x "
         f"{result['cores']} cores, measured right before each round (issue 12's definition: decode at 1/2 draft scale, letterbox, "
@@ -414,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV|DIR",
                         help="also serve an older segserve, interleaved round by round with this one: a git revision of this "
                              "checkout (its service/ is archived to a temporary folder), or a folder holding a segserve package")
+    parser.add_argument("--workers", default="1,2",
+                        help="comma-separated `segserve serve --workers` values, each a server of its own, interleaved round by round")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--label", default="", help="a note stored with the result (e.g. the commit)")
     args = parser.parse_args(argv)
@@ -424,14 +431,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     floors, profiles = [], {}
     with tempfile.TemporaryDirectory(prefix="segserve-overhead-") as tmp, contextlib.ExitStack() as stack:
-        variants = {"this": {}}
+        workers = [int(n) for n in args.workers.split(",")]
+        # name -> (environment, `segserve serve --workers`)
+        variants = {f"workers {n}": ({}, n) for n in workers}
         if args.baseline:
-            variants = {"baseline": {"PYTHONPATH": str(baseline_path(args.baseline, Path(tmp)))}, "this": {}}
+            variants = {"baseline": ({"PYTHONPATH": str(baseline_path(args.baseline, Path(tmp)))}, 1), **variants}
         rounds = {name: [] for name in variants}
         repository = Path(tmp) / "repository"
         build_trivial_model(repository)
-        servers = {name: stack.enter_context(SegserveProcess(repository, Path(tmp) / f"server-{name}.log", models=[MODEL], env=env))
-                   for name, env in variants.items()}
+        servers = {name: stack.enter_context(SegserveProcess(repository, Path(tmp) / f"server-{name.replace(' ', '-')}.log",
+                                                             models=[MODEL], env=env, args=["--workers", str(n)] if n != 1 else []))
+                   for name, (env, n) in variants.items()}
         for server in servers.values():
             run_ab(segment_url(server.url, MODEL), payload, requests=300, concurrency=args.concurrency)  # warm the path
         for i in range(args.rounds):
@@ -452,14 +462,15 @@ def main(argv: list[str] | None = None) -> int:
         versions = {name: version_of(server) for name, server in servers.items()}
         if args.baseline:
             versions["baseline"] = f"{args.baseline} ({versions['baseline']})"
-        versions["this"] = f"{checkout_revision()} ({versions['this']})"
+        for n in workers:
+            versions[f"workers {n}"] = f"{checkout_revision()} ({versions[f'workers {n}']})"
     result = {
         "label": args.label,
         "model": MODEL,
         "config_yaml": CONFIG_YAML,
         "machine": f"{platform.machine()}, {cores} CPUs",
         "cores": cores,
-        "processes": 1,
+        "workers": {name: n for name, (_, n) in variants.items()},
         "image": f"{payload.name} ({len(payload.body)} bytes)",
         "concurrency": args.concurrency,
         "versions": versions,
