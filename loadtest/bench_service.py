@@ -131,7 +131,8 @@ def levels_markdown(result: dict) -> str:
     """The raw engine's batch sizes and the service's concurrency levels, side by side."""
     engine_best = result["engine_best_images_per_s"]
     lines = [
-        f"Model `{result['model']}` input {result['input']} on {result['machine']}, image {result['image']}.",
+        f"Model `{result['model']}` input {result['input']} on {result['machine']}, image {result['image']}, "
+        f"`segserve serve --workers {result.get('workers', 1)}`.",
         "",
         "| raw engine batch | instances | images/s | ms/batch |",
         "|---:|---:|---:|---:|",
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="ab requests per level (at least 4x the concurrency)")
     parser.add_argument("--engine-seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3, help="paired raw-engine/service rounds at the top concurrency")
+    parser.add_argument("--workers", type=int, default=1, help="`segserve serve --workers` (1 = one process)")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     args = parser.parse_args(argv)
 
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     engine_rows = raw.sweep(args.engine_seconds)
     best = max(engine_rows, key=lambda r: r["images_per_s"])
     args.out.mkdir(parents=True, exist_ok=True)
-    with SegserveProcess(repository, args.out / "bench_server.log", models=[args.model]) as server, httpx.Client(timeout=30) as client:
+    with SegserveProcess(repository, args.out / "bench_server.log", models=[args.model], args=["--workers", str(args.workers)]) as server, \
+            httpx.Client(timeout=30) as client:
         run_ab(segment_url(server.url, args.model), payload, requests=max(20, levels[-1]), concurrency=levels[-1])  # warm the path
         service_rows = [service_level(server, client, args.model, payload, c, args.requests) for c in levels]
         rounds = paired_rounds(raw, best["batch_size"], server, client, args.model, payload, levels[-1], args.requests,
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": args.model,
         "input": args.input_size,
+        "workers": args.workers,
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPUs",
         "image": f"{payload.name} ({len(payload.body)} bytes)",
         "engine": engine_rows,
