@@ -14,13 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
 from segserve_models.export import export_model
+from segserve_models.video_split import export_video_split
 from segserve_models.weights import WeightsSpec
 from tests.conftest import SEMANTIC, SMALL_INPUT, copy_model, make_image
+from tests.kserve_clients import without_timing as json_without_timing
 from tests.servers import InProcessServer, ServerProcess
 from tests.test_api import raw_post, read_answer
+from tests.test_grpc import infer, masks_json
+from tests.test_video import encode, frames
 
 MODEL = "shapes_lraspp"
 # Batches of 8, one instance, a queue of one, no batching window: beyond the batch running and
@@ -33,19 +38,20 @@ JPEG = {"Content-Type": "image/jpeg"}
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """The bundled LRASPP (trained weights: real masks), exported at a small input, and two copies
-    with tighter batching."""
+    """The bundled LRASPP (trained weights: real masks), exported at a small input with its video
+    split, and two copies (without the split) with tighter batching."""
     repo = tmp_path_factory.mktemp("workers_repo")
     export_model(SEMANTIC, repo, WeightsSpec.parse("bundled:shapes_lraspp"), name=MODEL, input_size=SMALL_INPUT, progress=False)
     copy_model(repo, repo, TIGHT, source=MODEL, instances=1, max_batch_size=8, dynamic_batching__max_queue_size=1,
                dynamic_batching__max_queue_delay_ms=0, onnxruntime__intra_op_threads=1)
     copy_model(repo, repo, WINDOWED, source=MODEL, instances=1, max_batch_size=8, dynamic_batching__max_queue_delay_ms=2000)
+    export_video_split(repo, MODEL)
     return repo
 
 
 @pytest.fixture(scope="module")
 def workers(repo, tmp_path_factory):
-    with ServerProcess(repo, tmp_path_factory.mktemp("logs") / "workers.log", args=["--workers", "2"]) as server:
+    with ServerProcess(repo, tmp_path_factory.mktemp("logs") / "workers.log", args=["--workers", "2"], grpc=True) as server:
         yield server
 
 
@@ -90,6 +96,35 @@ def test_two_workers_answer_as_one_process_does(repo, workers):
     assert png.status_code == 200 and png.content == expected_png.content
     served = {m["name"]: m for m in workers.client.get("/v1/models").json()["models"]}
     assert served[MODEL] == {m["name"]: m for m in expected_models["models"]}[MODEL]  # engine and state, from the engine process
+
+
+def test_a_video_stream_on_one_connection_keeps_its_state_in_its_worker(repo, workers):
+    """The split parts' batchers are the engine's; the stream's keyframe state is the worker's that
+    holds the connection: chunk 1 goes on from chunk 0's keyframe, as in one process."""
+    chunks = [encode(frames(6, seed=1)), encode(frames(6, seed=1)[3:] + frames(3, seed=2))]
+    params = {"model": MODEL, "stream_id": "s1", "keyframe_interval": 100}
+
+    def run(client: httpx.Client) -> list[dict]:
+        answers = [client.post("/segment/video", content=chunk, params={**params, "sequence": i},
+                               headers={"Content-Type": "video/mp4"}, timeout=60) for i, chunk in enumerate(chunks)]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [without_timing(a.json()) for a in answers]
+
+    with InProcessServer(repo, models=[MODEL]) as single:
+        expected = run(single.client)
+    with httpx.Client(base_url=workers.url) as one_connection:
+        served = run(one_connection)
+    assert served == expected
+    assert served[0]["keyframe_policy"]["split"] and not served[1]["stream_restarted"]
+    assert [f["keyframe"] for f in served[1]["frames"]] == [False] * 6
+
+
+def test_grpc_is_served_by_the_engine_process_with_the_http_answer(workers):
+    data = make_image(120, 160, seed=7)
+    with triton.InferenceServerClient(workers.grpc_url) as client:
+        assert client.is_server_ready() and client.is_model_ready(MODEL)
+        (answer,) = masks_json(infer(client, data, model=MODEL))
+    assert json_without_timing(answer) == json_without_timing(segment(workers, data, model=MODEL).content)
 
 
 def test_a_full_engine_queue_is_a_503_with_retry_after_in_the_worker(workers):
