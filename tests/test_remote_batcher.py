@@ -103,3 +103,32 @@ async def test_a_lost_engine_fails_what_is_pending_at_once(link):
     client.engine_lost("the engine process is gone")
     with pytest.raises(ModelNotReady, match="gone"):
         await pending
+
+
+class EngineFault(Exception):
+    """An engine library's exception with a constructor of its own: it pickles, but does not unpickle."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+async def test_an_engine_error_that_cannot_cross_arrives_as_its_text(tmp_path):
+    def faulty(items):
+        raise EngineFault("device lost", 7)
+
+    batcher = make(faulty)
+    server = BatcherServer({"t": batcher}, {}, f"ipc://{tmp_path / 'engine.sock'}")
+    await server.start()
+    client = RemoteBatchers(server.address, WORKER)
+    await client.connect()
+    try:
+        remote = (await client.open(["t"], batcher.policy, load=None))["t"]
+        with pytest.raises(RuntimeError, match="EngineFault: device lost"):
+            await remote.submit(1, time.monotonic() + 5)
+        with pytest.raises(RuntimeError, match="EngineFault"):  # and the link still answers
+            await remote.submit(2, time.monotonic() + 5)
+    finally:
+        await client.close()
+        await server.stop()
+        await batcher.stop(1.0)

@@ -15,7 +15,7 @@ out-of-band buffers, one frame each, sent without a copy (pyzmq copies frames sm
 
 What holds across the hop: an exception raised on the engine side (QueueFull with its
 Retry-After, DeadlineExceeded, ModelNotReady, an engine error) is raised in the worker -- one
-that cannot be pickled as a RuntimeError with its text; deadlines are absolute
+that would not survive pickling as a RuntimeError with its text; deadlines are absolute
 ``time.monotonic()`` values (CLOCK_MONOTONIC, one clock for every process of a Linux host); a
 cancelled submit (the client went away) sends a cancel, so the engine drops it before compute;
 the requests of a worker that died are cancelled (``BatcherServer.forget``). No reply can hang a
@@ -35,7 +35,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import zmq
 import zmq.asyncio
 
-from segserve.errors import DeadlineExceeded, ModelNotReady
+from segserve.errors import DeadlineExceeded, ModelNotReady, ServiceError
 from segserve.scheduler.batcher import BatchPolicy, Completed, DynamicBatcher
 from segserve.scheduler.factory import Batcher, Loaded
 
@@ -50,14 +50,17 @@ def _frames(message: tuple) -> list:
     return [head, *(buffer.raw() for buffer in buffers)]
 
 
-def _reply_frames(message: tuple) -> list:
-    """``message``'s frames; an outcome that cannot be pickled (an engine library's own
-    exception type) goes as a RuntimeError with its text."""
+def _portable(exc: BaseException) -> BaseException:
+    """``exc``, or a RuntimeError with its text if it would not survive the hop: an engine
+    library's own exception type may not pickle, or not unpickle (a constructor that wants
+    more than its message), and the worker must get an answer either way."""
+    if isinstance(exc, ServiceError):  # segserve's own cross as they are (unchecked: every 503 under overload is one)
+        return exc
     try:
-        return _frames(message)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        op, rid, outcome, *rest = message
-        return _frames((op, rid, RuntimeError(f"{type(outcome).__name__}: {outcome}"), *rest))
+        pickle.loads(pickle.dumps(exc, protocol=5))
+        return exc
+    except Exception:  # noqa: BLE001 - whatever the type's reduction raises
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _message(frames: Sequence[zmq.Frame]) -> tuple:
@@ -117,25 +120,30 @@ class BatcherServer:
         return len(gone)
 
     def _send(self, identity: bytes, message: tuple) -> None:
-        self._socket.send_multipart([identity, *_reply_frames(message)], copy=False).add_done_callback(_log_send_failure)
+        self._socket.send_multipart([identity, *_frames(message)], copy=False).add_done_callback(_log_send_failure)
 
     async def _receive(self) -> None:
         while True:
             frames = await self._socket.recv_multipart(copy=False)
-            identity = frames[0].bytes
-            message = _message(frames[1:])
-            op = message[0]
-            if op == "submit":
-                _, rid, name, deadline, item = message
-                key = (identity, rid)
-                self._jobs[key] = asyncio.create_task(self._run(key, name, item, deadline))
-            elif op == "cancel":
-                task = self._jobs.pop((identity, message[1]), None)
-                if task is not None:
-                    task.cancel()
-            elif op == "catalogue":
-                catalogue: dict[str, Any] = {name: batcher.info for name, batcher in self._batchers.items()}
-                self._send(identity, ("catalogue", {**catalogue, **self._failed}))
+            try:
+                self._handle(frames[0].bytes, _message(frames[1:]))
+            except Exception:  # noqa: BLE001 - one bad message must not stop the others' answers
+                log.exception("batcher server: a message from %r could not be handled", frames[0].bytes)
+
+    def _handle(self, identity: bytes, message: tuple) -> None:
+        op = message[0]
+        if op == "submit":
+            _, rid, name, deadline, item = message
+            key = (identity, rid)
+            self._jobs[key] = asyncio.create_task(self._run(key, name, item, deadline))
+        elif op == "cancel":
+            task = self._jobs.pop((identity, message[1]), None)
+            if task is not None:
+                task.cancel()
+        elif op == "catalogue":
+            catalogue: dict[str, Any] = {name: batcher.info for name, batcher in self._batchers.items()}
+            failed = {name: _portable(exc) for name, exc in self._failed.items()}
+            self._send(identity, ("catalogue", {**catalogue, **failed}))
 
     async def _run(self, key: tuple[bytes, int], name: str, item: Any, deadline: float | None) -> None:
         batcher = self._batchers.get(name)
@@ -146,7 +154,7 @@ class BatcherServer:
         except asyncio.CancelledError:
             return  # the worker cancelled it, or is gone: no answer is wanted
         except Exception as exc:  # noqa: BLE001 - the worker raises it for its request
-            outcome = exc
+            outcome = _portable(exc)
         finally:
             self._jobs.pop(key, None)
         self._send(key[0], ("done", key[1], outcome, batcher.retry_after() if batcher is not None else 1.0))
@@ -280,15 +288,21 @@ class RemoteBatchers:
 
     async def _receive(self) -> None:
         while True:
-            _, rid, outcome, retry_after = _message(await self._socket.recv_multipart(copy=False))
-            waiting = self._pending.get(rid)
-            if waiting is None:  # given up on here already
-                continue
-            future, batcher = waiting
-            batcher.retry_after_s = retry_after
-            if future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            frames = await self._socket.recv_multipart(copy=False)
+            try:
+                self._handle(*_message(frames))
+            except Exception:  # noqa: BLE001 - one bad answer must not stop the others
+                log.exception("remote batchers: an answer from the engine process could not be handled")
+
+    def _handle(self, op: str, rid: int, outcome: Any, retry_after: float) -> None:
+        waiting = self._pending.get(rid)
+        if waiting is None:  # given up on here already
+            return
+        future, batcher = waiting
+        batcher.retry_after_s = retry_after
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
