@@ -267,13 +267,18 @@ class Pipeline:
         (``encode``'s JSON fields; segserve.codecs.overlay)."""
         raise NotImplementedError
 
-    def encode_overlay(self, output: Any, placement: Placement, options: Any, data: bytes) -> Encoded:
-        """format=overlay (blocking: codec pool): the masks as for JSON, drawn into the image
-        decoded again at full size -- ``decode`` may have read a JPEG draft at a fraction of
-        it. Its pixels are already reserved (``decode``)."""
-        rgb = decode_image(data, self.context.max_image_pixels).rgb
+    def overlay_jpeg(self, rgb: np.ndarray, output: Any, placement: Placement, options: Any) -> bytes:
+        """A raw output's masks, as for JSON, drawn into ``rgb`` (the image or video frame as
+        received, at full size): the JPEG of format=overlay (blocking: codec pool)."""
         encoded = self.encode(output, placement, options, OutputFormat.json)
-        return Encoded(jpeg=encode_jpeg(self.draw(rgb, encoded, options)))
+        return encode_jpeg(self.draw(rgb, encoded, options))
+
+    def encode_overlay(self, output: Any, placement: Placement, options: Any, data: bytes) -> Encoded:
+        """format=overlay (blocking: codec pool): drawn into the image decoded again at full
+        size -- ``decode`` may have read a JPEG draft at a fraction of it. Its pixels are
+        already reserved (``decode``)."""
+        rgb = decode_image(data, self.context.max_image_pixels).rgb
+        return Encoded(jpeg=self.overlay_jpeg(rgb, output, placement, options))
 
     def decode(self, data: bytes) -> Decoded:
         """Image bytes -> the model input, decoded no larger than it needs (blocking: codec pool).

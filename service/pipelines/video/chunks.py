@@ -46,8 +46,12 @@ class PreparedChunk:
     frames: list[np.ndarray] | None = None  # keep_frames: each frame's (height, width, 3) RGB as received
 
 
-def _full_size(height: int, width: int) -> tuple[int, int]:
-    return height, width
+def _decode_size(mapper: FrameMapper, keep_frames: bool):
+    """What frames of a given size decode at: full size when they are kept (overlays), else the
+    smallest the model input allows."""
+    if keep_frames:
+        return lambda height, width: (height, width)
+    return lambda height, width: mapper.decode_size(mapper.geometry(height, width))
 
 
 def _check_kept_pixels(frames: int, height: int, width: int, max_kept_pixels: int) -> None:
@@ -68,7 +72,7 @@ def prepare_video(
         max_frames=max_frames,
         frame_stride=frame_stride,
         max_pixels=max_pixels,
-        scale_to=_full_size if max_kept_pixels is not None else lambda h, w: mapper.decode_size(mapper.geometry(h, w)),
+        scale_to=_decode_size(mapper, max_kept_pixels is not None),
     )
     geometry = mapper.geometry(video.height, video.width)
     kept = None
@@ -97,7 +101,7 @@ def prepare_images(
     if len(indices) > max_frames:
         raise TooManyFrames(f"{len(indices)} frames (after frame_stride={frame_stride}); at most {max_frames} per chunk")
     keep = max_kept_pixels is not None
-    scale_to = _full_size if keep else lambda h, w: mapper.decode_size(mapper.geometry(h, w))
+    scale_to = _decode_size(mapper, keep)
     inputs, kept, size, geometry = [], [], None, None
     for index in indices:
         decoded = decode_image(images[index], max_pixels, scale_to)

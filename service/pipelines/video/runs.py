@@ -18,7 +18,6 @@ from typing import Any, AsyncIterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from segserve.codecs.overlay import encode_jpeg
 from segserve.config import Settings
 from segserve.errors import ModelNotReady
 from segserve.pipelines.base import OutputFormat, PartStatus, Pipeline, Placement
@@ -61,8 +60,8 @@ def encode_frame(model: VideoModel, raw: Any, chunk: PreparedChunk, position: in
     pipeline = model.pipeline
     placement = Placement(chunk.height, chunk.width, chunk.geometry)
     if fmt == OutputFormat.overlay:
-        drawn = pipeline.draw(chunk.frames[position], pipeline.encode(raw, placement, options, OutputFormat.json), options)
-        return {"overlay": base64.b64encode(encode_jpeg(drawn)).decode("ascii")}
+        jpeg = pipeline.overlay_jpeg(chunk.frames[position], raw, placement, options)
+        return {"overlay": base64.b64encode(jpeg).decode("ascii")}
     encoded = pipeline.encode(raw, placement, options, fmt)
     return encoded.body if encoded.png is None else {"png": base64.b64encode(encoded.png).decode("ascii")}
 
