@@ -39,7 +39,8 @@ from pycocotools import mask as mask_utils
 from segserve.contract.model_config import load_config
 from segserve_loadtest.bench_peers import LOCK_FILE, cpu_count, tree_cpu_s
 from segserve_loadtest.server import SegserveProcess
-from segserve_models.video_bench import HELD_OUT_SEED_BASE
+from segserve_models.evaluation.metrics import ConfusionMatrix
+from segserve_models.video_bench import HELD_OUT_SEED_BASE, union_miou
 from segserve_models.synthetic import make_video
 
 VIDEO_FPS = 10
@@ -84,15 +85,12 @@ def label_map(segments: list[dict], height: int, width: int) -> np.ndarray:
 
 
 def miou(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: int) -> float:
-    confusion = np.zeros((num_classes, num_classes), np.int64)
+    """As models/video_bench.py scores its rows, at the frames' size."""
+    confusion = ConfusionMatrix(num_classes)
     for labels, clip in zip(predictions, clips, strict=True):
         for pred, truth in zip(labels, clip.truth, strict=True):
-            cells = truth.ravel().astype(np.int64) * num_classes + pred.ravel()
-            confusion += np.bincount(cells, minlength=num_classes**2).reshape(num_classes, -1)
-    intersection = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    present = union > 0
-    return float((intersection[present] / union[present]).mean())
+            confusion.update(pred, truth)
+    return union_miou(confusion)
 
 
 def send_clips(url: str, model: str, clips: list[Clip], row: Row, streams: int, tag: str) -> tuple[list[dict], float]:

@@ -42,6 +42,7 @@ from segserve.pipelines.video.streams import (
     KeyframeState,
     KeyframeTracker,
 )
+from segserve_models.evaluation.metrics import ConfusionMatrix
 from segserve_models.synthetic import make_video
 
 HELD_OUT_SEED_BASE = 2_000_000_000  # far from the seeds models/train.py trains on
@@ -108,7 +109,7 @@ def scores(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: 
            reference: list[list[np.ndarray]] | None = None) -> tuple[float, float]:
     """(mIoU, flicker) over all clips; predictions at model input size, scored against the
     clips' truth or against ``reference`` predictions (e.g. per-frame inference's)."""
-    confusion = np.zeros((num_classes, num_classes), np.int64)
+    confusion = ConfusionMatrix(num_classes)
     changed = stable = 0
     truths = reference if reference is not None else [None] * len(clips)
     for labels, clip, truth_labels in zip(predictions, clips, truths):
@@ -116,17 +117,23 @@ def scores(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: 
         frame_truth = clip.truth if truth_labels is None else [clip.box.restore(t) for t in truth_labels]
         for pred, truth in zip(labels, frame_truth):
             pred = clip.box.restore(pred)
-            cells = truth.ravel().astype(np.int64) * num_classes + pred.ravel()  # int64: no uint8 overflow at 21 classes
-            confusion += np.bincount(cells, minlength=num_classes**2).reshape(num_classes, -1)
+            confusion.update(pred, truth)
             if previous_pred is not None:
                 same_truth = truth == previous_truth
                 stable += int(same_truth.sum())
                 changed += int((same_truth & (pred != previous_pred)).sum())
             previous_pred, previous_truth = pred, truth
-    intersection = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
+    return union_miou(confusion), changed / max(stable, 1)
+
+
+def union_miou(confusion: ConfusionMatrix) -> float:
+    """mIoU over the classes present in the truth or the predictions (the video benchmarks'
+    definition; ``ConfusionMatrix.results`` counts the truth's classes only)."""
+    matrix = confusion.matrix
+    intersection = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - intersection
     present = union > 0
-    return float((intersection[present] / union[present]).mean()), changed / max(stable, 1)
+    return float((intersection[present] / union[present]).mean())
 
 
 @dataclass(frozen=True)
