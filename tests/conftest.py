@@ -132,3 +132,14 @@ def make_image(height: int, width: int, fmt: str = "JPEG", seed: int = 0) -> byt
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def exif_rotated_jpeg(height: int, width: int, orientation: int, seed: int = 0) -> bytes:
+    """make_image's JPEG saved again with an EXIF orientation tag (0x0112): stored one way,
+    displayed another."""
+    image = Image.open(io.BytesIO(make_image(height, width, seed=seed)))
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()

@@ -16,7 +16,7 @@ from segserve.contract.model_config import load_config
 from segserve.engine.torch import TorchEngine
 from segserve.pipelines.semantic_device import choose_device
 from tests.conftest import BUNDLED_MODEL as MODEL
-from tests.conftest import make_image
+from tests.conftest import exif_rotated_jpeg, make_image
 from tests.servers import InProcessServer
 
 
@@ -25,15 +25,6 @@ def servers(bundled_repo):
     with InProcessServer(bundled_repo, backend="torch", data_path="cpu") as cpu, \
             InProcessServer(bundled_repo, backend="torch", data_path="device") as device:
         yield cpu, device
-
-
-def exif_rotated(orientation: int) -> bytes:
-    image = Image.open(io.BytesIO(make_image(90, 160, seed=4)))
-    exif = image.getexif()
-    exif[0x0112] = orientation
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif)
-    return buffer.getvalue()
 
 
 def gray_jpeg() -> bytes:
@@ -48,7 +39,7 @@ IMAGES = {
     "jpeg": (make_image(150, 200, seed=1), "image/jpeg"),
     "jpeg-tall": (make_image(250, 40, seed=2), "image/jpeg"),
     "jpeg-1px": (make_image(1, 1, seed=3), "image/jpeg"),
-    "jpeg-exif6": (exif_rotated(6), "image/jpeg"),
+    "jpeg-exif6": (exif_rotated_jpeg(90, 160, 6, seed=4), "image/jpeg"),
     "jpeg-gray": (gray_jpeg(), "image/jpeg"),
     "png": (make_image(97, 131, "PNG", seed=5), "image/png"),
     "webp": (make_image(64, 64, "WEBP", seed=7), "image/webp"),

@@ -20,7 +20,7 @@ from segserve.codecs.masks import restored_segments, segments_from_runs, semanti
 from segserve.codecs.tensor_image import decode_jpegs, letterbox, resize_float, restore, run_starts
 from segserve.contract.model_config import InputSpec, ResizeMode
 from segserve_models.synthetic.scenes import make_scene
-from tests.conftest import make_image
+from tests.conftest import exif_rotated_jpeg, make_image
 
 NAMES = [f"class{i}" for i in range(300)]
 PAD = (124, 116, 104)
@@ -106,21 +106,12 @@ def jpeg(rgb: np.ndarray, **save) -> bytes:
     return buffer.getvalue()
 
 
-def rotated_jpeg(orientation: int) -> bytes:
-    image = Image.open(io.BytesIO(make_image(40, 70, seed=3)))
-    exif = image.getexif()
-    exif[0x0112] = orientation
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("data", [
     make_image(120, 200, seed=1),
     make_image(1, 1, seed=2),
     jpeg(make_scene(4).image, quality=95, subsampling=0),
     jpeg(make_scene(5).labels * 40),  # grayscale
-    *(rotated_jpeg(o) for o in (3, 6, 8)),  # EXIF orientations: as displayed
+    *(exif_rotated_jpeg(40, 70, o, seed=3) for o in (3, 6, 8)),  # EXIF orientations: as displayed
 ], ids=["gradient", "1px", "scene-444", "gray", "exif3", "exif6", "exif8"])
 def test_jpeg_decode_matches_pil(data):
     decoded = decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], torch.device("cpu"))[0]
