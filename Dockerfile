@@ -46,10 +46,7 @@ COPY models ./models
 RUN if [ -f /tmp/certs/ca-bundle.crt ]; then export PIP_CERT=/tmp/certs/ca-bundle.crt; fi \
  && pip install -c requirements.lock ".[export]"
 # As `make models` does, without the pretrained downloads: the image is built the same offline or not.
-RUN segserve export --model lraspp_mobilenet_v3_large --name shapes_lraspp --weights bundled:shapes_lraspp \
-        --input-size 256x256 --video-split --repository /models \
- && segserve export --model maskrcnn_mobilenet_v3_large_fpn --name shapes_maskrcnn --weights bundled:shapes_maskrcnn \
-        --repository /models \
+RUN segserve export --bundled --repository /models \
  && chmod -R a+rX /models  # the exporter writes some folders (the video split) owner-only; uid 10001 reads them
 
 FROM deps AS wheel

@@ -33,12 +33,7 @@ setup: $(STAMP)
 # The default repository, exported once and reused after: the bundled models trained here
 # (offline), plus torchvision's COCO/VOC LRASPP, Mask R-CNN and Keypoint R-CNN whenever their weights can be had.
 models: setup
-	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --name shapes_lraspp --weights bundled:shapes_lraspp \
-		--input-size 256x256 --video-split --repository $(REPO) --skip-existing
-	$(BIN)/segserve export --model maskrcnn_mobilenet_v3_large_fpn --name shapes_maskrcnn --weights bundled:shapes_maskrcnn \
-		--repository $(REPO) --skip-existing
-	$(BIN)/segserve export --model keypointrcnn_mobilenet_v3_large_fpn --name shapes_keypointrcnn --weights bundled:shapes_keypointrcnn \
-		--repository $(REPO) --skip-existing
+	$(BIN)/segserve export --bundled --repository $(REPO) --skip-existing
 	$(BIN)/segserve export --model lraspp_mobilenet_v3_large --weights pretrained --video-split --repository $(REPO) --skip-existing \
 		|| echo "note: pretrained LRASPP weights unavailable (offline?): serving the bundled models"
 	$(BIN)/segserve export --model maskrcnn_resnet50_fpn --weights pretrained --repository $(REPO) --skip-existing \
@@ -105,7 +100,7 @@ bench-video-deeplabv3: $(VIDEO_BENCH_DIR)/deeplabv3-calibrated.pth
 		$(VIDEO_BENCH_ARGS)
 
 # Raw engine vs service over HTTP (ab at concurrency 1, 8, 32); writes docs/bench/bench_service.{md,json}.
-bench: setup
+bench: models
 	$(BIN)/python -m segserve_loadtest.bench_service --out docs/bench
 
 # Dense-CRF refinement (?refine=crf) on the bundled LRASPP's 64 held-out scenes: mIoU, boundary F-score and

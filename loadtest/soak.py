@@ -53,8 +53,7 @@ from segserve_loadtest.server import SegserveProcess
 from segserve_loadtest.server_metrics import scrape
 
 MODEL = "shapes_lraspp"
-EXPORT = ["--model", "lraspp_mobilenet_v3_large", "--name", MODEL, "--weights", "bundled:shapes_lraspp",
-          "--input-size", "256x256"]
+EXPORT = ["--bundled"]  # as `make models` exports it, with its shipped serving settings
 DEFAULT_REPOSITORY = Path(".cache/soak/model_repository")
 
 

@@ -1,7 +1,8 @@
 """``segserve tune MODEL``: find the serving configuration that suits this machine, by measuring.
 
 Each candidate is the model's own files under a config.yaml that differs in the serving
-settings only -- engine instances x threads per instance, max batch size, queue delay -- served
+settings only -- engine instances x threads per instance, the batch size the batcher forms
+(``dynamic_batching.preferred_batch_size``: what the model accepts, ``max_batch_size``, stays), queue delay -- served
 by a real `segserve serve` and driven by ab at the target concurrency. The search measures the
 shipped configuration, then walks one setting at a time from it (placement, then batch size, then delay),
 keeping the best so far: a few runs instead of the full grid, which on a small CPU would take
@@ -37,13 +38,13 @@ log = logging.getLogger("segserve.tune")
 class Candidate:
     instances: int
     threads: int  # per instance (ONNX Runtime intra-op, or torch threads); 0 = segserve's default
-    max_batch_size: int
+    batch_size: int  # the batches the batcher forms (ModelConfig.batch_size)
     max_queue_delay_ms: float
 
     @classmethod
     def of(cls, config: ModelConfig) -> "Candidate":
         threads = config.torch.threads if config.backends[0] == "torch" else config.onnxruntime.intra_op_threads
-        return cls(config.instances, threads, config.max_batch_size, config.dynamic_batching.max_queue_delay_ms)
+        return cls(config.instances, threads, config.batch_size, config.dynamic_batching.max_queue_delay_ms)
 
     def apply(self, config: ModelConfig) -> ModelConfig:
         # the threads of the backend that of() read them from, only: an ONNX Runtime Mask R-CNN keeps its torch
@@ -51,16 +52,18 @@ class Candidate:
         # Candidate.of(config).apply(config) is config itself
         threads = ({"torch": config.torch.model_copy(update={"threads": self.threads})} if config.backends[0] == "torch"
                    else {"onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads})})
+        batching = {"max_queue_delay_ms": self.max_queue_delay_ms}
+        if self.batch_size != config.batch_size:
+            batching["preferred_batch_size"] = self.batch_size
         return config.model_copy(update={
             "instances": self.instances,
-            "max_batch_size": self.max_batch_size,
-            "dynamic_batching": config.dynamic_batching.model_copy(update={"max_queue_delay_ms": self.max_queue_delay_ms}),
+            "dynamic_batching": config.dynamic_batching.model_copy(update=batching),
             **threads,
         })
 
     def label(self) -> str:
         threads = self.threads or "auto"
-        return f"{self.instances}x{threads} threads, batch {self.max_batch_size}, delay {self.max_queue_delay_ms:g} ms"
+        return f"{self.instances}x{threads} threads, batch {self.batch_size}, delay {self.max_queue_delay_ms:g} ms"
 
 
 @dataclass
@@ -81,11 +84,12 @@ def placements(cpus: int) -> list[tuple[int, int]]:
     return sorted({(i, max(1, cpus // i)) for i in range(1, min(cpus, 4) + 1)})
 
 
-def stage_values(args: argparse.Namespace, cpus: int) -> list[tuple[str, list]]:
+def stage_values(args: argparse.Namespace, cpus: int, config: ModelConfig) -> list[tuple[str, list]]:
     return [
         ("placement", [tuple(int(v) for v in p.split("x")) for p in args.placements.split(",")] if args.placements
          else placements(cpus)),
-        ("max_batch_size", [int(v) for v in args.batch.split(",")]),
+        # batches larger than what the model accepts are not candidates
+        ("batch_size", [b for b in (int(v) for v in args.batch.split(",")) if b <= config.max_batch_size]),
         ("max_queue_delay_ms", [float(v) for v in args.delay_ms.split(",")]),
     ]
 
@@ -191,7 +195,7 @@ def tune(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="segserve-tune-") as tmp:
         log.info("measuring the shipped configuration: %s", shipped.label())
         trials[shipped] = measure(model_dir, config, shipped, args, Path(tmp))
-        for stage, values in stage_values(args, cpus):
+        for stage, values in stage_values(args, cpus, config):
             for value in values:
                 candidate = vary(best, stage, value)
                 if candidate not in trials:
@@ -243,7 +247,8 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per configuration")
     parser.add_argument("--p99-ms", type=float, help="latency target: the fastest configuration whose p99 meets it")
     parser.add_argument("--placements", help="instances x threads to try, e.g. 1x2,2x1 (default: those the CPUs allow)")
-    parser.add_argument("--batch", default="1,2,4,8", help="max batch sizes to try")
+    parser.add_argument("--batch", default="1,2,4,8",
+                        help="batch sizes to try (dynamic_batching.preferred_batch_size; those above max_batch_size are skipped)")
     parser.add_argument("--delay-ms", default="0,2,5", help="max queue delays to try (ms)")
     parser.add_argument("--confirm", type=int, default=3,
                         help="rounds of the search's pick against the shipped configuration, alternately, before the pick is kept "

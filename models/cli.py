@@ -20,6 +20,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     from segserve import logs
 
     logs.configure("info")
+    try:
+        export_bundled(args) if args.bundled else export_one(args)
+    except ExportFailed:
+        return 2
+    return 0
+
+
+class ExportFailed(Exception):
+    """An export that failed, its reason already logged."""
+
+
+def export_bundled(args: argparse.Namespace) -> None:
+    """Every model of checkpoints/bundled.yaml, with its ``serving`` settings over the exporter's
+    defaults (a model already exported and kept by --skip-existing keeps its config.yaml: it may
+    have been tuned since)."""
+    import yaml
+
+    from segserve.contract.artifacts import CONFIG_FILE
+    from segserve.contract.model_config import ModelConfig, load_config
+    from segserve_models.weights import BUNDLED_MANIFEST
+
+    manifest = yaml.safe_load(BUNDLED_MANIFEST.read_text())
+    for name, entry in manifest.items():
+        one = argparse.Namespace(**{**vars(args), "bundled": False, "name": name, "model": entry["model"],
+                                    "weights": f"bundled:{name}", "input_size": entry.get("input_size"),
+                                    "video_split": entry.get("video_split", False)})
+        if export_one(one) is not None and entry.get("serving"):
+            model_dir = Path(args.repository) / name
+            config = _merged(load_config(model_dir).model_dump(mode="json"), entry["serving"])
+            ModelConfig.model_validate(config).dump(model_dir / CONFIG_FILE)
+            log.info("%s: serving settings %s", name, entry["serving"])
+
+
+def _merged(base: dict, update: dict) -> dict:
+    return {**base, **{k: _merged(base.get(k) or {}, v) if isinstance(v, dict) else v for k, v in update.items()}}
+
+
+def export_one(args: argparse.Namespace) -> Path | None:
+    """Export ``args.model``: the version folder written, or None if --skip-existing kept the one
+    there. Raises ExportFailed."""
     from segserve.contract.artifacts import CONFIG_FILE
     from segserve.contract.model_config import latest_version, load_config
     from segserve.graphs import zoo
@@ -47,7 +87,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         if current:
             log.info("%s already exported (version %s); --skip-existing", name, latest_version(model_dir))
-            return 0
+            return None
         log.info("%s: the bundled checkpoint or its video correction changed since version %s; exporting a new version",
                  name, latest_version(model_dir))
     specs = [WeightsSpec.parse(args.weights)] if args.weights != "auto" else [WeightsSpec("pretrained"), WeightsSpec("random")]
@@ -66,7 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 log.warning("%s; --weights auto falls back to RANDOM weights (masks will be meaningless)", exc)
                 continue
             log.error("%s", exc)
-            return 2
+            raise ExportFailed from exc
         log.info("exported %s -> %s", args.model, version_dir)
         if args.video_split:
             from segserve_models.video_split import (
@@ -77,8 +117,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             # bundled weights come with their trained video correction when there is one
             correction = bundled_correction(args.weights)
             log.info("video split%s -> %s", " with correction" if correction else "", export_video_split(repository, name, correction=correction))
-        return 0
-    return 2
+        return version_dir
+    raise ExportFailed
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -89,7 +129,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_export(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a torchvision model into the model repository")
-    export.add_argument("--model", required=True, help="architecture, e.g. lraspp_mobilenet_v3_large, maskrcnn_resnet50_fpn or keypointrcnn_resnet50_fpn")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="architecture, e.g. lraspp_mobilenet_v3_large, maskrcnn_resnet50_fpn or keypointrcnn_resnet50_fpn")
+    which.add_argument("--bundled", action="store_true",
+                       help="every bundled model (segserve_models/checkpoints/bundled.yaml: architecture, input size, video split "
+                            "and tuned serving settings), from its checkpoint here")
     export.add_argument("--name", help="model name in the repository (default: the architecture)")
     export.add_argument(
         "--weights", default="pretrained",

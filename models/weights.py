@@ -24,6 +24,7 @@ from tqdm import tqdm
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
 # Small models trained here on synthetic data (models/train.py), committed with their sha256s.
 BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+BUNDLED_MANIFEST = BUNDLED_DIR / "bundled.yaml"  # the bundled models and how they are exported (`segserve export --bundled`)
 
 
 class WeightsError(RuntimeError):

@@ -184,6 +184,37 @@ def broken_model(repo):
     (repo / "broken" / "config.yaml").write_text("name: broken\nclasses: [a]\n")  # no version folder
 
 
+def test_batches_close_at_the_preferred_batch_size_below_what_the_model_accepts(semantic_repo, tmp_path):
+    """dynamic_batching.preferred_batch_size 2 under max_batch_size 8 and a 2 s batching window:
+    four requests at once run as two batches of two, without waiting out the window, while
+    the model still accepts (and shows) batches of 8."""
+    repo = tmp_path / "repo"
+    copy_model(semantic_repo, repo, instances=1, max_batch_size=8, dynamic_batching__max_queue_delay_ms=2000,
+               dynamic_batching__preferred_batch_size=2)
+
+    async def four(client):
+        data = make_image(120, 160, seed=5)
+        return await asyncio.gather(*(client.post("/segment", content=data, headers={"Content-Type": "image/jpeg"}) for _ in range(4)))
+
+    with InProcessServer(repo) as s:
+        (info,) = s.client.get("/v1/models").json()["models"]
+        assert (info["max_batch_size"], info["batch_size"]) == (8, 2)
+        started = time.monotonic()
+        responses = s.run(four)
+        assert time.monotonic() - started < 2.0
+    assert [r.status_code for r in responses] == [200] * 4
+    assert [r.headers["x-batch-size"] for r in responses] == ["2"] * 4
+
+
+def test_preferred_batch_size_above_max_batch_size_is_refused():
+    from pydantic import ValidationError
+
+    from segserve.contract.model_config import ModelConfig
+
+    with pytest.raises(ValidationError, match="must not exceed max_batch_size"):
+        ModelConfig(name="m", classes=["a"], max_batch_size=4, dynamic_batching={"preferred_batch_size": 8})
+
+
 def test_readyz_is_503_when_no_model_loads(tmp_path):
     broken_model(tmp_path)
     with InProcessServer(tmp_path) as s:

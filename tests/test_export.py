@@ -150,3 +150,43 @@ def test_bundled_weights_are_checked_against_sha256sums(tmp_path, monkeypatch):
         export_model(SEMANTIC, tmp_path / "repo2", WeightsSpec.parse("bundled:shapes_lraspp"), input_size=(64, 64), progress=False)
     with pytest.raises(WeightsError, match="no bundled checkpoint"):
         export_model(SEMANTIC, tmp_path / "repo3", WeightsSpec.parse("bundled:nope"), input_size=(64, 64), progress=False)
+
+
+def test_every_bundled_model_is_a_committed_checkpoint_with_valid_serving_settings(semantic_repo):
+    import yaml
+
+    from segserve.contract.model_config import ModelConfig, load_config
+    from segserve.graphs import zoo
+    from segserve_models.cli import _merged
+    from segserve_models.weights import BUNDLED_DIR, BUNDLED_MANIFEST
+
+    manifest = yaml.safe_load(BUNDLED_MANIFEST.read_text())
+    committed = {line.split()[1].removesuffix(".pth") for line in (BUNDLED_DIR / "SHA256SUMS").read_text().splitlines()}
+    assert set(manifest) <= committed
+    exported = load_config(semantic_repo / SEMANTIC).model_dump(mode="json")
+    for name, entry in manifest.items():
+        zoo.get(entry["model"])
+        ModelConfig.model_validate(_merged(exported, entry.get("serving", {})))
+
+
+def test_export_bundled_writes_the_serving_settings_and_skip_existing_keeps_a_tuned_config(tmp_path, monkeypatch):
+    """`segserve export --bundled` (make models, the Docker image) on a one-model manifest: the
+    export's config.yaml gets the manifest's serving settings over the exporter's defaults; run
+    again with --skip-existing, a config.yaml changed since (a `segserve tune`) stays as it is."""
+    import segserve_models.weights as weights
+    from segserve.cli import main as segserve
+    from segserve.contract.model_config import load_config
+
+    manifest = tmp_path / "bundled.yaml"
+    manifest.write_text("shapes_lraspp:\n  model: lraspp_mobilenet_v3_large\n  input_size: 64x64\n"
+                        "  serving: {dynamic_batching: {preferred_batch_size: 1, max_queue_delay_ms: 1.5}}\n")
+    monkeypatch.setattr(weights, "BUNDLED_MANIFEST", manifest)
+    repo = tmp_path / "repo"
+    assert segserve(["export", "--bundled", "--repository", str(repo), "--skip-existing"]) == 0
+    config = load_config(repo / "shapes_lraspp")
+    assert (config.input.height, config.max_batch_size, config.batch_size) == (64, 8, 1)
+    assert config.dynamic_batching.max_queue_delay_ms == 1.5 and config.weights.source == "bundled"
+
+    config.model_copy(update={"instances": 1}).dump(repo / "shapes_lraspp" / "config.yaml")
+    assert segserve(["export", "--bundled", "--repository", str(repo), "--skip-existing"]) == 0
+    assert load_config(repo / "shapes_lraspp").instances == 1 and not (repo / "shapes_lraspp" / "2").exists()

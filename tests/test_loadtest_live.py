@@ -125,7 +125,7 @@ def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_pat
     assert segserve(args + ["--dry-run"]) == 0
     assert config_file.read_text() == before
     result = json.loads((tmp_path / "out" / "tune.json").read_text())
-    assert [t["candidate"]["max_batch_size"] for t in result["trials"]] == [8, 1]  # shipped first, each once
+    assert [t["candidate"]["batch_size"] for t in result["trials"]] == [8, 1]  # shipped first, each once
     assert all(t["requests_per_s"] > 0 and t["p99_ms"] and t["failed"] == 0 for t in result["trials"])
     assert (tmp_path / "out" / "tune.png").stat().st_size > 1000
     # a pick other than the shipped configuration was measured against it once more, shipped first
@@ -136,7 +136,8 @@ def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_pat
     assert segserve(args) == 0
     best = json.loads((tmp_path / "out" / "tune.json").read_text())["best"]
     tuned = load_config(repo / MODEL)
-    assert (tuned.max_batch_size, tuned.instances) == (best["max_batch_size"], best["instances"])
+    # the batches it forms, not what the model accepts
+    assert (tuned.batch_size, tuned.max_batch_size, tuned.instances) == (best["batch_size"], 8, best["instances"])
 
 
 def test_tune_keeps_the_fastest_configuration_that_meets_the_latency_target():
@@ -160,7 +161,8 @@ def test_tune_measures_the_shipped_configuration_as_shipped(semantic_repo):
     config = config.model_copy(update={"torch": config.torch.model_copy(update={"threads": 1})})
     assert Candidate.of(config).apply(config) == config
     tuned = Candidate(1, 2, 4, 2.0).apply(config)
-    assert (tuned.instances, tuned.onnxruntime.intra_op_threads, tuned.torch.threads, tuned.max_batch_size) == (1, 2, 1, 4)
+    assert (tuned.instances, tuned.onnxruntime.intra_op_threads, tuned.torch.threads) == (1, 2, 1)
+    assert (tuned.batch_size, tuned.dynamic_batching.preferred_batch_size, tuned.max_batch_size) == (4, 4, config.max_batch_size)
     assert tuned.dynamic_batching.max_queue_delay_ms == 2.0
 
 

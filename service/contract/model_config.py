@@ -70,6 +70,11 @@ class OutputSpec(BaseModel):
 class DynamicBatching(BaseModel):
     max_queue_delay_ms: float = Field(4.0, ge=0, le=10_000)
     max_queue_size: int = Field(128, ge=1)
+    # Batches close at this many requests (None: at max_batch_size). Apart from max_batch_size, which
+    # is also what the engine accepts: the KServe per-request image limit, the video frame window, the
+    # GPU batch. On a CPU whose cores the instances already fill, batching only adds waiting, so a
+    # tuned CPU config closes batches early without lowering what the model accepts (`segserve tune`).
+    preferred_batch_size: int | None = Field(None, ge=1)
 
 
 class OnnxRuntimeOptions(BaseModel):
@@ -151,6 +156,17 @@ class ModelConfig(BaseModel):
         if not v:
             raise ValueError("classes must list at least one class")
         return v
+
+    @property
+    def batch_size(self) -> int:
+        """The largest batch the batcher forms."""
+        return self.dynamic_batching.preferred_batch_size or self.max_batch_size
+
+    @model_validator(mode="after")
+    def _preferred_batch_within_max(self) -> "ModelConfig":
+        if self.batch_size > self.max_batch_size:
+            raise ValueError(f"dynamic_batching.preferred_batch_size ({self.batch_size}) must not exceed max_batch_size ({self.max_batch_size})")
+        return self
 
     @model_validator(mode="after")
     def _semantic_class_limit(self) -> "ModelConfig":

@@ -130,7 +130,7 @@ class PipelineContext:
 
 def batch_policy(config: ModelConfig) -> BatchPolicy:
     return BatchPolicy(
-        max_batch_size=config.max_batch_size,
+        max_batch_size=config.batch_size,
         max_queue_delay_s=config.dynamic_batching.max_queue_delay_ms / 1000.0,
         max_queue_size=config.dynamic_batching.max_queue_size,
     )
@@ -141,11 +141,11 @@ def load_engines(config: ModelConfig, folder, backend: str | None) -> list[Engin
     return [create_engine(config, folder, backend) for _ in range(config.instances)]
 
 
-async def warm_up(run: Callable[[int], object], max_batch_size: int) -> None:
+async def warm_up(run: Callable[[int], object], batch_size: int) -> None:
     """First runs allocate arenas and build kernels: ``run(n)`` a batch of 1 and one of the
-    largest size before the first request, off the event loop."""
+    largest size the batcher forms before the first request, off the event loop."""
     loop = asyncio.get_running_loop()
-    for n in sorted({1, max_batch_size}):
+    for n in sorted({1, batch_size}):
         await loop.run_in_executor(None, run, n)
 
 
@@ -168,7 +168,7 @@ class Pipeline:
         self.batcher: Batcher | None = None
         self.video = None  # segserve.pipelines.video.runs.VideoModel, set by start()
         config = self.config
-        self.in_flight = InFlight(config.name, config.dynamic_batching.max_queue_size + config.instances * config.max_batch_size)
+        self.in_flight = InFlight(config.name, config.dynamic_batching.max_queue_size + config.instances * config.batch_size)
 
     def admit(self, cost: int = 1) -> Admission:
         """The request's share of the model's in-flight budget (limits.InFlight)."""
@@ -198,7 +198,7 @@ class Pipeline:
         runners = [self.predict(engine) for engine in self.engines]
         if self.context.warmup:
             for runner in runners:
-                await warm_up(lambda n, runner=runner: runner([self.blank_input()] * n), config.max_batch_size)
+                await warm_up(lambda n, runner=runner: runner([self.blank_input()] * n), config.batch_size)
         return {config.name: (runners, self.engines[0].info)}
 
     async def stop(self) -> None:

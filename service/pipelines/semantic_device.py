@@ -121,7 +121,7 @@ class DeviceRunner:
         # its own stream: instances on one GPU overlap their copies and kernels
         self.stream = torch.cuda.Stream(device) if cuda else None
         # uploads of host-letterboxed images from page-locked memory (an async DMA, not a staged copy)
-        self.staging = (torch.empty((config.max_batch_size, 3, spec.height, spec.width), dtype=torch.uint8, pin_memory=True)
+        self.staging = (torch.empty((config.batch_size, 3, spec.height, spec.width), dtype=torch.uint8, pin_memory=True)
                         if cuda else None)
 
     def __call__(self, batch: list[Any]) -> list[Any]:

@@ -169,7 +169,7 @@ class SemanticVideoModel:
         self._engines = await asyncio.to_thread(load_split, config, self.pipeline.entry.version_dir, self._split)
         if self.pipeline.context.warmup:
             for i in range(config.instances):
-                await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.max_batch_size)
+                await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.batch_size)
         return {f"{config.name}/{part}": ([_batch_runner(e, *self._split.tensors(part)) for e in engines], engines[0].info)
                 for part, engines in self._engines.items()}
 

@@ -127,7 +127,9 @@ class ModelInfo(BaseModel):
                                   "cpu, or device:<torch device> (SEGSERVE_DATA_PATH)")
     version: int | None = None
     input: InputGeometry
-    max_batch_size: int
+    max_batch_size: int = Field(description="the largest batch the engine accepts, and the most images one KServe request may carry")
+    batch_size: int = Field(description="the largest batch the batcher forms (dynamic_batching.preferred_batch_size, "
+                            "else max_batch_size)")
     max_queue_delay_ms: float
     instances: int
     classes: list[str]
