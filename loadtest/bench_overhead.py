@@ -248,10 +248,23 @@ def thread_of(frame: str) -> str:
     return name.rstrip("0123456789").rstrip("_") or name
 
 
+def by_process(stacks: list[tuple[list[str], int]]) -> tuple[list[tuple[list[str], int]], Counter]:
+    """py-spy --subprocesses roots every stack in its process chain (``process 12:"cmd"``
+    frames): the stacks without those frames, and the samples per process, named "server"
+    (the process started: the only one, or --workers' engine process) or "worker PID"."""
+    stripped, per_process = [], Counter()
+    for frames, count in stacks:
+        chain = [f for f in frames if f.startswith("process ")]
+        per_process["server" if len(chain) <= 1 else f"worker {chain[-1].split(':', 1)[0].removeprefix('process ')}"] += count
+        stripped.append((frames[len(chain):], count))
+    return stripped, per_process
+
+
 def summarise_gil(paths: list[Path], seconds: float, rate: int, top: int = 12) -> dict:
-    """GIL-held share of wall time (samples / ticks), the top holders by bucket, and the
-    deepest lines (which line of semantic_segments: its np.bincount, say), over all ``paths``."""
-    stacks = [stack for path in paths for stack in read_collapsed(path)]
+    """GIL-held share of wall time (samples / ticks) per process and over all of them (a
+    share above 1 is more than one process's GIL held at once), the top holders by bucket, and
+    the deepest lines (which line of semantic_segments: its np.bincount, say), over all ``paths``."""
+    stacks, per_process = by_process([stack for path in paths for stack in read_collapsed(path)])
     held = sum(count for _, count in stacks)
     buckets: Counter = Counter()
     lines: Counter = Counter()
@@ -266,6 +279,7 @@ def summarise_gil(paths: list[Path], seconds: float, rate: int, top: int = 12) -
         return [{"holder": name, "share_of_gil_samples": count / held} for name, count in counter.most_common(top)] if held else []
 
     return {"gil_samples": held, "ticks": ticks, "gil_share_of_wall": held / ticks if ticks else None,
+            "per_process": {name: count / ticks for name, count in sorted(per_process.items())} if ticks else {},
             "top": shares(buckets), "top_lines": shares(lines)}
 
 
@@ -308,9 +322,12 @@ def profile(servers: dict[str, SegserveProcess], payload: Payload, out: Path, co
             for name, server in servers.items():
                 path = out / name / f"bench_overhead_pyspy_gil_{i + 1}.txt"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                run = record_under_load(server, payload, path, ["--gil"], concurrency, seconds, rate)
-                share = summarise_gil([path], seconds, rate)["gil_share_of_wall"]
-                run.update(gil_share_of_wall=share, gil_ms_per_request=1000 * share / run["ab_requests_per_s"])
+                # --subprocesses: --workers N's HTTP workers hold GILs of their own
+                run = record_under_load(server, payload, path, ["--gil", "--subprocesses"], concurrency, seconds, rate)
+                gil = summarise_gil([path], seconds, rate)
+                rps = run["ab_requests_per_s"]
+                run.update(gil_share_of_wall=gil["gil_share_of_wall"], gil_ms_per_request=1000 * gil["gil_share_of_wall"] / rps,
+                           gil_ms_per_request_by_process={name: 1000 * share / rps for name, share in gil["per_process"].items()})
                 result[name]["gil_rounds"].append(run)
         for name, server in servers.items():
             path = out / name / "bench_overhead_pyspy_threads.txt"
@@ -322,7 +339,10 @@ def profile(servers: dict[str, SegserveProcess], payload: Payload, out: Path, co
         runs = prof["gil_rounds"]
         prof["gil"] = summarise_gil([Path(r["file"]) for r in runs], seconds, rate)
         prof["gil_ms_per_request"] = statistics.median(r["gil_ms_per_request"] for r in runs)
-        prof["command"] = (f"py-spy record --pid PID --duration {seconds} --rate {rate} --format raw [--gil | --threads], "
+        prof["gil_ms_per_request_by_process"] = {
+            name: statistics.median(r["gil_ms_per_request_by_process"].get(name, 0.0) for r in runs)
+            for name in sorted({name for r in runs for name in r["gil_ms_per_request_by_process"]})}
+        prof["command"] = (f"py-spy record --pid PID --duration {seconds} --rate {rate} --format raw [--gil --subprocesses | --threads], "
                            f"inside ab -t {seconds + 4} -c {concurrency} -k -l")
     return result
 
@@ -339,6 +359,9 @@ def profile_markdown(name: str, prof: dict) -> list[str]:
         f"**{name}**, py-spy under the same load (`{prof['command']}`), {len(runs)} rounds ({per_round}): "
         f"**{prof['gil_ms_per_request']:.2f} ms of GIL per request** (median round); over all rounds a thread held the GIL "
         f"{100 * gil['gil_share_of_wall']:.0f} % of wall time ({gil['gil_samples']} of {gil['ticks']:.0f} ticks).",
+        *([] if len(prof["gil_ms_per_request_by_process"]) < 2 else [
+            "", "GIL ms per request by process (median round; `server` is the engine process): " + ", ".join(
+                f"{name} {ms:.2f}" for name, ms in prof["gil_ms_per_request_by_process"].items()) + "."]),
         "",
         "| GIL holder | share of GIL samples |",
         "|---|---:|",

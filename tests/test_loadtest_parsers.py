@@ -9,6 +9,8 @@ lraspp_mobilenet_v3_large exported at 128x128, body = loadtest.payloads' 640x480
   ab_http_server_post_501.txt           ab -n 100 -c 2 -k -l -p body.bin -T image/jpeg <http.server>/segment
   locust_ok_*.csv                       locust -f loadtest/locustfile.py --headless -u 4 -r 4 -t 6s --csv ...
   locust_unknown_model_*.csv            the same with --model nope -u 2 -t 3s
+  pyspy_gil_workers2.txt                py-spy 0.4.3 record --pid PID --duration 2 --rate 100 --format raw --gil --subprocesses
+                                        on `segserve serve --workers 2` (bundled shapes_lraspp) under ab -c 8 -k -l
 """
 
 from __future__ import annotations
@@ -132,3 +134,15 @@ def test_slo_verdicts():
     assert evaluate(slo, requests=1000, failures=0, p99_ms=101).violations == ["p99 101 ms > 100 ms"]
     assert not evaluate(slo, requests=0, failures=0, p99_ms=None).passed
     assert evaluate(Slo(), requests=0, failures=0, p99_ms=None).passed  # no SLO, nothing to violate
+
+
+def test_pyspy_gil_samples_are_split_by_process():
+    """bench_overhead --profile: with --subprocesses every stack starts with its process chain;
+    the engine process (the one started) and each HTTP worker get their own GIL share, and no
+    holder is a process frame."""
+    from segserve_loadtest.bench_overhead import summarise_gil
+
+    gil = summarise_gil([DATA / "pyspy_gil_workers2.txt"], seconds=2, rate=100)
+    assert "server" in gil["per_process"] and any(name.startswith("worker ") for name in gil["per_process"])
+    assert sum(gil["per_process"].values()) == pytest.approx(gil["gil_share_of_wall"])
+    assert not any(t["holder"].startswith("process ") for t in gil["top"] + gil["top_lines"])
