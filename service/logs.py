@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import re
-import uuid
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# New ids: a random prefix per process and a counter, 32 hex digits like a uuid4's. Ids need
+# to be unique, not unguessable, and uuid4 reads the OS's random source on every request.
+_ID_PREFIX = os.urandom(10).hex()
+_id_counter = itertools.count()
 
 
 def request_id_from(*candidates: str | None) -> str:
@@ -17,7 +22,7 @@ def request_id_from(*candidates: str | None) -> str:
     for candidate in candidates:
         if candidate and _SAFE_ID.match(candidate):
             return candidate
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 class _RequestIdFilter(logging.Filter):
