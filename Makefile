@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead gpu-check loadtest soak drain lock proto clean
+.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead gpu-check loadtest soak drain overload lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -148,6 +148,12 @@ soak: setup
 #   make drain [DRAIN_ARGS="--concurrency 512"]
 drain: setup
 	$(BIN)/python -m segserve_loadtest.drain --repository $(REPO) $(DRAIN_ARGS)
+
+# Closed-loop overload (ab -c 256's load) on the bundled default model: the 503s' latency apart from the 200s',
+# goodput against saturation, ab's own figures, and the Little's-law arithmetic. docs: loadtest/overload.py
+#   make overload [OVERLOAD_ARGS="--concurrency 512 --seconds 30"]
+overload: setup
+	$(BIN)/python -m segserve_loadtest.overload --repository $(REPO) $(OVERLOAD_ARGS)
 
 # Rebuild requirements.lock from pyproject.toml in a scratch venv: the full development environment,
 # i.e. the runtime plus every extra (export, train, loadtest, test). --all keeps setuptools (which the

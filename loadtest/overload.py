@@ -110,11 +110,11 @@ def little(result: dict, concurrency: int, in_flight_limit: int, server_cpu_s: f
     }
 
 
-def in_flight_limit(repository: Path) -> int:
+def in_flight_limit(repository: Path, model: str = MODEL) -> int:
     """The model's in-flight budget (pipelines.base: max_queue_size + instances x batch size)."""
     from segserve.contract.model_config import load_config
 
-    config = load_config(repository / MODEL)
+    config = load_config(repository / model)
     return config.dynamic_batching.max_queue_size + config.instances * config.batch_size
 
 
@@ -156,7 +156,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.overload", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", default=str(Path(".cache/soak/model_repository")))
+    parser.add_argument("--repository", default="model_repository")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
     parser.add_argument("--json", type=Path, help="also write the report here")

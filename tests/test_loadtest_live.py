@@ -183,3 +183,30 @@ def test_tune_keeps_its_pick_only_if_it_wins_the_interleaved_confirmation():
     assert confirmed(rounds([25.0, 25.0, 25.0], pick_failed=1), shipped, pick, None) == shipped  # failures disqualify
     # with a target: the pick meets it in every round and the shipped one misses it
     assert confirmed(rounds([15.0, 15.0, 15.0], pick_p99=900.0, shipped_p99=1500.0), shipped, pick, 1000.0) == pick
+
+
+def test_overload_closed_loop_sees_the_refusals_apart_from_the_answers(semantic_repo, tmp_path):
+    """loadtest/overload.py's closed loop against a real server whose model holds 1 + 1 x 2
+    requests: 32 connections back to back get 200s and immediate 503s, each status with its own
+    latencies, every 503 with Retry-After and nothing lost; Little's law holds for the refusals."""
+    import asyncio
+
+    from segserve_loadtest.overload import closed_loop, in_flight_limit, little
+    from tests.conftest import copy_model
+    from tests.servers import ServerProcess
+
+    repo = tmp_path / "repo"
+    copy_model(semantic_repo, repo, "tight", instances=1, max_batch_size=8, dynamic_batching__preferred_batch_size=2,
+               dynamic_batching__max_queue_size=1)
+    with ServerProcess(repo, tmp_path / "server.log") as server:
+        result = asyncio.run(closed_loop(segment_url(server.url, "tight"), 32, 3.0, default_images()[0]))
+    ok, refused = result["by_status"]["200"], result["by_status"]["503"]
+    assert result["problems"] == {} and set(result["by_status"]) == {"200", "503"}
+    assert ok["count"] > 0 and refused["count"] > 10 * ok["count"]
+    assert refused["p50_ms"] < ok["p50_ms"]
+    limit = in_flight_limit(repo, "tight")
+    assert limit == 1 + 1 * 2
+    arithmetic = little(result, 32, limit, server_cpu_s=1.0, cpu_ms_per_200=1.0, seconds=3.0, cores=2)
+    assert arithmetic["connections_cycling_refusals"] == 29
+    # N = R x L, within the measurement's edges (connections busy with a 200 for part of the window)
+    assert arithmetic["little_mean_ms"] == pytest.approx(refused["mean_ms"], rel=0.35)
