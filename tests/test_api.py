@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -339,37 +338,3 @@ def test_sigterm_turns_readiness_off_first_and_serves_through_the_delay(semantic
     log = s.log()
     assert "readiness off" in log and "draining batchers" in log and "batchers drained" in log
 
-
-def write_syscalls(pid: int) -> int:
-    """The process's write-type system calls so far (Linux /proc/PID/io: write, send, sendmsg...)."""
-    return int(next(line for line in Path(f"/proc/{pid}/io").read_text().splitlines() if line.startswith("syscw")).split()[1])
-
-
-@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/PID/io")
-def test_each_answer_is_one_send_and_100_continue_still_comes_first(process_server):
-    """The head and the body of an answer leave in one system call (keepalive.OneSendPerAnswer),
-    200s and 503s alike; a client that waits for ``100 Continue`` before its body still gets it
-    first, then its answer."""
-    with socket.create_connection(("127.0.0.1", process_server.port), timeout=30) as s:
-        def health() -> bytes:
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = b""
-            while not answer.endswith(b"}"):
-                answer += s.recv(65536)
-            return answer
-
-        health()
-        before = write_syscalls(process_server.process.pid)
-        answers = [health() for _ in range(50)]
-        writes = write_syscalls(process_server.process.pid) - before
-    assert all(a.startswith(b"HTTP/1.1 200") for a in answers)
-    assert writes <= 55  # one per answer (a few to spare for a log line or a metric written meanwhile)
-
-    data = make_image(120, 160, seed=8)
-    with socket.create_connection(("127.0.0.1", process_server.port), timeout=30) as s:
-        s.sendall(f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
-                  "Expect: 100-continue\r\nConnection: close\r\n\r\n".encode())
-        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
-        s.sendall(data)
-        status, headers, body = read_answer(s)
-    assert status.startswith(b"HTTP/1.1 200") and SemanticResponse.model_validate_json(body).segments

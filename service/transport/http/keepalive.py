@@ -1,4 +1,4 @@
-"""The HTTP connection protocol: uvicorn's httptools protocol with these changes.
+"""The HTTP connection protocol: uvicorn's httptools protocol with two changes.
 
 * HTTP/1.0 keep-alive, which uvicorn refuses and `ab -k` needs. ab speaks only HTTP/1.0; with
   -k it sends `Connection: keep-alive` and reuses the connection only if the response says
@@ -12,10 +12,6 @@
   request) and does not finish sending its headers within ``header_timeout_s`` is cut off and
   counted, so slow-header clients cannot hold connections open forever. (Slow bodies are the
   request deadline's: 504.)
-* One send per answer: uvicorn writes a response's head and its body in two calls, each a
-  send() to the kernel; for the small answers of a segmentation server (a JSON of RLEs, a 503)
-  that second system call, with the TCP work the kernel does in it, is a good part of the CPU
-  the answer costs. The head is held and goes out with the first body part (``OneSendPerAnswer``).
 """
 
 from __future__ import annotations
@@ -26,50 +22,6 @@ from typing import Callable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 SHUTDOWN_GRACE_S = 0.5
-
-
-class OneSendPerAnswer:
-    """The connection's transport as one request's response cycle sees it: the head uvicorn
-    writes on ``http.response.start`` is held and written together with the next write (the
-    first body part), or alone when the answer completes without one (HEAD). Writes before
-    the head (``100 Continue``) and after it go straight through."""
-
-    __slots__ = ("_transport", "_cycle", "_head", "_head_seen")
-
-    def __init__(self, cycle):
-        self._transport: asyncio.Transport = cycle.transport
-        self._cycle = cycle
-        self._head: bytes | None = None
-        self._head_seen = False
-        on_response = cycle.on_response
-
-        def completed() -> None:
-            self.flush()
-            on_response()
-
-        cycle.transport, cycle.on_response = self, completed
-
-    def write(self, data: bytes) -> None:
-        if not self._head_seen and self._cycle.response_started:  # uvicorn sets it, then writes the head
-            self._head_seen, self._head = True, data
-            return
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.writelines((head, data))
-            return
-        self._transport.write(data)
-
-    def flush(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
 
 
 class SegserveHttpProtocol(HttpToolsProtocol):
@@ -91,7 +43,6 @@ class SegserveHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is None:
             return
-        OneSendPerAnswer(self.cycle)
         if self._shutting_down:
             self.cycle.keep_alive = False
         elif self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive():
