@@ -206,7 +206,8 @@ def markdown(result: SweepResult) -> str:
         "",
         f"- Server: `{result.url}`, backend {model.get('backend', '?')} on {model.get('device', '?')}, "
         f"input {model.get('input', {}).get('height', '?')}x{model.get('input', {}).get('width', '?')}, "
-        f"max batch {model.get('max_batch_size', '?')}, max queue delay {model.get('max_queue_delay_ms', '?')} ms, "
+        f"batches of up to {model.get('batch_size', model.get('max_batch_size', '?'))} (max_batch_size "
+        f"{model.get('max_batch_size', '?')}), max queue delay {model.get('max_queue_delay_ms', '?')} ms, "
         f"weights {model.get('weights', {}).get('source', '?')}",
         f"- Payload: {result.payload['name']} ({result.payload['content_type']}, {result.payload['bytes']} bytes)",
         f"- {result.duration_s:g} s per level, started {result.started_at}; load generator host: "
