@@ -127,7 +127,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Saturation ({sat['method']}): **{sat['rps']:.1f} req/s**.",
         "",
-        f"Closed loop, {report['concurrency']} keep-alive connections for {report['seconds']:g} s:",
+        f"`segserve serve --workers {report['workers']}`. Closed loop, {report['concurrency']} keep-alive connections "
+        f"for {report['seconds']:g} s:",
         "",
         "| status | answers | per s | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
@@ -159,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", default="model_repository")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
+    parser.add_argument("--workers", type=int, default=1, help="`segserve serve --workers` (1 = one process)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     repository = Path(args.repository)
     ensure_model(repository)
     payload = default_images()[0]
     log = Path(tempfile.mkdtemp(prefix="segserve-overload-")) / "server.log"
-    with SegserveProcess(repository, log, models=[MODEL]) as server:
+    with SegserveProcess(repository, log, models=[MODEL], args=["--workers", str(args.workers)]) as server:
         url = segment_url(server.url, MODEL)
         limit = in_flight_limit(repository)
         cpu_before = server_cpu_s(server.process.pid)
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             ab_rows.append({"command": ab["command"].split(" -p ")[0].rsplit("/", 1)[-1], "rps": ab["requests_per_second"],
                             "ok_per_s": ok / ab["time_taken_s"], "non_2xx": ab["non_2xx_responses"],
                             "failed": ab["failed_requests"]})
-    report = {"concurrency": args.concurrency, "seconds": args.seconds, "in_flight_limit": limit, "saturation": saturation,
+    report = {"concurrency": args.concurrency, "seconds": args.seconds, "workers": args.workers, "in_flight_limit": limit, "saturation": saturation,
               "closed_loop": loop, "ab": ab_rows, "load_average_at_end": os.getloadavg(),
               "little": little(loop, args.concurrency, limit, cpu_s, cpu_ms_per_200, args.seconds, len(os.sched_getaffinity(0)))}
     text = markdown(report)
