@@ -2,7 +2,7 @@
 
 Every system serves the SAME exported ONNX file and does the same work per request: decode the
 JPEG, letterbox to the model input, ONNX Runtime on CPU, restore to the original size, one COCO
-RLE per class present, JSON shaped like segserve's. The peers (loadtest/peers/*.py) are written
+RLE per class present (Mask R-CNN: per instance), JSON shaped like segserve's. The peers (loadtest/peers/*.py) are written
 the way their own docs show and run as scripts, each in its own virtualenv that this benchmark
 creates under ``.cache/peers/<name>`` (never a dependency of segserve; segserve never imports them):
 
@@ -20,17 +20,34 @@ creates under ``.cache/peers/<name>`` (never a dependency of segserve; segserve 
   ``@bentoml.api(batchable=True)`` method (adaptive batching; the image as a multipart file, a one-element
   JSON list back).
 
-Steps: export/generate the models (the bundled ``shapes_lraspp`` as `make models` exports it, and
-bench_overhead's trivial model); install each peer's virtualenv (skipped, with the reason, when
-that fails); start every system on the model; check each peer's label maps against segserve's
-on the same images (% of equal pixels, RLEs decoded with pycocotools); then, holding
-``/tmp/segserve-bench.lock``, interleaved rounds: the raw engine (bench_service.RawEngine, the
-model's own instances on a preprocessed image in memory), then each system under
-``ab -n N -c C -k -l`` at each concurrency. Medians over rounds: req/s, p50/p95/p99, failures,
-server CPU ms per request (utime + stime of the server's whole process tree, /proc), ratio to
-segserve and to the raw engine. Writes ``bench_peers.{json,md,png}``.
+Each peer also runs as ``<name>+codecs``: the same script in the same virtualenv, its work done by
+segserve's own codec functions (peer_common's "segserve" work: draft-scale decode, Letterbox, the
+run-based RLE, orjson where the script renders the body, segserve's ONNX Runtime session options),
+so that against segserve it differs in the serving layer alone. Those functions are this checkout's
+``service/``, linked as the package ``segserve`` into ``.cache/peers/segserve-codecs/src``, with the
+libraries they import (CODEC_REQUIREMENTS) installed once into ``.cache/peers/segserve-codecs/deps``;
+peer_common appends both to sys.path after the peer's site-packages. Nothing of segserve's runtime
+is installed into a peer's virtualenv.
 
-    python -m segserve_loadtest.bench_peers --out docs/bench [--rounds 2] [--requests 300] [--systems naive,litserve]
+Models: the bundled ``shapes_lraspp`` and ``shapes_maskrcnn`` as `make models` exports them, and
+bench_overhead's trivial model. Mask R-CNN is served by segserve on its split path (backbone.onnx on
+ONNX Runtime, the torch RPN/RoI heads from weights.pt, the box paste to RLE); no peer runs that
+split the way its docs show without segserve's code for the non-ONNX part, so its rows are the
+``+codecs`` variants only, at lower concurrency and fewer requests (``--instance-*``).
+
+Steps: export/generate the models; install each peer's virtualenv and the codec folder (skipped,
+with the reason, when that fails); start every system on the model; check each peer's label maps
+against segserve's on the same images (% of equal pixels, RLEs decoded with pycocotools; instance
+answers painted best on top); then, holding ``/tmp/segserve-bench.lock``, interleaved rounds: the
+raw engine (bench_service.RawEngine, the model's own instances on a preprocessed image in memory;
+semantic models only), then each system under ``ab -n N -c C -k -l`` at each concurrency, then the
+project's open loop (generators.open_loop) at a fixed arrival rate: ``--open-loop-fraction`` (0.8)
+of segserve's best closed-loop req/s in that round, the same rate for every system. Medians over
+rounds: req/s, p50/p95/p99, failures, server CPU ms per request (utime + stime of the server's whole
+process tree, /proc), ratio to segserve and to the raw engine; the open loop's achieved req/s,
+percentiles and failures. Writes ``bench_peers.{json,md,png}``.
+
+    python -m segserve_loadtest.bench_peers --out docs/bench [--rounds 2] [--requests 300] [--systems naive,naive+codecs]
 """
 
 from __future__ import annotations

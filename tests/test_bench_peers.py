@@ -234,7 +234,8 @@ def test_naive_codecs_variant_serves_the_bundled_mask_rcnn_as_segserve(instance_
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
 
 
-@pytest.mark.parametrize("name", ["litserve", "pytriton", "ray", "bentoml", *(p + CODECS for p in ("litserve", "pytriton", "ray", "bentoml"))])
+# naive+codecs too: in its own virtualenv it finds segserve only through the codec folder
+@pytest.mark.parametrize("name", ["litserve", "pytriton", "ray", "bentoml", *(p + CODECS for p in ("naive", "litserve", "pytriton", "ray", "bentoml"))])
 def test_installed_peer_serves_the_trivial_model_like_segserve(name, tmp_path):
     peer = bench_peers.peers(2)[name]
     python = installed_python(CACHE, peer)
