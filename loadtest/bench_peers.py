@@ -213,7 +213,7 @@ def codec_stamp(cache: Path) -> Path:
 
 def installed_codec_path(cache: Path) -> str | None:
     """ensure_codec_path's answer when that folder is already complete, else None (installs nothing)."""
-    root = cache / "segserve-codecs"
+    root = (cache / "segserve-codecs").absolute()
     if not codec_stamp(cache).is_file() or not (root / "src" / "segserve").is_dir():
         return None
     return os.pathsep.join([str(root / "src"), str(root / "deps")])
@@ -226,7 +226,7 @@ def ensure_codec_path(cache: Path, log: Path) -> str:
     pip's tail when that install fails."""
     import segserve
 
-    root, stamp = cache / "segserve-codecs", codec_stamp(cache)
+    root, stamp = (cache / "segserve-codecs").absolute(), codec_stamp(cache)  # absolute: the peers run in loadtest/peers
     source, deps = root / "src", root / "deps"
     link = source / "segserve"
     source.mkdir(parents=True, exist_ok=True)
