@@ -343,6 +343,10 @@ class PeerProcess:
         for member in filter(alive, tree):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGKILL)
+        # SIGKILL is delivered, not yet done: on a loaded machine a killed process can take a moment to exit
+        killed_by = time.monotonic() + 5.0
+        while any(map(alive, tree)) and time.monotonic() < killed_by:
+            time.sleep(0.05)
         self.process.wait()
 
     def log_tail(self, lines: int = 25) -> str:
@@ -545,7 +549,9 @@ def measure_rate(target: Target, image: Payload, rate_rps: float, seconds: float
             "requests_per_s": recorder.ok_in_window / stats.window_s, "p50_ms": latency["p50"], "p95_ms": latency["p95"],
             "p99_ms": latency["p99"], "failed": recorder.requests - recorder.ok, "statuses": dict(recorder.statuses),
             "exceptions": dict(recorder.exceptions), "max_send_lag_ms": stats.max_send_lag_ms,
-            "server_cpu_ms_per_request": 1000 * cpu / max(1, recorder.ok)}
+            "server_cpu_ms_per_request": 1000 * cpu / max(1, recorder.ok),
+            # the generator is Python in this process, on the same cores: where it is the bottleneck, this shows it
+            "client_cpu_ms_per_request": 1000 * stats.client_cpu_s / max(1, recorder.requests)}
 
 
 def open_loop_rate(cells: dict[str, dict], fraction: float) -> float | None:
@@ -603,8 +609,9 @@ def summarise_open_loop(rounds: list[dict], systems: list[str]) -> dict[str, dic
             continue
         row = {key: statistics.median(cell[key] for cell in cells)
                for key in ("rate_rps", "requests_per_s", "server_cpu_ms_per_request")}
-        for key in ("p50_ms", "p95_ms", "p99_ms"):  # None when no request succeeded
-            values = [cell[key] for cell in cells if cell[key] is not None]
+        # percentiles: None when no request succeeded; the client's figures: absent from older bench_peers.json files
+        for key in ("p50_ms", "p95_ms", "p99_ms", "client_cpu_ms_per_request", "max_send_lag_ms"):
+            values = [cell[key] for cell in cells if cell.get(key) is not None]
             row[key] = statistics.median(values) if values else None
         row["failed"] = sum(cell["failed"] for cell in cells)
         row["requests"] = sum(cell["requests"] for cell in cells)
@@ -655,15 +662,16 @@ def model_markdown(model: dict) -> list[str]:
             f"system per round at **{100 * model.get('open_loop_fraction', 0):.0f} % of segserve's best closed-loop req/s of that round** "
             "(the same rate for every system in a round):",
             "",
-            "| system | offered req/s | achieved req/s | p50 ms | p95 ms | p99 ms | failed / sent | server CPU ms/req |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| system | offered req/s | achieved req/s | p50 ms | p95 ms | p99 ms | failed / sent | server CPU ms/req | client CPU ms/req | max send lag ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name in model["systems"]:
             if name in opened:
                 row = opened[name]
                 lines.append(f"| {model['titles'][name]} | {row['rate_rps']:.1f} | {row['requests_per_s']:.1f} | {_fmt(row['p50_ms'], 0)} "
                              f"| {_fmt(row['p95_ms'], 0)} | {_fmt(row['p99_ms'], 0)} | {row['failed']} / {row['requests']} "
-                             f"| {row['server_cpu_ms_per_request']:.1f} |")
+                             f"| {row['server_cpu_ms_per_request']:.1f} | {_fmt(row.get('client_cpu_ms_per_request'))} "
+                             f"| {_fmt(row.get('max_send_lag_ms'), 0)} |")
     return lines
 
 
