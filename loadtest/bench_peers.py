@@ -856,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--report-only", action="store_true", help="rewrite bench_peers.{md,png} from --out's bench_peers.json")
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a CI timeout) as an exit: the ExitStacks then stop every server and peer started so far
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.report_only:
         result = json.loads((args.out / "bench_peers.json").read_text())
         (args.out / "bench_peers.md").write_text(markdown(result) + "\n")
