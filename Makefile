@@ -124,9 +124,11 @@ gpu-check: setup
 
 # segserve against the servers a user would pick instead (naive FastAPI, LitServe, PyTriton, Ray Serve, BentoML), each serving the same
 # exported ONNX file with the same work per request, each in its own virtualenv under .cache/peers/ (created here, never
-# a project dependency); the bundled shapes_lraspp (exported as `make models` does) and bench_overhead's trivial model;
-# interleaved rounds under /tmp/segserve-bench.lock. Writes docs/bench/bench_peers.{md,json,png} (docs/benchmarks.md).
-#   make bench-peers [BENCH_PEERS_ARGS="--systems naive,litserve --rounds 3 --requests 300"]
+# a project dependency), and each also as NAME+codecs, sharing segserve's codec code (.cache/peers/segserve-codecs);
+# the bundled shapes_lraspp and shapes_maskrcnn (exported as `make models` does) and bench_overhead's trivial model;
+# interleaved rounds under /tmp/segserve-bench.lock: ab at each level, then the open loop at a fixed rate.
+# Writes docs/bench/bench_peers.{md,json,png} (docs/benchmarks.md).
+#   make bench-peers [BENCH_PEERS_ARGS="--systems naive,naive+codecs --rounds 3 --requests 300"]
 .PHONY: bench-peers
 bench-peers: setup
 	$(BIN)/python -m segserve_loadtest.bench_peers --repository $(REPO) --out docs/bench $(BENCH_PEERS_ARGS)

@@ -2,7 +2,7 @@
 
 Every system serves the SAME exported ONNX file and does the same work per request: decode the
 JPEG, letterbox to the model input, ONNX Runtime on CPU, restore to the original size, one COCO
-RLE per class present, JSON shaped like segserve's. The peers (loadtest/peers/*.py) are written
+RLE per class present (Mask R-CNN: per instance), JSON shaped like segserve's. The peers (loadtest/peers/*.py) are written
 the way their own docs show and run as scripts, each in its own virtualenv that this benchmark
 creates under ``.cache/peers/<name>`` (never a dependency of segserve; segserve never imports them):
 
@@ -20,17 +20,34 @@ creates under ``.cache/peers/<name>`` (never a dependency of segserve; segserve 
   ``@bentoml.api(batchable=True)`` method (adaptive batching; the image as a multipart file, a one-element
   JSON list back).
 
-Steps: export/generate the models (the bundled ``shapes_lraspp`` as `make models` exports it, and
-bench_overhead's trivial model); install each peer's virtualenv (skipped, with the reason, when
-that fails); start every system on the model; check each peer's label maps against segserve's
-on the same images (% of equal pixels, RLEs decoded with pycocotools); then, holding
-``/tmp/segserve-bench.lock``, interleaved rounds: the raw engine (bench_service.RawEngine, the
-model's own instances on a preprocessed image in memory), then each system under
-``ab -n N -c C -k -l`` at each concurrency. Medians over rounds: req/s, p50/p95/p99, failures,
-server CPU ms per request (utime + stime of the server's whole process tree, /proc), ratio to
-segserve and to the raw engine. Writes ``bench_peers.{json,md,png}``.
+Each peer also runs as ``<name>+codecs``: the same script in the same virtualenv, its work done by
+segserve's own codec functions (peer_common's "segserve" work: draft-scale decode, Letterbox, the
+run-based RLE, orjson where the script renders the body, segserve's ONNX Runtime session options),
+so that against segserve it differs in the serving layer alone. Those functions are this checkout's
+``service/``, linked as the package ``segserve`` into ``.cache/peers/segserve-codecs/src``, with the
+libraries they import (CODEC_REQUIREMENTS) installed once into ``.cache/peers/segserve-codecs/deps``;
+peer_common appends both to sys.path after the peer's site-packages. Nothing of segserve's runtime
+is installed into a peer's virtualenv.
 
-    python -m segserve_loadtest.bench_peers --out docs/bench [--rounds 2] [--requests 300] [--systems naive,litserve]
+Models: the bundled ``shapes_lraspp`` and ``shapes_maskrcnn`` as `make models` exports them, and
+bench_overhead's trivial model. Mask R-CNN is served by segserve on its split path (backbone.onnx on
+ONNX Runtime, the torch RPN/RoI heads from weights.pt, the box paste to RLE); no peer runs that
+split the way its docs show without segserve's code for the non-ONNX part, so its rows are the
+``+codecs`` variants only, at lower concurrency and fewer requests (``--instance-*``).
+
+Steps: export/generate the models; install each peer's virtualenv and the codec folder (skipped,
+with the reason, when that fails); start every system on the model; check each peer's label maps
+against segserve's on the same images (% of equal pixels, RLEs decoded with pycocotools; instance
+answers painted best on top); then, holding ``/tmp/segserve-bench.lock``, interleaved rounds: the
+raw engine (bench_service.RawEngine, the model's own instances on a preprocessed image in memory;
+semantic models only), then each system under ``ab -n N -c C -k -l`` at each concurrency, then the
+project's open loop (generators.open_loop) at a fixed arrival rate: ``--open-loop-fraction`` (0.8)
+of segserve's best closed-loop req/s in that round, the same rate for every system. Medians over
+rounds: req/s, p50/p95/p99, failures, server CPU ms per request (utime + stime of the server's whole
+process tree, /proc), ratio to segserve and to the raw engine; the open loop's achieved req/s,
+percentiles and failures. Writes ``bench_peers.{json,md,png}``.
+
+    python -m segserve_loadtest.bench_peers --out docs/bench [--rounds 2] [--requests 300] [--systems naive,naive+codecs]
 """
 
 from __future__ import annotations
@@ -50,7 +67,7 @@ import subprocess
 import sysconfig
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -66,7 +83,13 @@ LOCK_FILE = "/tmp/segserve-bench.lock"
 COMMON = ["onnxruntime==1.31.1", "numpy==2.4.6", "pillow==13.0.0", "pycocotools==2.0.11"]
 RAY_VERSION = "2.60.0"
 BENTOML_VERSION = "1.4.40"
+# What segserve's codecs import besides COMMON (service/codecs, contract, graphs for the Mask R-CNN heads), at
+# segserve's own pins: installed once into one folder that every "+codecs" variant appends to its sys.path
+# (peer_common does, after the peer's site-packages: the peer's own releases win where both have a package)
+CODEC_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "orjson==3.13.0", "PyYAML==6.0.3", "pydantic==2.14.3"]
+CODECS = "+codecs"  # the name suffix of a peer's variant that shares segserve's codec code
 BUNDLED = "shapes_lraspp"
+INSTANCE = "shapes_maskrcnn"
 TRIVIAL = "trivial"
 
 
@@ -89,13 +112,31 @@ class Peer:
     env: dict[str, str] = field(default_factory=dict)
     path: str = "/segment"  # where the images go
     ready_path: str = "/healthz"  # answers 200 once the model is loaded
+    own_json: bool = False  # the script takes --own-json: it can render the body with the work's dumps itself
+    codecs: bool = False  # the variant doing its work with segserve's codecs (peer_common's "segserve" work)
+    venv: str = ""  # the virtualenv's folder under the cache: the plain peer's (a variant shares it)
+
+    def __post_init__(self) -> None:
+        self.venv = self.venv or self.name
+
+
+def with_codecs(peer: Peer) -> Peer:
+    """``peer``'s variant that calls segserve's codec functions for the same work (serving layer alone differs):
+    the same script and virtualenv, segserve's ``service/`` and CODEC_REQUIREMENTS on its path."""
+    json_note = ("the body rendered by segserve.codecs.jsonbytes (--own-json)" if peer.own_json or peer.protocol == "kserve-binary"
+                 else "the body still rendered by the framework's own JSON encoder")
+    return replace(peer, name=peer.name + CODECS, title=f"{peer.title} + segserve codecs", codecs=True,
+                   args=[*peer.args, *(["--own-json"] if peer.own_json else [])],
+                   settings=f"as {peer.name}, with segserve's codecs (draft decode, Letterbox, run-based RLE; Mask R-CNN: "
+                            f"rcnn_input, the torch heads, box paste) and its ONNX Runtime session options (no spinning); {json_note}")
 
 
 def peers(cores: int) -> dict[str, Peer]:
-    return {
+    """Every peer as its docs show it, then each one's variant sharing segserve's codecs (``<name>+codecs``)."""
+    plain = {
         "naive": Peer("naive", "naive FastAPI + uvicorn", ["fastapi==0.165.0", "uvicorn[standard]==0.54.0"], "naive_fastapi.py", "segment",
                       "1 uvicorn process, 1 ONNX Runtime session (default intra-op threads = cores), each request in FastAPI's "
-                      "thread pool, no batching"),
+                      "thread pool, no batching", own_json=True),
         # python-multipart: LitServe parses the multipart upload with Starlette, which needs it (not a LitServe dependency)
         "litserve": Peer("litserve", "LitServe 0.2.19", ["litserve==0.2.19", "python-multipart==0.0.34"], "litserve_server.py", "multipart",
                          f"{cores} worker processes (workers_per_device={cores}, accelerator=cpu), 1 intra-op thread each, "
@@ -120,7 +161,7 @@ def peers(cores: int) -> dict[str, Peer]:
                     ["--cpus", str(cores), "--replicas", str(cores), "--threads", "1", "--max-batch-size", "8",
                      "--batch-wait-timeout", "0.004"],
                     # the replicas are Ray worker processes started by the raylet: they find peer_common on PYTHONPATH
-                    env={"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PEERS_DIR)}),
+                    env={"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PEERS_DIR)}, own_json=True),
         "bentoml": Peer("bentoml", f"BentoML {BENTOML_VERSION}", [f"bentoml=={BENTOML_VERSION}"], "bentoml_server.py", "multipart-list",
                         f"@bentoml.service(workers={cores}), 1 intra-op thread each, @bentoml.api(batchable=True, max_batch_size=8, "
                         "max_latency_ms=60000 = BentoML's default: the batch window is its adaptive dispatcher's), the image as a "
@@ -128,18 +169,19 @@ def peers(cores: int) -> dict[str, Peer]:
                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--max-latency-ms", "60000"],
                         ready_path="/readyz"),
     }
+    return {**plain, **{variant.name: variant for variant in map(with_codecs, plain.values())}}
 
 
 # -- virtualenvs -----------------------------------------------------------------------------
 def venv_stamp(cache: Path, peer: Peer) -> Path:
     """The file that marks the peer's virtualenv as filled with exactly its current requirements."""
     requirements = [*peer.requirements, *peer.common]
-    return cache / peer.name / (".installed-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12])
+    return cache / peer.venv / (".installed-" + hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12])
 
 
 def installed_python(cache: Path, peer: Peer) -> Path | None:
     """The peer's virtualenv python when that virtualenv is already complete, else None (installs nothing)."""
-    return cache / peer.name / "bin" / "python" if venv_stamp(cache, peer).is_file() else None
+    return cache / peer.venv / "bin" / "python" if venv_stamp(cache, peer).is_file() else None
 
 
 def ensure_venv(cache: Path, peer: Peer, log: Path) -> Path:
@@ -148,7 +190,7 @@ def ensure_venv(cache: Path, peer: Peer, log: Path) -> Path:
     if (python := installed_python(cache, peer)) is not None:
         return python
     requirements = [*peer.requirements, *peer.common]
-    venv = cache / peer.name
+    venv = cache / peer.venv
     python = venv / "bin" / "python"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
@@ -162,6 +204,47 @@ def ensure_venv(cache: Path, peer: Peer, log: Path) -> Path:
         old.unlink()
     venv_stamp(cache, peer).touch()
     return python
+
+
+def codec_stamp(cache: Path) -> Path:
+    """The file that marks the variants' codec folder as filled with exactly CODEC_REQUIREMENTS."""
+    return cache / "segserve-codecs" / (".installed-" + hashlib.sha256("\n".join(CODEC_REQUIREMENTS).encode()).hexdigest()[:12])
+
+
+def installed_codec_path(cache: Path) -> str | None:
+    """ensure_codec_path's answer when that folder is already complete, else None (installs nothing)."""
+    root = (cache / "segserve-codecs").absolute()
+    if not codec_stamp(cache).is_file() or not (root / "src" / "segserve").is_dir():
+        return None
+    return os.pathsep.join([str(root / "src"), str(root / "deps")])
+
+
+def ensure_codec_path(cache: Path, log: Path) -> str:
+    """What a "+codecs" variant appends to its sys.path (PEER_CODEC_PATH, read by peer_common): a folder whose
+    ``segserve`` is a link to this checkout's ``service/`` (segserve's code as it is here, nothing installed), and
+    CODEC_REQUIREMENTS installed once with ``pip --target`` (a stamp marks it done). Raises RuntimeError with
+    pip's tail when that install fails."""
+    import segserve
+
+    root, stamp = (cache / "segserve-codecs").absolute(), codec_stamp(cache)  # absolute: the peers run in loadtest/peers
+    source, deps = root / "src", root / "deps"
+    link = source / "segserve"
+    source.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != Path(segserve.__file__).resolve().parent:
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(segserve.__file__).resolve().parent, target_is_directory=True)
+    if not stamp.is_file():
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:
+            done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--upgrade", "--target", str(deps), *CODEC_REQUIREMENTS],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            tail = [line for line in log.read_text(errors="replace").splitlines() if "is ignored" not in line][-8:]
+            raise RuntimeError(f"pip install --target {deps} {' '.join(CODEC_REQUIREMENTS)} failed ({done.returncode}): " + " | ".join(tail))
+        for old in root.glob(".installed-*"):
+            old.unlink()
+        stamp.touch()
+    return os.pathsep.join([str(source), str(deps)])
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -205,11 +288,13 @@ def tree_cpu_s(pid: int) -> float:
 class PeerProcess:
     """A peer script in its virtualenv on free loopback ports; ``url`` is where the load goes."""
 
-    def __init__(self, peer: Peer, python: Path, model_json: Path, log_path: Path, ready_timeout_s: float = 240.0):
+    def __init__(self, peer: Peer, python: Path, model_json: Path, log_path: Path, ready_timeout_s: float = 240.0,
+                 codec_path: str = ""):
         # absolute (the peer runs in loadtest/peers/), but not resolved: a venv's python is a symlink that must stay one
         self.peer, self.python, self.model_json = peer, Path(os.path.abspath(python)), Path(os.path.abspath(model_json))
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
+        self.codec_path = codec_path  # ensure_codec_path's, for a "+codecs" variant ("" where segserve is importable anyway)
         self.port = free_port()
         base = f"http://127.0.0.1:{self.port}"
         if peer.protocol == "kserve-binary":
@@ -226,7 +311,8 @@ class PeerProcess:
         with self.log_path.open("wb") as log:
             # its own session: stop() signals the whole group (LitServe's workers, Triton's processes)
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=PEERS_DIR, start_new_session=True,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.peer.env})
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.peer.env,
+                                                 **({"PEER_CODEC_PATH": self.codec_path} if self.peer.codecs else {})})
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -257,6 +343,10 @@ class PeerProcess:
         for member in filter(alive, tree):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGKILL)
+        # SIGKILL is delivered, not yet done: on a loaded machine a killed process can take a moment to exit
+        killed_by = time.monotonic() + 5.0
+        while any(map(alive, tree)) and time.monotonic() < killed_by:
+            time.sleep(0.05)
         self.process.wait()
 
     def log_tail(self, lines: int = 25) -> str:
@@ -269,27 +359,37 @@ class PeerProcess:
 
 
 # -- models ----------------------------------------------------------------------------------
-def ensure_bundled(repository: Path) -> None:
-    """``make models``' own export of the bundled semantic model (skipped when already there)."""
-    if (repository / BUNDLED / "config.yaml").is_file():
+# `make models`' own export commands of the bundled models the peers serve
+EXPORTS = {
+    BUNDLED: ["--model", "lraspp_mobilenet_v3_large", "--name", BUNDLED, "--weights", f"bundled:{BUNDLED}", "--input-size", "256x256",
+              "--video-split"],
+    INSTANCE: ["--model", "maskrcnn_mobilenet_v3_large_fpn", "--name", INSTANCE, "--weights", f"bundled:{INSTANCE}"],
+}
+
+
+def ensure_bundled(repository: Path, name: str = BUNDLED) -> None:
+    """``make models``' own export of a bundled model (skipped when already there)."""
+    if (repository / name / "config.yaml").is_file():
         return
-    command = [sys.executable, "-m", "segserve", "export", "--model", "lraspp_mobilenet_v3_large", "--name", BUNDLED,
-               "--weights", f"bundled:{BUNDLED}", "--input-size", "256x256", "--video-split", "--repository", str(repository),
-               "--skip-existing"]
+    command = [sys.executable, "-m", "segserve", "export", *EXPORTS[name], "--repository", str(repository), "--skip-existing"]
     subprocess.run(command, check=True)
 
 
-def model_json(repository: Path, name: str, out: Path) -> Path:
+def model_json(repository: Path, name: str, out: Path, codecs: str = "pil") -> Path:
     """What a peer needs to serve the model exactly as segserve does: the ONNX file segserve
-    serves, its input/output names, input size, pad value and class names."""
+    serves, its input/output names, input size, pad value and class names; the model's folder and
+    version (the codec-sharing work reads segserve's config.yaml and, for Mask R-CNN, weights.pt);
+    ``codecs``: "pil" (the peers' own way) or "segserve" (peer_common's work for the variants)."""
     from segserve.contract.model_config import latest_version, load_config
 
     folder = repository / name
     config = load_config(folder)
-    onnx = folder / str(latest_version(folder)) / config.onnxruntime.model_file
-    spec = {"name": name, "onnx": str(onnx.resolve()), "input": config.input.name, "output": config.output.name,
-            "height": config.input.height, "width": config.input.width, "pad_value": list(config.input.pad_value),
-            "classes": list(config.classes)}
+    version_dir = folder / str(latest_version(folder))
+    onnx = version_dir / config.onnxruntime.model_file
+    spec = {"name": name, "task": config.task.value, "codecs": codecs, "folder": str(folder.resolve()),
+            "version_dir": str(version_dir.resolve()), "onnx": str(onnx.resolve()), "input": config.input.name,
+            "output": config.output.name, "height": config.input.height, "width": config.input.width,
+            "pad_value": list(config.input.pad_value), "classes": list(config.classes)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(spec, indent=2))
     return out
@@ -369,9 +469,17 @@ class Target:
 
 # -- agreement -------------------------------------------------------------------------------------
 def label_map(result: dict) -> np.ndarray:
-    """A segserve-shaped JSON answer -> (h, w) class ids (pixels no segment covers: -1)."""
+    """A segserve-shaped JSON answer -> (h, w) class ids: a semantic answer's segments (pixels no segment
+    covers: -1), or an instance answer's masks painted from the lowest score up (the best on top, as
+    segserve's instance-id PNG; pixels no instance covers: 0)."""
     from pycocotools import mask as mask_utils
 
+    if "instances" in result:
+        labels = np.zeros((result["height"], result["width"]), dtype=np.int32)
+        for instance in result["instances"][::-1]:
+            rle = {"size": instance["mask"]["size"], "counts": instance["mask"]["counts"].encode()}
+            labels[mask_utils.decode(rle).astype(bool)] = instance["class_id"]
+        return labels
     labels = np.full((result["height"], result["width"]), -1, dtype=np.int32)
     for segment in result["segments"]:
         rle = {"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode()}
@@ -422,6 +530,37 @@ def measure_level(target: Target, image: Payload, requests: int, concurrency: in
             "command": report["command"]}
 
 
+def measure_rate(target: Target, image: Payload, rate_rps: float, seconds: float, timeout_s: float = 60.0) -> dict:
+    """The project's open loop (generators.open_loop: request i sent at i / rate whatever came back, HTTP/1.1
+    keep-alive, latency from the intended send time) at ``rate_rps`` for ``seconds``: achieved throughput (200s
+    completed inside the window), p50/p95/p99, failures (non-200s, exceptions, unfinished), server CPU per request."""
+    import asyncio
+
+    from segserve_loadtest.generators import open_loop
+
+    payload, headers = target.load(image)
+    before = tree_cpu_s(target.pid)
+    stats = asyncio.run(open_loop(target.url, payload, rate_rps, seconds, max_requests=max(1, round(rate_rps * seconds)),
+                                  timeout_s=timeout_s, max_connections=64, headers=headers))
+    cpu = tree_cpu_s(target.pid) - before
+    recorder = stats.recorder
+    latency = recorder.latency_ms()
+    return {"rate_rps": rate_rps, "offered_rps": stats.offered_rps, "requests": recorder.requests, "ok": recorder.ok,
+            "requests_per_s": recorder.ok_in_window / stats.window_s, "p50_ms": latency["p50"], "p95_ms": latency["p95"],
+            "p99_ms": latency["p99"], "failed": recorder.requests - recorder.ok, "statuses": dict(recorder.statuses),
+            "exceptions": dict(recorder.exceptions), "max_send_lag_ms": stats.max_send_lag_ms,
+            "server_cpu_ms_per_request": 1000 * cpu / max(1, recorder.ok),
+            # the generator is Python in this process, on the same cores: where it is the bottleneck, this shows it
+            "client_cpu_ms_per_request": 1000 * stats.client_cpu_s / max(1, recorder.requests)}
+
+
+def open_loop_rate(cells: dict[str, dict], fraction: float) -> float | None:
+    """The round's fixed arrival rate: ``fraction`` of segserve's best closed-loop throughput in that round
+    (its saturation as ab measured it), the same for every system."""
+    best = [cell["requests_per_s"] for cell in cells.values() if "requests_per_s" in cell]
+    return fraction * max(best) if best else None
+
+
 def raw_engine_round(raw, seconds: float) -> dict:
     """The raw engine at batch 1 and 2 (the model's instances in parallel); the better one counts."""
     rows = [raw.measure(size, seconds) for size in (1, 2) if size <= raw.max_batch_size]
@@ -431,7 +570,7 @@ def raw_engine_round(raw, seconds: float) -> dict:
 
 def summarise(rounds: list[dict], systems: list[str], levels: list[int]) -> dict:
     """Medians over rounds per system and level, plus the ratios (each round's ratio, then the median)."""
-    raw = [r["raw_engine"]["images_per_s"] for r in rounds]
+    raw = [r["raw_engine"]["images_per_s"] for r in rounds if r.get("raw_engine")]
     table: dict[str, dict[int, dict]] = {}
     for name in systems:
         table[name] = {}
@@ -450,13 +589,34 @@ def summarise(rounds: list[dict], systems: list[str], levels: list[int]) -> dict
                 mine = r["systems"].get(name, {}).get(str(c), {})
                 theirs = r["systems"].get("segserve", {}).get(str(c), {})
                 if "requests_per_s" in mine:
-                    ratios_raw.append(mine["requests_per_s"] / r["raw_engine"]["images_per_s"])
+                    if r.get("raw_engine"):
+                        ratios_raw.append(mine["requests_per_s"] / r["raw_engine"]["images_per_s"])
                     if "requests_per_s" in theirs:
                         ratios_segserve.append(mine["requests_per_s"] / theirs["requests_per_s"])
             row["vs_segserve"] = statistics.median(ratios_segserve) if ratios_segserve else None
             row["vs_raw_engine"] = statistics.median(ratios_raw) if ratios_raw else None
             table[name][c] = row
-    return {"raw_engine_images_per_s": statistics.median(raw) if raw else None, "raw_engine_rounds": raw, "table": table}
+    return {"raw_engine_images_per_s": statistics.median(raw) if raw else None, "raw_engine_rounds": raw, "table": table,
+            "open_loop": summarise_open_loop(rounds, systems)}
+
+
+def summarise_open_loop(rounds: list[dict], systems: list[str]) -> dict[str, dict]:
+    """Medians over rounds of each system's fixed-arrival-rate phase (rounds without one are left out)."""
+    out = {}
+    for name in systems:
+        cells = [r["open_loop"][name] for r in rounds if name in r.get("open_loop", {})]
+        if not cells:
+            continue
+        row = {key: statistics.median(cell[key] for cell in cells)
+               for key in ("rate_rps", "requests_per_s", "server_cpu_ms_per_request")}
+        # percentiles: None when no request succeeded; the client's figures: absent from older bench_peers.json files
+        for key in ("p50_ms", "p95_ms", "p99_ms", "client_cpu_ms_per_request", "max_send_lag_ms"):
+            values = [cell[key] for cell in cells if cell.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+        row["failed"] = sum(cell["failed"] for cell in cells)
+        row["requests"] = sum(cell["requests"] for cell in cells)
+        out[name] = row
+    return out
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -466,16 +626,20 @@ def _fmt(value, digits: int = 1) -> str:
 
 def model_markdown(model: dict) -> list[str]:
     summary, levels = model["summary"], model["levels"]
-    raw = model["rounds"][0]["raw_engine"] if model["rounds"] else {}
+    raw = (model["rounds"][0]["raw_engine"] if model["rounds"] else None) or {}
+    engine = (f"Raw engine: {raw.get('instances', '?')} ONNX Runtime sessions in parallel on a preprocessed image in memory, best of "
+              f"batch 1/2: **{_fmt(summary['raw_engine_images_per_s'])} images/s** (median of rounds: "
+              + ", ".join(_fmt(v) for v in summary["raw_engine_rounds"]) + ")." if raw else
+              "Raw engine: not measured (the ONNX graph is only the backbone; the torch heads and the paste are the rest of the model).")
     lines = [
         f"### `{model['model']}` ({model['description']})",
         "",
-        f"Raw engine: {raw.get('instances', '?')} ONNX Runtime sessions in parallel on a preprocessed image in memory, best of batch 1/2: "
-        f"**{_fmt(summary['raw_engine_images_per_s'])} images/s** (median of rounds: "
-        + ", ".join(_fmt(v) for v in summary["raw_engine_rounds"]) + ").",
+        engine,
         "",
         "Label maps against segserve's on the same 4 images (640x480 x2, 500x375, 256x320): "
         + ", ".join(f"{name} {100 * a['equal_pixels']:.2f} % equal pixels" for name, a in model["agreement"].items()) + ".",
+        "",
+        f"Closed loop: `ab -n {model.get('requests', '?')} -c C -k -l` (at least 4 x C requests).",
         "",
         "| system | c | req/s | p50 ms | p95 ms | p99 ms | failed | server CPU ms/req | vs segserve | vs raw engine |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -489,6 +653,25 @@ def model_markdown(model: dict) -> list[str]:
             lines.append(
                 f"| {model['titles'][name]} | {c} | {row['requests_per_s']:.1f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} "
                 f"| {row['failed']} | {row['server_cpu_ms_per_request']:.1f} | {_fmt(row['vs_segserve'], 2)} | {_fmt(row['vs_raw_engine'], 2)} |")
+    opened = summary.get("open_loop") or {}
+    if opened:
+        lines += [
+            "",
+            f"Open loop (the project's generator, segserve_loadtest.generators.open_loop: request i sent at i / rate whatever came back, "
+            f"HTTP/1.1 keep-alive, up to 64 connections, latency from the intended send time), {model.get('open_loop_seconds', '?')} s per "
+            f"system per round at **{100 * model.get('open_loop_fraction', 0):.0f} % of segserve's best closed-loop req/s of that round** "
+            "(the same rate for every system in a round):",
+            "",
+            "| system | offered req/s | achieved req/s | p50 ms | p95 ms | p99 ms | failed / sent | server CPU ms/req | client CPU ms/req | max send lag ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in model["systems"]:
+            if name in opened:
+                row = opened[name]
+                lines.append(f"| {model['titles'][name]} | {row['rate_rps']:.1f} | {row['requests_per_s']:.1f} | {_fmt(row['p50_ms'], 0)} "
+                             f"| {_fmt(row['p95_ms'], 0)} | {_fmt(row['p99_ms'], 0)} | {row['failed']} / {row['requests']} "
+                             f"| {row['server_cpu_ms_per_request']:.1f} | {_fmt(row.get('client_cpu_ms_per_request'))} "
+                             f"| {_fmt(row.get('max_send_lag_ms'), 0)} |")
     return lines
 
 
@@ -496,8 +679,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"`{result['command']}` on {result['machine']} (load average {result['load_before']} before the timed part, "
         f"{result['load_after']} after: **a shared, loaded machine**; other engineers' jobs were running). "
-        f"{result['rounds']} interleaved rounds (raw engine, then each system at c = {', '.join(map(str, result['levels']))}), "
-        f"`ab -n {result['requests']} -c C -k -l` (at least 4 x C requests), the 640x480 JPEG; medians over rounds. "
+        f"{result['rounds']} interleaved rounds (raw engine, then each system closed loop under ab at each level, then open loop at "
+        "a fixed arrival rate), the 640x480 JPEG; medians over rounds. A `+ segserve codecs` row is that peer with segserve's own "
+        "codec code doing the same work: against segserve it differs in the serving layer alone. "
         "Server CPU: utime + stime of the server's whole process tree (/proc) during the ab run, per completed request.",
         "",
         "Systems and their settings on this machine:",
@@ -520,22 +704,29 @@ def plot(result: dict, path: Path) -> None:
 
     models = result["models"]
     figure, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    # a peer and its "+codecs" variant share a colour (the variant dashed); the open-loop point is an x
+    bases = list(dict.fromkeys(name.removesuffix(CODECS) for model in models for name in model["systems"]))
+    colours = {base: f"C{i % 10}" for i, base in enumerate(bases)}
     for axis, model in zip(axes[0], models):
+        opened = model["summary"].get("open_loop") or {}
         for name in model["systems"]:
             rows = [model["summary"]["table"][name].get(c) or model["summary"]["table"][name].get(str(c)) for c in model["levels"]]
             points = [(r["requests_per_s"], r["p99_ms"], c) for r, c in zip(rows, model["levels"]) if r and "error" not in r]
             if not points:
                 continue
             xs, ys, cs = zip(*points)
-            axis.plot(xs, ys, marker="o", label=model["titles"][name])
+            colour = colours[name.removesuffix(CODECS)]
+            axis.plot(xs, ys, marker="o", color=colour, linestyle="--" if name.endswith(CODECS) else "-", label=model["titles"][name])
             for x, y, c in points:
                 axis.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if opened.get(name, {}).get("p99_ms"):
+                axis.plot([opened[name]["requests_per_s"]], [opened[name]["p99_ms"]], marker="x", color=colour, markersize=8, linestyle="none")
         raw = model["summary"]["raw_engine_images_per_s"]
         top = max((line.get_xdata().max() for line in axis.get_lines()), default=0)
         if raw and raw <= 3 * top:
             axis.axvline(raw, color="grey", linestyle="--", label=f"raw engine {raw:.0f} img/s")
         axis.set_xlabel("throughput (req/s)")
-        axis.set_ylabel("p99 latency (ms)")
+        axis.set_ylabel("p99 latency (ms); x = open loop at a fixed rate")
         axis.set_yscale("log")
         beyond = f"; raw engine {raw:.0f} img/s, off the scale" if raw and raw > 3 * top else ""
         axis.set_title(f"{model['model']} (shared, loaded 2-core machine{beyond})", fontsize=9)
@@ -563,19 +754,39 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+@dataclass
+class ModelPlan:
+    """How one model is measured: its closed-loop levels and ab requests, its open-loop seconds, whether its
+    raw engine is measured (the semantic models: the ONNX graph is the whole model; Mask R-CNN's backbone is not)."""
+
+    levels: list[int]
+    requests: int
+    open_loop_seconds: float
+    raw_engine: bool = True
+    codecs_only: bool = False  # served by the peers' "+codecs" variants alone (Mask R-CNN: segserve's split path)
+
+
+def print_cell(label: str, cell: dict) -> None:
+    print(f"  {label}: " + (cell["error"] if "error" in cell else
+          f"{cell['requests_per_s']:.1f} req/s p99 {_fmt(cell['p99_ms'], 0)} ms, {cell['server_cpu_ms_per_request']:.1f} "
+          f"CPU ms/req, failed {cell['failed'] + cell.get('non_2xx', 0)}"), flush=True)
+
+
 def bench_model(name: str, repository: Path, description: str, work: Path, pythons: dict[str, Path], peer_specs: dict[str, Peer],
-                args, skipped: dict[str, str], lock) -> dict:
+                args, skipped: dict[str, str], lock, plan: ModelPlan, codec_path: str = "") -> dict:
     from segserve_loadtest.bench_service import RawEngine
 
     image = photo()
-    spec = model_json(repository, name, work / f"{name}.json")
-    titles = {"segserve": "segserve", **{p: peer_specs[p].title for p in pythons}}
+    specs = {codecs: model_json(repository, name, work / f"{name}.{codecs}.json", codecs) for codecs in ("pil", "segserve")}
+    chosen = {p: python for p, python in pythons.items() if peer_specs[p].codecs or not plan.codecs_only}
+    titles = {"segserve": "segserve", **{p: peer_specs[p].title for p in chosen}}
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(SegserveProcess(repository, work / f"segserve-{name}.log", models=[name]))
         targets = [Target("segserve", segment_url(server.url, name), "segment", server.process.pid, "")]
-        for peer_name, python in pythons.items():
+        for peer_name, python in chosen.items():
             peer = peer_specs[peer_name]
-            process = PeerProcess(peer, python, spec, work / f"{peer_name}-{name}.log")
+            process = PeerProcess(peer, python, specs["segserve" if peer.codecs else "pil"], work / f"{peer_name}-{name}.log",
+                                  codec_path=codec_path)
             try:
                 process.start()
             except (RuntimeError, OSError) as err:
@@ -589,37 +800,53 @@ def bench_model(name: str, repository: Path, description: str, work: Path, pytho
         for target in targets:  # warm every path (and ORT's per-shape state) before timing
             payload, headers = target.load(image)
             with contextlib.suppress(AbError):
-                run_ab(target.url, payload, requests=64, concurrency=8, headers=headers)
-        raw = RawEngine(repository, name, np.asarray(synthetic_scene(640, 480, seed=0)))
+                run_ab(target.url, payload, requests=min(64, 4 * max(plan.levels)), concurrency=min(8, max(plan.levels)), headers=headers)
+        raw = RawEngine(repository, name, np.asarray(synthetic_scene(640, 480, seed=0))) if plan.raw_engine else None
         rounds = []
         with lock():
             load_before = load_average()
             for i in range(args.rounds):
-                entry = {"raw_engine": raw_engine_round(raw, args.engine_seconds), "systems": {}}
-                print(f"{name} round {i + 1}: raw engine {entry['raw_engine']['images_per_s']:.1f} images/s", flush=True)
+                entry = {"raw_engine": raw_engine_round(raw, args.engine_seconds) if raw else None, "systems": {}, "open_loop": {}}
+                print(f"{name} round {i + 1}: raw engine " + (f"{entry['raw_engine']['images_per_s']:.1f} images/s" if raw else "not measured"),
+                      flush=True)
                 for target in targets:
                     entry["systems"][target.name] = {}
-                    for c in args.levels:
-                        cell = measure_level(target, image, args.requests, c)
+                    for c in plan.levels:
+                        cell = measure_level(target, image, plan.requests, c)
                         entry["systems"][target.name][str(c)] = cell
-                        print(f"  {target.name} c={c}: " + (cell["error"] if "error" in cell else
-                              f"{cell['requests_per_s']:.1f} req/s p99 {cell['p99_ms']:.0f} ms, {cell['server_cpu_ms_per_request']:.1f} "
-                              f"CPU ms/req, failed {cell['failed'] + cell['non_2xx']}"), flush=True)
+                        print_cell(f"{target.name} c={c}", cell)
+                    # segserve comes first: its levels of this round set the rate every system then gets
+                    entry.setdefault("open_loop_rps", open_loop_rate(entry["systems"]["segserve"], args.open_loop_fraction))
+                    if plan.open_loop_seconds > 0 and entry["open_loop_rps"]:
+                        cell = measure_rate(target, image, entry["open_loop_rps"], plan.open_loop_seconds)
+                        entry["open_loop"][target.name] = cell
+                        print_cell(f"{target.name} open loop {cell['rate_rps']:.1f} req/s offered", cell)
                 rounds.append(entry)
             load_after = load_average()
-        raw.close()
+        if raw:
+            raw.close()
     systems = [t.name for t in targets]
-    return {"model": name, "description": description, "systems": systems, "titles": titles, "levels": args.levels,
-            "agreement": agree, "rounds": rounds, "summary": summarise(rounds, systems, args.levels),
+    return {"model": name, "description": description, "systems": systems, "titles": titles, "levels": plan.levels,
+            "requests": plan.requests, "open_loop_seconds": plan.open_loop_seconds, "open_loop_fraction": args.open_loop_fraction,
+            "agreement": agree, "rounds": rounds, "summary": summarise(rounds, systems, plan.levels),
             "load_before": load_before, "load_after": load_after}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.bench_peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--systems", default="naive,litserve,pytriton,ray,bentoml", help="peers to run besides segserve")
-    parser.add_argument("--models", default=f"{BUNDLED},{TRIVIAL}")
+    parser.add_argument("--systems", default=",".join(peers(1)), help="peers to run besides segserve (NAME+codecs: its variant "
+                        "sharing segserve's codecs)")
+    parser.add_argument("--models", default=f"{BUNDLED},{TRIVIAL},{INSTANCE}")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--requests", type=int, default=300, help="ab requests per level per system per round")
+    parser.add_argument("--open-loop-seconds", type=float, default=15.0, help="the fixed-arrival-rate phase per system per round (0: none)")
+    parser.add_argument("--open-loop-fraction", type=float, default=0.8, help="its rate: this much of segserve's best closed-loop "
+                        "req/s in the same round")
+    # Mask R-CNN takes ~0.2-0.5 s of CPU per request here: c = 32 would queue for seconds and need thousands of
+    # requests to give stable percentiles, so it runs lower levels with fewer requests
+    parser.add_argument("--instance-levels", default="1,4,8")
+    parser.add_argument("--instance-requests", type=int, default=48, help="ab requests per level for Mask R-CNN")
+    parser.add_argument("--instance-open-loop-seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--engine-seconds", type=float, default=2.0, help="raw engine loop per batch size per round")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="where the bundled model is (exported if absent)")
@@ -629,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/bench"))
     parser.add_argument("--report-only", action="store_true", help="rewrite bench_peers.{md,png} from --out's bench_peers.json")
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a CI timeout) as an exit: the ExitStacks then stop every server and peer started so far
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.report_only:
         result = json.loads((args.out / "bench_peers.json").read_text())
         (args.out / "bench_peers.md").write_text(markdown(result) + "\n")
@@ -639,11 +868,22 @@ def main(argv: list[str] | None = None) -> int:
     peer_specs = peers(cores)
     skipped: dict[str, str] = {}
     pythons: dict[str, Path] = {}
-    for name in [s for s in args.systems.split(",") if s]:
-        peer = peer_specs[name]
-        print(f"virtualenv for {name}: {args.cache / name}", flush=True)
+    names = [s for s in args.systems.split(",") if s]
+    codec_path = ""
+    if any(peer_specs[name].codecs for name in names):
+        print(f"segserve's codecs for the +codecs variants: {args.cache / 'segserve-codecs'}", flush=True)
         try:
-            pythons[name] = ensure_venv(args.cache, peer, args.cache / f"{name}.install.log")
+            codec_path = ensure_codec_path(args.cache, args.cache / "segserve-codecs.install.log")
+        except (RuntimeError, OSError) as err:
+            for name in [n for n in names if peer_specs[n].codecs]:
+                skipped[name] = f"codec install failed: {err}"
+            names = [n for n in names if not peer_specs[n].codecs]
+            print(err, file=sys.stderr, flush=True)
+    for name in names:
+        peer = peer_specs[name]
+        print(f"virtualenv for {name}: {args.cache / peer.venv}", flush=True)
+        try:
+            pythons[name] = ensure_venv(args.cache, peer, args.cache / f"{peer.venv}.install.log")
         except (RuntimeError, subprocess.CalledProcessError) as err:
             skipped[name] = f"install failed: {err}"
             print(f"{name}: {err}", file=sys.stderr, flush=True)
@@ -656,24 +896,32 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     with tempfile.TemporaryDirectory(prefix="segserve-peers-") as tmp:
         for name in args.models.split(","):
+            plan = ModelPlan(args.levels, args.requests, args.open_loop_seconds)
             if name == TRIVIAL:
                 repository = Path(tmp) / "repository"
                 build_trivial_model(repository)
                 description = "bench_overhead's trivial model: labels = images[:, 0] > 127, 256x256, almost no compute"
             else:
                 repository = args.repository
-                if name == BUNDLED:
-                    ensure_bundled(repository)
+                if name in EXPORTS:
+                    ensure_bundled(repository, name)
                 description = "the bundled LRASPP-MobileNetV3, 256x256, as `make models` exports it"
-            models.append(bench_model(name, repository, description, args.work, pythons, peer_specs, args, skipped, lock))
+            if name == INSTANCE:
+                plan = ModelPlan([int(v) for v in args.instance_levels.split(",")], args.instance_requests,
+                                 args.instance_open_loop_seconds, raw_engine=False, codecs_only=True)
+                description = ("the bundled Mask R-CNN-MobileNetV3-FPN as `make models` exports it, segserve's split path: backbone.onnx "
+                               "on ONNX Runtime, the torch RPN/RoI heads from weights.pt, the box paste; the peers only as their "
+                               "`+codecs` variants, which run that split with segserve's code")
+            models.append(bench_model(name, repository, description, args.work, pythons, peer_specs, args, skipped, lock, plan, codec_path))
     result = {
         "command": "make bench-peers" if os.environ.get("MAKELEVEL") else "python -m segserve_loadtest.bench_peers " + " ".join(argv or sys.argv[1:]),
         "machine": f"{platform.machine()}, {cores} CPUs",
         "load_before": models[0]["load_before"] if models else "?", "load_after": models[-1]["load_after"] if models else "?",
-        "rounds": args.rounds, "requests": args.requests, "levels": args.levels,
+        "rounds": args.rounds, "requests": args.requests, "levels": args.levels, "open_loop_fraction": args.open_loop_fraction,
         "titles": {"segserve": "segserve", **{name: peer_specs[name].title for name in pythons}},
-        "settings": {"segserve": f"`segserve serve` on the model's exported config.yaml (bundled: {serving_settings(args.repository)}; "
-                                 "trivial: bench_overhead's 6-line config)",
+        "settings": {"segserve": "`segserve serve` on the model's exported config.yaml ("
+                                 + "; ".join(f"{m}: {serving_settings(args.repository, m)}" for m in EXPORTS if m in args.models.split(","))
+                                 + "; trivial: bench_overhead's 6-line config)",
                      **{name: peer_specs[name].settings for name in pythons}},
         "skipped": skipped,
         "models": models,

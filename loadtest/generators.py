@@ -87,9 +87,10 @@ def make_client(connections: int, timeout_s: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s))
 
 
-async def _send(client: httpx.AsyncClient, url: str, payload: Payload, recorder: Recorder, started: float) -> None:
+async def _send(client: httpx.AsyncClient, url: str, payload: Payload, recorder: Recorder, started: float,
+                headers: dict[str, str] | None = None) -> None:
     try:
-        response = await client.post(url, content=payload.body, headers={"Content-Type": payload.content_type})
+        response = await client.post(url, content=payload.body, headers={"Content-Type": payload.content_type, **(headers or {})})
     except httpx.HTTPError as exc:
         recorder.record_exception(exc)
         return
@@ -117,9 +118,11 @@ async def closed_loop(url: str, payload: Payload, concurrency: int, duration_s: 
 
 
 async def open_loop(url: str, payload: Payload, rate_rps: float, duration_s: float,
-                    max_requests: int, timeout_s: float, max_connections: int = 256) -> RunStats:
+                    max_requests: int, timeout_s: float, max_connections: int = 256,
+                    headers: dict[str, str] | None = None) -> RunStats:
     """Send request i at start + i/rate. In-flight requests past the drain time (the
-    request timeout) are cancelled and counted as unfinished errors."""
+    request timeout) are cancelled and counted as unfinished errors. ``headers``: sent with
+    every request besides the payload's Content-Type (a KServe binary body's header length)."""
     recorder = Recorder()
     count = min(max_requests, max(1, int(rate_rps * duration_s)))
     max_lag = 0.0
@@ -134,7 +137,7 @@ async def open_loop(url: str, payload: Payload, rate_rps: float, duration_s: flo
             if (delay := intended - time.perf_counter()) > 0:
                 await asyncio.sleep(delay)
             max_lag = max(max_lag, time.perf_counter() - intended)
-            tasks.append(asyncio.create_task(_send(client, url, payload, recorder, intended)))
+            tasks.append(asyncio.create_task(_send(client, url, payload, recorder, intended, headers)))
         sent_for = time.perf_counter() - start
         _, pending = await asyncio.wait(tasks, timeout=timeout_s + 1)
         for task in pending:

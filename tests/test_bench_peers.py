@@ -1,10 +1,14 @@
 """`make bench-peers`' harness without any peer installed: the agreement check (pycocotools RLEs
-decoded to label maps), the medians and ratios, the report and plot, the KServe binary-data body,
-and the hand-written FastAPI peer script itself, run with this project's own interpreter (it has
-fastapi, uvicorn, onnxruntime, Pillow and pycocotools) on bench_overhead's trivial model, checked
-against segserve's own codecs on the same images. No virtualenv is created: the other peers'
-scripts (LitServe, PyTriton, Ray Serve, BentoML) are served and checked the same way only where
-`make bench-peers` has already built their virtualenvs under .cache/peers, and skipped otherwise."""
+decoded to label maps, semantic and instance answers), the medians and ratios, the open-loop rows,
+the report and plot, the KServe binary-data body, and the hand-written FastAPI peer script itself,
+run with this project's own interpreter (it has fastapi, uvicorn, onnxruntime, Pillow, pycocotools
+and segserve's codecs) on bench_overhead's trivial model, checked against segserve's own codecs on
+the same images -- plain (PIL) and as its "+codecs" variant, which must answer exactly as segserve
+does, on the trivial model and on the bundled Mask R-CNN's split path -- and driven by the project's
+open loop. No virtualenv is created: the other peers' scripts (LitServe, PyTriton, Ray Serve,
+BentoML, and their "+codecs" variants) are served and checked the same way only where
+`make bench-peers` has already built their virtualenvs (and segserve's codec folder) under
+.cache/peers, and skipped otherwise."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pycocotools import mask as mask_utils
 from segserve_loadtest import bench_peers
 from segserve_loadtest.bench_overhead import build_trivial_model
 from segserve_loadtest.bench_peers import (
+    CODECS,
     PeerProcess,
     installed_python,
     Target,
@@ -29,6 +34,8 @@ from segserve_loadtest.bench_peers import (
     kserve_binary_result,
     label_map,
     markdown,
+    measure_rate,
+    open_loop_rate,
     model_json,
     multipart,
     photo,
@@ -57,6 +64,23 @@ def test_agreement_decodes_rles_and_counts_equal_pixels():
     assert agreement(answer(a), answer(a[:, :50])) == 0.0  # other size: nothing agrees
 
 
+def test_instance_answers_paint_the_best_instance_on_top():
+    mask_a = np.zeros((20, 30), np.uint8)
+    mask_a[2:10, 2:20] = 1
+    mask_b = np.zeros((20, 30), np.uint8)
+    mask_b[5:15, 10:25] = 1
+
+    def rle(mask):
+        encoded = mask_utils.encode(np.asfortranarray(mask))
+        return {"size": [20, 30], "counts": encoded["counts"].decode()}
+
+    answer_ = {"height": 20, "width": 30, "instances": [{"class_id": 2, "score": 0.9, "mask": rle(mask_a)},
+                                                         {"class_id": 5, "score": 0.6, "mask": rle(mask_b)}]}
+    labels = label_map(answer_)
+    assert labels[6, 15] == 2 and labels[12, 20] == 5 and labels[0, 0] == 0  # overlap: the better score wins
+    assert agreement(answer_, {**answer_, "instances": answer_["instances"][:1]}) == pytest.approx(1 - (mask_b & ~mask_a).sum() / 600)
+
+
 def cell(rps: float, p99: float = 100.0, cpu: float = 10.0, failed: int = 0) -> dict:
     return {"requests_per_s": rps, "p50_ms": p99 / 2, "p95_ms": p99 * 0.9, "p99_ms": p99, "failed": failed, "non_2xx": 0,
             "server_cpu_ms_per_request": cpu}
@@ -71,9 +95,29 @@ def fake_rounds() -> list[dict]:
     ]
 
 
+def test_open_loop_rate_is_a_share_of_segserves_best_level_and_summarised():
+    assert open_loop_rate({"1": cell(40), "8": cell(90), "32": {"error": "ab died"}}, 0.8) == pytest.approx(72)
+    assert open_loop_rate({"1": {"error": "x"}}, 0.8) is None
+    rounds = fake_rounds()
+    rounds[0]["open_loop"] = {"naive": {**cell(30), "rate_rps": 32.0, "requests": 100, "failed": 2}}
+    rounds[1]["open_loop"] = {"naive": {**cell(20, p99=300), "rate_rps": 16.0, "requests": 50, "failed": 0}}
+    row = summarise(rounds, ["segserve", "naive"], [1, 32])["open_loop"]["naive"]
+    assert row["rate_rps"] == 24.0 and row["requests_per_s"] == 25.0 and row["p99_ms"] == 200.0
+    assert (row["failed"], row["requests"]) == (2, 150)
+
+
+def test_codec_variants_share_their_peers_script_and_virtualenv():
+    specs = bench_peers.peers(2)
+    for name in ("naive", "litserve", "pytriton", "ray", "bentoml"):
+        plain, variant = specs[name], specs[name + CODECS]
+        assert variant.codecs and not plain.codecs
+        assert (variant.script, variant.venv, variant.requirements) == (plain.script, plain.venv, plain.requirements)
+    assert "--own-json" in specs["naive+codecs"].args and "--own-json" not in specs["naive"].args
+
+
 def test_summary_takes_medians_and_per_round_ratios():
     summary = summarise(fake_rounds(), ["segserve", "naive"], [1, 32])
-    assert summary["raw_engine_images_per_s"] == 75.0
+    assert summary["raw_engine_images_per_s"] == 75.0 and summary["open_loop"] == {}
     seg1, naive1, naive32 = summary["table"]["segserve"][1], summary["table"]["naive"][1], summary["table"]["naive"][32]
     assert seg1["requests_per_s"] == 30.0 and seg1["vs_segserve"] == 1.0
     assert seg1["vs_raw_engine"] == pytest.approx(0.4)  # 40/100 and 20/50
@@ -85,6 +129,7 @@ def test_summary_takes_medians_and_per_round_ratios():
 
 def test_report_and_plot(tmp_path):
     rounds = fake_rounds()
+    rounds[0]["open_loop"] = {"naive": {**cell(30), "rate_rps": 32.0, "requests": 100, "failed": 2}}
     model = {"model": "m", "description": "d", "systems": ["segserve", "naive"], "titles": {"segserve": "segserve", "naive": "naive"},
              "levels": [1, 32], "agreement": {"naive": {"equal_pixels": 0.9987}}, "rounds": rounds,
              "summary": summarise(rounds, ["segserve", "naive"], [1, 32])}
@@ -93,6 +138,7 @@ def test_report_and_plot(tmp_path):
               "skipped": {"pytriton": "install failed: x"}, "models": [model]}
     text = markdown(json.loads(json.dumps(result)))  # as read back from bench_peers.json (string keys)
     assert "| naive | 32 | 60.0 |" in text and "naive 99.87 % equal pixels" in text and "**pytriton**: install failed" in text
+    assert "| naive | 32.0 | 30.0 | 50 | 90 | 100 | 2 / 100 | 10.0 | - | - |" in text  # the open-loop row
     assert "shared, loaded machine" in text
     plot(result, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
@@ -124,13 +170,14 @@ def segserve_label_map(repository: Path, data: bytes) -> np.ndarray:
     return box.restore((box.apply(image.rgb, spec.pad_value)[0] > 127).astype(np.uint8))
 
 
-def serves_the_trivial_model_like_segserve(peer: bench_peers.Peer, python: Path, tmp_path: Path) -> None:
+def serves_the_trivial_model_like_segserve(peer: bench_peers.Peer, python: Path, tmp_path: Path, codec_path: str = "") -> None:
     """``peer``'s script answers two images of the trivial model with segserve's label maps (within the
-    resize differences), its process tree's CPU is counted, and stop() leaves none of that tree running."""
+    resize differences; exactly, for a "+codecs" variant), its process tree's CPU is counted, the
+    project's open loop drives it, and stop() leaves none of that tree running."""
     repository = tmp_path / "repository"
     build_trivial_model(repository)
-    spec = model_json(repository, "trivial", tmp_path / "trivial.json")
-    process = PeerProcess(peer, python, spec, tmp_path / f"{peer.name}.log", ready_timeout_s=180).start()
+    spec = model_json(repository, "trivial", tmp_path / "trivial.json", "segserve" if peer.codecs else "pil")
+    process = PeerProcess(peer, python, spec, tmp_path / f"{peer.name}.log", ready_timeout_s=180, codec_path=codec_path).start()
     try:
         target = Target(peer.name, process.url, peer.protocol, process.pid, peer.settings)
         with httpx.Client(timeout=60) as client:
@@ -139,7 +186,10 @@ def serves_the_trivial_model_like_segserve(peer: bench_peers.Peer, python: Path,
                 assert (result["width"], result["height"]) == (int(image.name.split("_")[1].split("x")[0]), int(image.name.split("x")[1][:-4]))
                 assert {s["label"] for s in result["segments"]} <= {"dark", "bright"}
                 equal = (label_map(result) == segserve_label_map(repository, image.body)).mean()
-                assert equal >= 0.98, equal  # PIL's resize of the full decode vs segserve's draft decode + torch resize
+                # plain: PIL's resize of the full decode vs segserve's draft decode + torch resize; +codecs: segserve's own
+                assert equal == 1.0 if peer.codecs else equal >= 0.98, equal
+        opened = measure_rate(target, photo(), 20.0, 1.0)
+        assert opened["requests"] == 20 and opened["failed"] == 0 and opened["p99_ms"] > 0 and opened["client_cpu_ms_per_request"] > 0, opened
         tree = bench_peers.process_tree(process.pid)
         assert bench_peers.tree_cpu_s(process.pid) > 0
     finally:
@@ -152,13 +202,48 @@ def test_naive_peer_serves_the_trivial_model_like_segserve(tmp_path):
     serves_the_trivial_model_like_segserve(bench_peers.peers(2)["naive"], Path(sys.executable), tmp_path)
 
 
+def test_naive_codecs_variant_answers_exactly_as_segserve(tmp_path):
+    """This interpreter imports segserve already: the variant needs no codec folder here."""
+    serves_the_trivial_model_like_segserve(bench_peers.peers(2)["naive" + CODECS], Path(sys.executable), tmp_path)
+
+
+def test_naive_codecs_variant_serves_the_bundled_mask_rcnn_as_segserve(instance_repo, tmp_path):
+    """segserve's split path in the peer (backbone.onnx, the torch heads, the box paste): the same instances as
+    segserve's own answer on the same images, painted into the same label maps."""
+    from tests.conftest import INSTANCE_SPLIT
+    from tests.servers import InProcessServer
+
+    peer = bench_peers.peers(2)["naive" + CODECS]
+    spec = model_json(instance_repo, INSTANCE_SPLIT, tmp_path / "instance.json", "segserve")
+    process = PeerProcess(peer, Path(sys.executable), spec, tmp_path / "peer.log", ready_timeout_s=180).start()
+    try:
+        target = Target(peer.name, process.url, peer.protocol, process.pid, peer.settings)
+        with InProcessServer(instance_repo, models=[INSTANCE_SPLIT]) as server, httpx.Client(timeout=60) as client:
+            for image in (photo(640, 480, 0), photo(256, 320, 3)):
+                ours = server.client.post(f"/segment?model={INSTANCE_SPLIT}", content=image.body,
+                                          headers={"Content-Type": image.content_type}).raise_for_status().json()
+                theirs = target.segment(client, image)
+                assert theirs["instances"], "the bundled Mask R-CNN finds the synthetic scene's shapes"
+                assert [(i["class_id"], i["label"]) for i in theirs["instances"]] == [(i["class_id"], i["label"]) for i in ours["instances"]]
+                assert [i["score"] for i in theirs["instances"]] == pytest.approx([i["score"] for i in ours["instances"]], abs=1e-4)
+                assert agreement(ours, theirs) >= 0.999
+    finally:
+        process.stop()
+
+
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "peers"
 
 
-@pytest.mark.parametrize("name", ["litserve", "pytriton", "ray", "bentoml"])
+# naive+codecs too: in its own virtualenv it finds segserve only through the codec folder
+@pytest.mark.parametrize("name", ["litserve", "pytriton", "ray", "bentoml", *(p + CODECS for p in ("naive", "litserve", "pytriton", "ray", "bentoml"))])
 def test_installed_peer_serves_the_trivial_model_like_segserve(name, tmp_path):
     peer = bench_peers.peers(2)[name]
     python = installed_python(CACHE, peer)
     if python is None:  # the suite never downloads a peer (Ray alone is hundreds of MB)
         pytest.skip(f"no virtualenv for {name} under {CACHE}: `make bench-peers BENCH_PEERS_ARGS=--systems {name}` builds it")
-    serves_the_trivial_model_like_segserve(peer, python, tmp_path)
+    codec_path = ""
+    if peer.codecs:
+        codec_path = bench_peers.installed_codec_path(CACHE)
+        if codec_path is None:
+            pytest.skip(f"no segserve codec folder under {CACHE}: `make bench-peers BENCH_PEERS_ARGS=--systems {name}` builds it")
+    serves_the_trivial_model_like_segserve(peer, python, tmp_path, codec_path)

@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 import bentoml
-import numpy as np
-from peer_common import infer, load_config, postprocess, preprocess, session
+from peer_common import load_work
 
 SETTINGS = {"model_json": "", "workers": "2", "threads": "1", "max_batch_size": "8", "max_latency_ms": "60000"}
 
@@ -31,14 +30,12 @@ def setting(name: str) -> str:
 @bentoml.service(workers=int(setting("workers")), traffic={"timeout": 120})
 class Segment:
     def __init__(self) -> None:
-        self.cfg = load_config(setting("model_json"))
-        self.session = session(self.cfg, int(setting("threads")))
+        self.work = load_work(setting("model_json"), int(setting("threads")))
 
     @bentoml.api(batchable=True, max_batch_size=int(setting("max_batch_size")), max_latency_ms=int(setting("max_latency_ms")))
     def segment(self, images: list[Path]) -> list[dict]:
-        items = [preprocess(self.cfg, image.read_bytes()) for image in images]
-        labels = infer(self.cfg, self.session, np.stack([tensor for tensor, _ in items]))
-        return [postprocess(self.cfg, plane, meta) for plane, (_, meta) in zip(labels, items)]
+        items = [self.work.prepare(image.read_bytes()) for image in images]
+        return [self.work.finish(output, item) for output, item in zip(self.work.run(items), items)]
 
 
 if __name__ == "__main__":

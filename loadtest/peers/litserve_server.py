@@ -11,8 +11,7 @@ inside its own virtualenv; never imported by segserve.
 import argparse
 
 import litserve as ls
-import numpy as np
-from peer_common import infer, load_config, postprocess, preprocess, session
+from peer_common import load_work
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-json", required=True)
@@ -26,25 +25,23 @@ args = parser.parse_args()
 
 class SegmentAPI(ls.LitAPI):
     def setup(self, device):
-        self.cfg = load_config(args.model_json)
-        self.session = session(self.cfg, args.threads)
+        self.work = load_work(args.model_json, args.threads)
 
     def decode_request(self, request):
-        return preprocess(self.cfg, request["image"].file.read())
+        return self.work.prepare(request["image"].file.read())
 
     def batch(self, inputs):
-        return np.stack([tensor for tensor, _ in inputs]), [meta for _, meta in inputs]
+        return inputs  # the work's run stacks the prepared items itself
 
-    def predict(self, x):
-        tensors, metas = x
-        return list(zip(infer(self.cfg, self.session, tensors), metas))
+    def predict(self, items):
+        return list(zip(self.work.run(items), items))
 
     def unbatch(self, output):
         return output
 
     def encode_response(self, output):
-        labels, meta = output
-        return postprocess(self.cfg, labels, meta)
+        labels, item = output
+        return self.work.finish(labels, item)
 
 
 if __name__ == "__main__":

@@ -2,26 +2,29 @@
 
     python naive_fastapi.py --model-json peer_model.json --port 8000
 Run by segserve_loadtest.bench_peers inside its own virtualenv; never imported by segserve. The
-per-request work (decode, letterbox, restore, RLE) is peer_common's, the same for every peer."""
+per-request work (decode, letterbox, restore, RLE) is peer_common's, the same for every peer (plain PIL, or segserve's
+codecs in the naive+codecs variant)."""
 import argparse
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from peer_common import infer, load_config, postprocess, preprocess, session
+from peer_common import load_work
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-json", required=True)
 parser.add_argument("--port", type=int, default=8000)
+parser.add_argument("--own-json", action="store_true", help="render the body with the work's dumps (segserve's orjson "
+                    "for the codec-sharing variant) instead of FastAPI's encoder")
 args = parser.parse_args()
-cfg = load_config(args.model_json)
-sess = session(cfg)
+work = load_work(args.model_json)
 app = FastAPI()
 
 
-def predict(data: bytes) -> dict:
-    image, meta = preprocess(cfg, data)
-    return postprocess(cfg, infer(cfg, sess, image[None])[0], meta)
+def predict(data: bytes) -> dict | Response:
+    item = work.prepare(data)
+    result = work.finish(work.run([item])[0], item)
+    return Response(work.dumps(result), media_type="application/json") if args.own_json else result
 
 
 @app.get("/healthz")

@@ -9,10 +9,9 @@ own virtualenv; never imported by segserve.
     python pytriton_server.py --model-json peer_model.json --http-port 8000 --grpc-port 8001 --metrics-port 8002
 """
 import argparse
-import json
 
 import numpy as np
-from peer_common import infer, load_config, postprocess, preprocess, session
+from peer_common import load_work
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
@@ -27,15 +26,14 @@ parser.add_argument("--threads", type=int, default=1, help="intra-op threads per
 parser.add_argument("--max-batch-size", type=int, default=8)
 parser.add_argument("--max-queue-delay-us", type=int, default=4000)
 args = parser.parse_args()
-cfg = load_config(args.model_json)
 
 
-def make_infer_fn(sess):
+def make_infer_fn(work):
     @batch
     def infer_fn(image: np.ndarray):
-        items = [preprocess(cfg, bytes(row[0])) for row in image]
-        labels = infer(cfg, sess, np.stack([tensor for tensor, _ in items]))
-        out = [json.dumps(postprocess(cfg, plane, meta)).encode() for plane, (_, meta) in zip(labels, items)]
+        items = [work.prepare(bytes(row[0])) for row in image]
+        # the script renders the body itself: json.dumps, or segserve's orjson in the codec-sharing variant
+        out = [work.dumps(work.finish(output, item)) for output, item in zip(work.run(items), items)]
         return {"result": np.array(out, dtype=np.object_).reshape(-1, 1)}
 
     return infer_fn
@@ -46,7 +44,7 @@ config = TritonConfig(http_address="127.0.0.1", http_port=args.http_port, grpc_a
 with Triton(config=config) as triton:
     triton.bind(
         model_name="segment",
-        infer_func=[make_infer_fn(session(cfg, args.threads)) for _ in range(args.instances)],
+        infer_func=[make_infer_fn(load_work(args.model_json, args.threads)) for _ in range(args.instances)],
         inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
         outputs=[Tensor(name="result", dtype=np.bytes_, shape=(1,))],
         config=ModelConfig(max_batch_size=args.max_batch_size,

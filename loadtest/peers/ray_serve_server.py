@@ -12,12 +12,11 @@ import argparse
 import signal
 import threading
 
-import numpy as np
 import ray
-from peer_common import infer, load_config, postprocess, preprocess, session
+from peer_common import load_work
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model-json", required=True)
@@ -27,32 +26,34 @@ parser.add_argument("--replicas", type=int, default=2, help="deployment replicas
 parser.add_argument("--threads", type=int, default=1, help="intra-op threads per replica's session")
 parser.add_argument("--max-batch-size", type=int, default=8)
 parser.add_argument("--batch-wait-timeout", type=float, default=0.004, help="seconds")
+parser.add_argument("--own-json", action="store_true", help="render the body with the work's dumps (segserve's orjson "
+                    "for the codec-sharing variant) instead of Starlette's JSONResponse")
 args = parser.parse_args()
 
 
 # max_ongoing_requests >= max_batch_size, as Ray's batching guide asks, or no batch could ever fill
 @serve.deployment(num_replicas=args.replicas, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=2 * args.max_batch_size)
 class Segment:
-    def __init__(self, model_json: str, threads: int):
-        self.cfg = load_config(model_json)
-        self.session = session(self.cfg, threads)
+    def __init__(self, model_json: str, threads: int, own_json: bool):
+        self.own_json = own_json
+        self.work = load_work(model_json, threads)
 
     @serve.batch(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout)
     async def segment(self, bodies: list[bytes]) -> list[dict]:
-        items = [preprocess(self.cfg, body) for body in bodies]
-        labels = infer(self.cfg, self.session, np.stack([tensor for tensor, _ in items]))
-        return [postprocess(self.cfg, plane, meta) for plane, (_, meta) in zip(labels, items)]
+        items = [self.work.prepare(body) for body in bodies]
+        return [self.work.finish(output, item) for output, item in zip(self.work.run(items), items)]
 
     async def __call__(self, request: Request):
         if request.url.path.rstrip("/").endswith("/healthz"):
             return JSONResponse({"ok": True})
-        return JSONResponse(await self.segment(await request.body()))
+        result = await self.segment(await request.body())
+        return Response(self.work.dumps(result), media_type="application/json") if self.own_json else JSONResponse(result)
 
 
 if __name__ == "__main__":
     ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(Segment.bind(args.model_json, args.threads), route_prefix="/", name="segment")
+    serve.run(Segment.bind(args.model_json, args.threads, args.own_json), route_prefix="/", name="segment")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,10 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
+from segserve.contract.artifacts import WEIGHTS_ARTIFACT
+from segserve.contract.instance import InstanceParameters
+from segserve.contract.model_config import ModelConfig
+from segserve.graphs import zoo
 from segserve.graphs.serving import Normalize
 
 # FPN level names ("0", "1", ..., "pool") become "fpn_0", ... as tensor names.
@@ -141,3 +146,13 @@ def _detections(result: dict[str, torch.Tensor]) -> Detections:
         keypoints=array("keypoints"),
         keypoint_scores=array("keypoints_scores"),
     )
+
+
+def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> MaskRCNNHeads:
+    """The torch half of the split path, from the version's weights.pt (on CUDA when there)."""
+    params = InstanceParameters.model_validate(config.parameters)
+    detector = zoo.build_for(config)
+    detector.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, map_location="cpu", weights_only=True))
+    heads = MaskRCNNHeads(detector, params.box_score_thresh, params.max_instances).eval()
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return heads.to("cuda" if use_cuda else "cpu")

@@ -11,29 +11,13 @@ Keypoint R-CNN runs the same split (``KeypointSplitRunner``): only the last step
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import torch
 
-from segserve.codecs.box_masks import masks_to_rles
-from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_boxes, scale_keypoints
-from segserve.contract.artifacts import WEIGHTS_ARTIFACT
+from segserve.codecs.detections import clip_boxes, kept_boxes, to_instances
+from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_keypoints
 from segserve.contract.instance import InstanceParameters
-from segserve.contract.model_config import ModelConfig
 from segserve.engine.base import Engine
-from segserve.graphs import zoo
-from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
-
-
-def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> MaskRCNNHeads:
-    """The torch half of the split path, from the version's weights.pt (on CUDA when there)."""
-    params = InstanceParameters.model_validate(config.parameters)
-    detector = zoo.build_for(config)
-    detector.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, map_location="cpu", weights_only=True))
-    heads = MaskRCNNHeads(detector, params.box_score_thresh, params.max_instances).eval()
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return heads.to("cuda" if use_cuda else "cpu")
+from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads, load_heads  # noqa: F401 - load_heads: the pipeline, exporter and benchmarks import it from here
 
 
 class SplitRunner:
@@ -95,19 +79,6 @@ class WholeGraphRunner:
         return [to_instances(d, meta, threshold, p.max_instances, p.mask_threshold) for d, meta in self.run_batch(images)]
 
 
-def _kept_boxes(detections: Detections, meta: ImageMeta, score_threshold: float, max_instances: int):
-    """The detections at or above ``score_threshold`` (at most ``max_instances``, best first) and
-    their boxes in original-image pixels, unclipped."""
-    keep = np.flatnonzero(detections.scores >= score_threshold)[:max_instances]
-    return keep, scale_boxes(detections.boxes[keep], meta)
-
-
-def _clip_boxes(boxes: np.ndarray, meta: ImageMeta) -> np.ndarray:
-    """Served boxes stay in the image (float32 rescaling can overshoot the border by ~1e-5)."""
-    height, width = meta.original_size
-    return np.clip(boxes, 0, [width, height, width, height])
-
-
 def to_keypoint_instances(
     detections: Detections, meta: ImageMeta, score_threshold: float = 0.5, max_instances: int = 100
 ) -> list[dict]:
@@ -115,7 +86,7 @@ def to_keypoint_instances(
     keypoint_scores}] in original-image pixels, best first. ``keypoints`` is COCO's flat
     [x1, y1, v1, x2, ...] (K triplets; v as torchvision gives it, 1), mapped back exactly as
     torchvision's resize_keypoints does; ``keypoint_scores`` the K heatmap logits."""
-    keep, boxes = _kept_boxes(detections, meta, score_threshold, max_instances)
+    keep, boxes = kept_boxes(detections, meta, score_threshold, max_instances)
     keypoints = scale_keypoints(detections.keypoints[keep], meta)
     return [
         {
@@ -125,29 +96,5 @@ def to_keypoint_instances(
             "keypoints": [float(v) for v in points.ravel()],
             "keypoint_scores": [float(v) for v in detections.keypoint_scores[i]],
         }
-        for i, box, points in zip(keep, _clip_boxes(boxes, meta), keypoints)
-    ]
-
-
-def to_instances(
-    detections: Detections,
-    meta: ImageMeta,
-    score_threshold: float = 0.5,
-    max_instances: int = 100,
-    mask_threshold: float = 0.5,
-) -> list[dict]:
-    """One image's detections -> [{class_id, score, box, rle}] in original-image pixels,
-    best first. ``box`` is [x0, y0, x1, y1] floats; ``rle`` a COCO RLE with str counts."""
-    keep, boxes = _kept_boxes(detections, meta, score_threshold, max_instances)
-    # pasted from the unclipped boxes as torchvision does; served boxes are clipped
-    rles = masks_to_rles(detections.masks[keep], boxes, meta.original_size, mask_threshold)
-    boxes = _clip_boxes(boxes, meta)
-    return [
-        {
-            "class_id": int(detections.labels[i]),
-            "score": float(detections.scores[i]),
-            "box": [float(v) for v in box],
-            "rle": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-        }
-        for i, box, rle in zip(keep, boxes, rles)
+        for i, box, points in zip(keep, clip_boxes(boxes, meta), keypoints)
     ]
