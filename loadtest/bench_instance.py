@@ -44,7 +44,8 @@ from segserve.pipelines.instance.model import (
     served_instances,
 )
 from segserve.codecs.rcnn_input import ImageMeta
-from segserve.pipelines.instance.runner import SplitRunner, load_heads
+from segserve.graphs.maskrcnn import load_heads
+from segserve.pipelines.instance.runner import SplitRunner
 from segserve.repository import ModelEntry, scan
 from segserve_loadtest.bench_service import levels_markdown, service_level
 from segserve_loadtest.payloads import Payload

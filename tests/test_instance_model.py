@@ -20,10 +20,11 @@ from segserve.contract.model_config import OnnxRuntimeOptions, TorchOptions, loa
 from segserve.engine.factory import create_engine
 from segserve.engine.onnxruntime import OnnxRuntimeEngine
 from segserve.graphs import zoo
-from segserve.graphs.maskrcnn import MaskRCNNBackbone, MaskRCNNHeads
+from segserve.graphs.maskrcnn import MaskRCNNBackbone, MaskRCNNHeads, load_heads
 from segserve.codecs.box_masks import masks_to_rles
+from segserve.codecs.detections import to_instances
 from segserve.codecs.rcnn_input import collate, preprocess, resize_scale
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads, to_instances
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner
 from segserve_models.export import sample_images
 from segserve_models.instance.export import export_instance_model
 from segserve_models.instance.parity import compare_all, eager_instances

@@ -80,7 +80,8 @@ class EnginePredictor:
             raise ValueError(f"{model} gives labels only: export it with --probabilities to evaluate refine=crf")
         if self.task in ("instance", "keypoints"):
             from segserve.contract.instance import InstanceParameters
-            from segserve.pipelines.instance.runner import KeypointSplitRunner, SplitRunner, load_heads
+            from segserve.graphs.maskrcnn import load_heads
+            from segserve.pipelines.instance.runner import KeypointSplitRunner, SplitRunner
 
             canvas = (self.config.input.height, self.config.input.width)
             params = InstanceParameters.model_validate(self.config.parameters).model_copy(update={"max_instances": EVAL_MAX_INSTANCES})

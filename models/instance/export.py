@@ -57,7 +57,8 @@ from segserve.engine.onnxruntime import OnnxRuntimeEngine
 from segserve.engine.torch import TorchEngine
 from segserve.graphs import zoo
 from segserve.graphs.maskrcnn import MaskRCNNBackbone
-from segserve.pipelines.instance.runner import KeypointSplitRunner, SplitRunner, WholeGraphRunner, load_heads
+from segserve.graphs.maskrcnn import load_heads
+from segserve.pipelines.instance.runner import KeypointSplitRunner, SplitRunner, WholeGraphRunner
 from segserve_models.export import (
     OPSET,
     ExportError,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from segserve.codecs.detections import to_instances
 from segserve.codecs.masks import encode_label_png
 from segserve.codecs.overlay import caption, draw_instances
 from segserve.codecs.rcnn_input import ImageMeta, preprocess, resize_scale, resized_size
@@ -30,9 +31,9 @@ from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine
-from segserve.graphs.maskrcnn import Detections
+from segserve.graphs.maskrcnn import Detections, load_heads
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
-from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner, load_heads, to_instances
+from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner
 from segserve.pipelines.options import NumberOption
 from segserve.pipelines.video.instance import InstanceVideoModel
 

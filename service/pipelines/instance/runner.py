@@ -17,7 +17,7 @@ from segserve.codecs.detections import clip_boxes, kept_boxes, to_instances
 from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_keypoints
 from segserve.contract.instance import InstanceParameters
 from segserve.engine.base import Engine
-from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads, load_heads  # noqa: F401 - load_heads: the pipeline, exporter and benchmarks import it from here
+from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
 
 
 class SplitRunner:
