@@ -24,7 +24,7 @@ from segserve_models.synthetic import make_scene, make_video
 from segserve_models.video_split import export_video_split
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, copy_model, make_image
 from segserve_loadtest.server import free_port
-from tests.servers import BASE_URL, InProcessServer
+from tests.servers import BASE_URL, app_server
 
 SPLIT = "lraspp_video"
 STREAM_IDLE_S = 2.0
@@ -47,7 +47,7 @@ def client_repo(semantic_repo, tmp_path_factory):
 def app(client_repo):
     # streams idle for 2 s are dropped: the restarted-stream test waits that long (and chunks of one
     # stream follow each other far sooner, even on a loaded machine)
-    with InProcessServer(client_repo, video_stream_idle_s=STREAM_IDLE_S, default_model=SEMANTIC) as server:
+    with app_server(client_repo, video_stream_idle_s=STREAM_IDLE_S, default_model=SEMANTIC) as server:
         yield server
 
 
@@ -284,7 +284,7 @@ def test_async_stream_and_segment(app, tmp_path):
 # -- instance models -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def instance_app(instance_repo):
-    with InProcessServer(instance_repo, models=[INSTANCE_SPLIT]) as server:
+    with app_server(instance_repo, models=[INSTANCE_SPLIT]) as server:
         yield server
 
 
