@@ -54,8 +54,11 @@ serve: models
 lint: setup
 	$(BIN)/lint-imports --no-logo
 
+# The whole suite in one process, then the HTTP API's own tests (tests/test_api.py) again against
+# `segserve serve --workers 2` (see test-workers: all the API tests that way take too long for every run).
 test: lint
 	$(BIN)/python -m pytest
+	SEGSERVE_TEST_WORKERS=2 $(BIN)/python -m pytest tests/test_api.py
 
 # The API tests (every test that speaks to a server through HTTP, KServe v2 or gRPC) once more, against
 # `segserve serve --workers 2`: real processes on a real socket in place of the in-process app
