@@ -85,12 +85,23 @@ PROTECTED = [
 def test_no_key_or_a_wrong_one_is_a_401(keyed, method, path):
     content = make_image(32, 32) if method == "POST" else None
     assert_unauthorized(keyed.client.request(method, path, content=content, headers=JPEG))
-    for wrong in ({"Authorization": "Bearer nope"}, {"Authorization": "Bearer "}, {"X-API-Key": KEY + "x"},
-                  {"X-API-Key": KEY[:-1]}, {"X-API-Key": ""}):
+    for wrong in ({"Authorization": "Bearer nope"}, {"X-API-Key": KEY + "x"}, {"X-API-Key": KEY[:-1]}, {"X-API-Key": ""}):
         assert_unauthorized(keyed.client.request(method, path, content=content, headers={**JPEG, **wrong}), invalid=True)
     # another scheme, or none, is not a key: as if none were sent
     for other in ({"Authorization": f"Basic {KEY}"}, {"Authorization": KEY}, {"Authorization": f"Bearer{KEY}"}):
         assert_unauthorized(keyed.client.request(method, path, content=content, headers={**JPEG, **other}))
+
+
+# Header values with surrounding whitespace reach the app as sent only through the in-process
+# transport: httpx refuses to send them on a socket, and an HTTP/1.1 parser (uvicorn's h11) strips it.
+AS_SENT_IN_PROCESS_ONLY = "a header value with surrounding whitespace: only the in-process transport sends it as it is"
+
+
+@pytest.mark.single_process(AS_SENT_IN_PROCESS_ONLY)
+@pytest.mark.parametrize("method,path", PROTECTED)
+def test_an_empty_bearer_is_a_wrong_key(keyed, method, path):
+    content = make_image(32, 32) if method == "POST" else None
+    assert_unauthorized(keyed.client.request(method, path, content=content, headers={**JPEG, "Authorization": "Bearer "}), invalid=True)
 
 
 def test_a_401_carries_the_request_id_and_is_counted(keyed):
@@ -102,7 +113,8 @@ def test_a_401_carries_the_request_id_and_is_counted(keyed):
     assert after == before + 1
 
 
-@pytest.mark.parametrize("headers", [BEARER, X_API_KEY, {"authorization": f"bearer {KEY}"}, {"X-API-Key": f" {KEY} "}],
+@pytest.mark.parametrize("headers", [BEARER, X_API_KEY, {"authorization": f"bearer {KEY}"},
+                                     pytest.param({"X-API-Key": f" {KEY} "}, marks=pytest.mark.single_process(AS_SENT_IN_PROCESS_ONLY))],
                          ids=["bearer", "x-api-key", "lower-case", "padded"])
 def test_either_header_form_is_let_through(keyed, headers):
     r = keyed.client.post("/segment", content=make_image(32, 32), headers={**JPEG, **headers})
