@@ -12,7 +12,7 @@ PORT ?= 8000
 # pip's local mirrors print one "is ignored" line per package; hide that noise only.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup models serve lint test docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead gpu-check loadtest soak drain overload lock proto clean
+.PHONY: setup models serve lint test test-workers docker-test train train-video train-keypoints bench bench-crf bench-video-deeplabv3 bench-video-http bench-overhead gpu-check loadtest soak drain overload lock proto clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "segserve needs Python 3.11+"'
@@ -49,8 +49,21 @@ serve: models
 lint: setup
 	$(BIN)/lint-imports --no-logo
 
+# The whole suite in one process, then the HTTP API's own tests (tests/test_api.py) again against
+# `segserve serve --workers 2` (see test-workers: all the API tests that way take too long for every run).
 test: lint
 	$(BIN)/python -m pytest
+	SEGSERVE_TEST_WORKERS=2 $(BIN)/python -m pytest tests/test_api.py
+
+# The API tests (every test that speaks to a server through HTTP, KServe v2 or gRPC) once more, against
+# `segserve serve --workers 2`: real processes on a real socket in place of the in-process app
+# (tests/servers.py, SEGSERVE_TEST_WORKERS); the few tests marked single_process are skipped, with their reason.
+API_TESTS := tests/test_api.py tests/test_kserve_http.py tests/test_grpc.py tests/test_errors.py tests/test_hostile.py \
+	tests/test_video.py tests/test_video_deeplabv3.py tests/test_access.py tests/test_openapi.py tests/test_instance_service.py \
+	tests/test_keypoint_service.py tests/test_client.py tests/test_refine.py tests/test_fuzz.py tests/test_segment_cli.py \
+	tests/test_soak.py tests/test_demo_page.py
+test-workers: lint
+	SEGSERVE_TEST_WORKERS=2 $(BIN)/python -m pytest $(API_TESTS)
 
 # The images for real (not part of `make test`: builds are slow): CPU images built, `docker compose --profile
 # scale up -d`, /segment, gRPC, ab, locust's UI, a video stream through HAProxy with 2 replicas, Prometheus'

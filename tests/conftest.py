@@ -12,7 +12,7 @@ from segserve.contract.artifacts import CONFIG_FILE, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.model_config import load_config
 from segserve_models.export import export_model
 from segserve_models.weights import WeightsSpec
-from tests.servers import InProcessServer, ServerProcess
+from tests.servers import WORKERS, ServerProcess, app_server
 
 SEMANTIC = "lraspp_mobilenet_v3_large"
 SMALL_INPUT = (128, 128)
@@ -106,10 +106,22 @@ def keypoint_repo(tmp_path_factory) -> Path:
     return repo
 
 
+def pytest_collection_modifyitems(config, items):
+    """With SEGSERVE_TEST_WORKERS=N (tests/servers.py) the tests marked single_process are skipped, with their reason."""
+    if WORKERS <= 1:
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_process")
+        if marker is not None:
+            (reason,) = marker.args  # the marker says why, always
+            item.add_marker(pytest.mark.skip(reason=f"single process only: {reason}"))
+
+
 @pytest.fixture(scope="session")
 def server(semantic_repo):
-    """The real app in this process (tests/servers.py) serving the exported LRASPP, defaults."""
-    with InProcessServer(semantic_repo) as s:
+    """The real app in this process (tests/servers.py) serving the exported LRASPP, defaults
+    (with SEGSERVE_TEST_WORKERS=N: `segserve serve --workers N`)."""
+    with app_server(semantic_repo) as s:
         yield s
 
 

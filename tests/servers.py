@@ -1,4 +1,4 @@
-"""The two ways the tests run segserve.
+"""The ways the tests run segserve.
 
 ``InProcessServer``: the real app (``segserve.server.create_app``) with its lifespan (model
 repository loaded, real ONNX Runtime / torch engines, batchers, video service) running on an
@@ -12,13 +12,24 @@ what needs a real process: uvicorn and its HTTP/1.0 keep-alive protocol (ab), re
 messages cannot share a process with segserve's, see segserve/server.py), the load harness.
 
 Both offer ``client`` (an ``httpx.Client`` on the server) and ``log()``.
+
+``SEGSERVE_TEST_WORKERS=N`` (N > 1; `make test-workers`) runs the API tests against the other
+process topology, ``segserve serve --workers N`` (one engine process, N uvicorn workers):
+``app_server`` then starts a ``WorkersServer`` -- a real process on a real socket with
+``InProcessServer``'s interface (``client``, ``run``, ``async_client``, ``transport``, ``log``) --
+and ``ServerProcess`` passes ``--workers N`` too. Tests that look inside the test process' app are
+marked ``single_process`` (tests/conftest.py skips them in that mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import re
 import ssl
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -27,11 +38,39 @@ import httpx
 
 from segserve.config import Settings
 from segserve.server import create_app
-from segserve_loadtest.server import SegserveProcess, free_port
+from segserve_loadtest.server import SegserveProcess, ServerError, free_port  # noqa: F401 (ServerError: for the tests)
 
 BASE_URL = "http://segserve"
 REQUEST_TIMEOUT_S = 120.0
 START_TIMEOUT_S = 180.0
+# The HTTP worker processes every server of the API tests runs with; 1: today's single process.
+WORKERS = int(os.environ.get("SEGSERVE_TEST_WORKERS") or 1)
+
+
+# A line logged at ERROR or above: "LEVEL name: ..." (InProcessServer), "<asctime> LEVEL ..."
+# (a process' log file), or uvicorn's own "LEVEL:" lines there.
+_ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d \S+ )?(?:ERROR|CRITICAL)\b")
+
+
+def logged_errors(log: str) -> list[str]:
+    """The lines of a server's ``log()`` written at ERROR or CRITICAL, in either server's format."""
+    return [line for line in log.splitlines() if _ERROR_LINE.match(line)]
+
+
+class _Bursts:
+    """``run``, for both kinds of server: what differs is ``async_client``."""
+
+    def async_client(self) -> httpx.AsyncClient:
+        raise NotImplementedError
+
+    def run(self, fn: Callable[[httpx.AsyncClient], Awaitable], timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
+        """``fn(async_client)`` on a loop of its own: for bursts of concurrent requests."""
+
+        async def main():
+            async with self.async_client() as client:
+                return await fn(client)
+
+        return asyncio.run(asyncio.wait_for(main(), timeout_s))
 
 
 class _OnAppLoop(httpx.BaseTransport, httpx.AsyncBaseTransport):
@@ -70,7 +109,7 @@ class _Records(logging.Handler):
         self.lines.append(self.format(record))
 
 
-class InProcessServer:
+class InProcessServer(_Bursts):
     """``with InProcessServer(repo, max_body_bytes=...) as server: server.client.post("/segment", ...)``
 
     Keyword arguments are ``Settings`` fields (what SEGSERVE_* variables set for a process).
@@ -91,15 +130,6 @@ class InProcessServer:
     def call(self, work: Awaitable, timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
         """Run a coroutine on the app's loop and return its result (from any other thread)."""
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout_s)
-
-    def run(self, fn: Callable[[httpx.AsyncClient], Awaitable], timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
-        """``fn(async_client)`` on a loop of its own: for bursts of concurrent requests."""
-
-        async def main():
-            async with self.async_client() as client:
-                return await fn(client)
-
-        return asyncio.run(asyncio.wait_for(main(), timeout_s))
 
     def async_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=_OnAppLoop(self), base_url=BASE_URL)
@@ -162,6 +192,8 @@ class ServerProcess(SegserveProcess):
     def __init__(self, model_repository: Path, log_path: Path, *, args: list[str] | None = None,
                  env: dict[str, str] | None = None, grpc: bool = False, tls_ca: Path | None = None):
         grpc_port = free_port() if grpc else 0
+        if WORKERS > 1:  # an environment variable: a test's own --workers flag still wins
+            env = {"SEGSERVE_WORKERS": str(WORKERS), **(env or {})}
         super().__init__(model_repository, log_path, args=["--grpc-port", str(grpc_port), *(args or [])], env=env,
                          ready_timeout_s=START_TIMEOUT_S)
         self.grpc_url = f"127.0.0.1:{grpc_port}" if grpc else None
@@ -183,3 +215,73 @@ class ServerProcess(SegserveProcess):
         if self.client is not None:
             self.client.close()
         return super().stop(grace_s)
+
+
+class _ToServer(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Real HTTP to a server process, for requests addressed to ``BASE_URL`` as the in-process
+    transport takes them (clients built on ``transport()``, absolute URLs)."""
+
+    def __init__(self, url: str):
+        self._url = httpx.URL(url)
+        self._sync = httpx.HTTPTransport()
+        # Bursts of concurrent requests each get a connection, as they do in process.
+        self._async = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+
+    def _to_server(self, request: httpx.Request) -> httpx.Request:
+        if request.url.host == httpx.URL(BASE_URL).host:
+            request.url = request.url.copy_with(scheme=self._url.scheme, host=self._url.host, port=self._url.port)
+        return request
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._sync.handle_request(self._to_server(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._async.handle_async_request(self._to_server(request))
+
+    def close(self) -> None:
+        self._sync.close()
+
+    async def aclose(self) -> None:
+        await self._async.aclose()
+
+
+def settings_env(settings: dict[str, Any]) -> dict[str, str]:
+    """``Settings`` fields as the SEGSERVE_* variables that set them (lists as JSON, as
+    pydantic-settings reads them)."""
+    return {f"SEGSERVE_{name.upper()}": value if isinstance(value, str) else str(value) if isinstance(value, Path)
+            else json.dumps(value) for name, value in settings.items()}
+
+
+class WorkersServer(_Bursts, ServerProcess):
+    """``InProcessServer``'s interface on a real ``segserve serve --workers WORKERS`` process:
+    the same keyword settings (as SEGSERVE_* variables), ``client`` and ``transport()`` over
+    real HTTP (requests to ``BASE_URL`` reach it too), ``log()`` from its log file."""
+
+    def __init__(self, model_repository: Path, **settings: Any):
+        if settings.get("grpc_port"):
+            raise ValueError("gRPC on a free port: use ServerProcess(grpc=True)")
+        settings.pop("grpc_port", None)
+        self.settings = Settings(model_repository=Path(model_repository), **settings)  # what the process reads
+        log_path = Path(tempfile.mkdtemp(prefix="segserve-test-")) / "server.log"
+        super().__init__(model_repository, log_path, args=["--workers", str(WORKERS)], env=settings_env(settings))
+
+    def start(self, ready_path: str = "/healthz") -> "WorkersServer":
+        # As InProcessServer's start, returns once the models have loaded or failed (a worker
+        # starts after the engine process' models): a test of a model that fails to load
+        # asks /readyz itself.
+        super().start(ready_path)
+        self.client.close()
+        self.client = httpx.Client(base_url=self.url, transport=self.transport(), timeout=REQUEST_TIMEOUT_S)
+        return self
+
+    def async_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, transport=self.transport(), timeout=REQUEST_TIMEOUT_S)
+
+    def transport(self) -> _ToServer:
+        return _ToServer(self.url)
+
+
+def app_server(model_repository: Path, **settings: Any) -> InProcessServer | WorkersServer:
+    """The server of an API test: ``InProcessServer``, or with ``SEGSERVE_TEST_WORKERS=N`` a
+    ``WorkersServer`` with the same settings."""
+    return (WorkersServer if WORKERS > 1 else InProcessServer)(model_repository, **settings)

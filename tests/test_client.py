@@ -24,7 +24,7 @@ from segserve_models.synthetic import make_scene, make_video
 from segserve_models.video_split import export_video_split
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, copy_model, make_image
 from segserve_loadtest.server import free_port
-from tests.servers import BASE_URL, InProcessServer
+from tests.servers import BASE_URL, app_server
 
 SPLIT = "lraspp_video"
 STREAM_IDLE_S = 2.0
@@ -47,7 +47,7 @@ def client_repo(semantic_repo, tmp_path_factory):
 def app(client_repo):
     # streams idle for 2 s are dropped: the restarted-stream test waits that long (and chunks of one
     # stream follow each other far sooner, even on a loaded machine)
-    with InProcessServer(client_repo, video_stream_idle_s=STREAM_IDLE_S, default_model=SEMANTIC) as server:
+    with app_server(client_repo, video_stream_idle_s=STREAM_IDLE_S, default_model=SEMANTIC) as server:
         yield server
 
 
@@ -204,14 +204,13 @@ def test_a_video_goes_as_chunks_of_one_stream_and_later_chunks_reuse_keyframes(c
     assert [f.pts for f in frames[:3]] == pytest.approx([0.0, 0.1, 0.2])
 
 
-def test_a_stream_recovers_from_a_409_and_from_a_restart(app, client, tmp_path):
+def test_a_stream_recovers_from_a_409_and_from_a_restart(client, tmp_path):
     write_mp4(tmp_path / "clip.mp4", 6)
-    # chunk 0 of stream "taken" is done already (say, its answer was lost): the server expects 1
-    frame = io.BytesIO()
-    Image.fromarray(np.zeros((96, 128, 3), np.uint8)).save(frame, format="JPEG")
-    first = app.client.post("/segment/video", params={"model": SPLIT, "stream_id": "taken", "sequence": 0},
-                            files=[("frame", ("0.jpg", frame.getvalue(), "image/jpeg"))])
-    assert first.status_code == 200, first.text
+    write_mp4(tmp_path / "first.mp4", 1)
+    # chunk 0 of stream "taken" is done already (say, its answer was lost): the server expects 1.
+    # Sent on the client's own connection, as the chunks after it: a stream's state is its worker's
+    # with --workers N (docs/deployment.md), one connection stays with one worker.
+    assert len(list(client.stream(tmp_path / "first.mp4", SPLIT, stream_id="taken"))) == 1
     stream = client.stream(tmp_path / "clip.mp4", SPLIT, chunk_frames=3, keyframe_interval=100, stream_id="taken")
     frames = list(stream)
     assert [f.index for f in frames] == list(range(6)) and [f.sequence for f in frames] == [1, 1, 1, 2, 2, 2]
@@ -284,7 +283,7 @@ def test_async_stream_and_segment(app, tmp_path):
 # -- instance models -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def instance_app(instance_repo):
-    with InProcessServer(instance_repo, models=[INSTANCE_SPLIT]) as server:
+    with app_server(instance_repo, models=[INSTANCE_SPLIT]) as server:
         yield server
 
 

@@ -39,7 +39,7 @@ from tests.hostile_inputs import (
     webp_vp8l_declaring,
     webp_vp8x_declaring,
 )
-from tests.servers import InProcessServer
+from tests.servers import app_server, logged_errors
 
 SCALE = int(os.environ.get("SEGSERVE_FUZZ_SCALE", "1"))
 SLOW_S = 5.0  # a hostile input answered slower than this counts as a hang (the inputs are < 100 KB)
@@ -216,7 +216,7 @@ DOCUMENTED = {"/segment": {200, 400, 404, 413, 415, 422, 503, 504}, "/segment/vi
 
 @pytest.fixture(scope="module")
 def hostile_server(semantic_repo):
-    with InProcessServer(semantic_repo, warmup=False, **LIMITS) as server:
+    with app_server(semantic_repo, warmup=False, **LIMITS) as server:
         yield server
 
 
@@ -244,7 +244,7 @@ def test_the_hostile_corpus_gets_documented_answers(hostile_server, case):
 def test_after_the_corpus_the_server_is_up_and_logged_no_error(hostile_server):
     assert hostile_server.client.get("/healthz").status_code == 200
     assert hostile_server.client.get("/readyz").status_code == 200
-    assert not [line for line in hostile_server.log().splitlines() if line.startswith(("ERROR", "CRITICAL"))]
+    assert not logged_errors(hostile_server.log())
     assert 'status="500"' not in hostile_server.client.get("/metrics").text
 
 

@@ -37,7 +37,7 @@ from segserve_models.train import held_out_seeds
 from tests.conftest import INSTANCE_ARCH as ARCH
 from tests.conftest import INSTANCE_SPLIT as SPLIT
 from tests.conftest import INSTANCE_WHOLE as WHOLE
-from tests.servers import BASE_URL, InProcessServer
+from tests.servers import BASE_URL, app_server
 from tests.test_api import assert_error, post_image
 from tests.test_video import encode
 
@@ -82,7 +82,7 @@ def repo(instance_repo):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    with InProcessServer(repo) as s:
+    with app_server(repo) as s:
         yield s
 
 

@@ -30,7 +30,7 @@ from segserve_models.synthetic import make_scene
 from segserve_models.synthetic.keypoints import KEYPOINT_NAMES, KEYPOINT_SKELETON, KEYPOINTS_BY_CLASS, NUM_KEYPOINTS
 from segserve_models.train import held_out_seeds
 from tests.conftest import KEYPOINT_MODEL as MODEL
-from tests.servers import BASE_URL, InProcessServer
+from tests.servers import BASE_URL, app_server
 from tests.test_api import assert_error, post_image
 from tests.test_instance_service import jpeg, png, r_json
 from tests.test_kserve_http import binary_request
@@ -42,7 +42,7 @@ EVAL_IMAGES = 6
 
 @pytest.fixture(scope="module")
 def server(keypoint_repo):
-    with InProcessServer(keypoint_repo) as s:
+    with app_server(keypoint_repo) as s:
         yield s
 
 

@@ -25,7 +25,7 @@ from segserve.transport.http.errors import v2_service_error_response
 from segserve_models.synthetic import make_scene
 from tests.conftest import INSTANCE_SPLIT, SEMANTIC, make_image
 from tests.kserve_clients import assert_masks_cover_the_image, batch_totals, post_segment, status_of, without_timing
-from tests.servers import InProcessServer, ServerProcess
+from tests.servers import ServerProcess, app_server
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -322,7 +322,7 @@ def test_domain_errors_map_to_v2_statuses(error, status):
 def test_a_model_that_did_not_load_is_not_ready_and_answers_503(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.yaml").write_text("name: broken\nclasses: [a]\n")  # no version folder
-    with InProcessServer(tmp_path) as s:
+    with app_server(tmp_path) as s:
         assert_v2_error(s.client.get("/v2/health/ready"), 400, "model_not_ready")  # the spec's 4xx: false
         assert s.client.get("/v2/health/live").status_code == 200
         assert "UNAVAILABLE" in assert_v2_error(s.client.get("/v2/models/broken/ready"), 400, "model_not_ready")

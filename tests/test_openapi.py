@@ -28,7 +28,7 @@ from segserve.codecs.video import VIDEO_TYPES
 from segserve.config import Settings
 from segserve.server import create_app
 from tests.conftest import INSTANCE_SPLIT
-from tests.servers import BASE_URL, InProcessServer
+from tests.servers import BASE_URL, app_server
 
 # The OpenAPI document does not depend on the repository: an app that is never started gives it.
 # The KServe v2 routes (/v2/...) answer errors in the v2 REST spec's shape ({"error": "..."}), which
@@ -83,7 +83,7 @@ def test_the_server_does_what_its_openapi_says(case, server):
 
 @pytest.fixture(scope="module")
 def instance_server(instance_repo):
-    with InProcessServer(instance_repo, models=[INSTANCE_SPLIT]) as server:
+    with app_server(instance_repo, models=[INSTANCE_SPLIT]) as server:
         yield server
 
 

@@ -20,7 +20,7 @@ from segserve.contract.model_config import load_config
 from segserve.contract.refine import PROBABILITIES_OUTPUT
 from segserve_models.synthetic import make_scene
 from tests.conftest import REFINE_MODEL, SEMANTIC
-from tests.servers import InProcessServer
+from tests.servers import app_server
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -42,7 +42,7 @@ def refine_server(refine_repo, semantic_repo, tmp_path_factory):
     (repo / SEMANTIC).symlink_to(semantic_repo / SEMANTIC)
     _copy(refine_repo / REFINE_MODEL, repo / REFINE_DEFAULT, refine="crf")
     _copy(semantic_repo / SEMANTIC, repo / LABELS_DEFAULT_CRF, refine="crf")
-    with InProcessServer(repo) as s:
+    with app_server(repo) as s:
         yield s
 
 

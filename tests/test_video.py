@@ -44,7 +44,7 @@ from segserve_models.video_correction import save as save_correction
 from segserve_models.video_correction import train as train_correction
 from segserve_models.video_split import SplitNet, export_video_split, load_served_net
 from tests.conftest import copy_model
-from tests.servers import InProcessServer
+from tests.servers import app_server
 
 SPLIT, PLAIN, BROKEN, CORRECTED = "lraspp_video", "lraspp_plain", "lraspp_broken_split", "lraspp_corrected"
 HEIGHT, WIDTH = 96, 128
@@ -81,13 +81,13 @@ def random_correction(model_dir, workdir):
 
 @pytest.fixture(scope="module")
 def video_server(video_repo):
-    with InProcessServer(video_repo, video_max_streams=3, video_max_frames=16, max_body_bytes=262144) as server:
+    with app_server(video_repo, video_max_streams=3, video_max_frames=16, max_body_bytes=262144) as server:
         yield server
 
 
 @pytest.fixture
 def idle_server(video_repo):
-    with InProcessServer(video_repo, video_stream_idle_s=0.5, warmup=False, models=[SPLIT]) as server:
+    with app_server(video_repo, video_stream_idle_s=0.5, warmup=False, models=[SPLIT]) as server:
         yield server
 
 
@@ -459,6 +459,7 @@ def test_overlay_format_draws_each_frame_as_received(video_server):
         assert base64.b64decode(frame["overlay"]) == encode_jpeg(expected)
 
 
+@pytest.mark.single_process("drives the chunk decoder (prepare_video) with the test process' own pipeline")
 def test_overlay_frames_are_kept_within_a_pixel_budget(video_server):
     """Overlays keep every frame at full size: a chunk over the budget is refused, not held."""
     pipeline = video_server.app.state.manager.get(SPLIT)

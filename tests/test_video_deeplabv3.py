@@ -29,7 +29,7 @@ from segserve_models.calibration import calibrated_random, synthetic_batch
 from segserve_models.export import export_model, sample_images
 from segserve_models.video_split import export_video_split
 from segserve_models.weights import WeightsSpec
-from tests.servers import InProcessServer
+from tests.servers import app_server
 from tests.test_video import frames, keyframes, label_map, png, random_correction
 
 ARCH = "deeplabv3_mobilenet_v3_large"
@@ -60,7 +60,7 @@ def deeplab_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def deeplab_server(deeplab_repo):
-    with InProcessServer(deeplab_repo) as server:
+    with app_server(deeplab_repo) as server:
         yield server
 
 

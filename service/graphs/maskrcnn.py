@@ -154,5 +154,9 @@ def load_heads(config: ModelConfig, version_dir: Path, device: str = "auto") -> 
     detector = zoo.build_for(config)
     detector.load_state_dict(torch.load(version_dir / WEIGHTS_ARTIFACT, map_location="cpu", weights_only=True))
     heads = MaskRCNNHeads(detector, params.box_score_thresh, params.max_instances).eval()
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return heads.to("cuda" if use_cuda else "cpu")
+    return heads.to(heads_device(device))
+
+
+def heads_device(device: str = "auto") -> str:
+    """Where ``load_heads`` puts the heads for config.torch.device: CUDA when asked or there."""
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -31,7 +31,7 @@ from segserve.contract.artifacts import BACKBONE_ARTIFACT, WHOLE_GRAPH_ARTIFACT
 from segserve.contract.instance import InstanceParameters
 from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine
-from segserve.graphs.maskrcnn import Detections, load_heads
+from segserve.graphs.maskrcnn import Detections, heads_device, load_heads
 from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
 from segserve.pipelines.instance.runner import SplitRunner, WholeGraphRunner
 from segserve.pipelines.options import NumberOption
@@ -107,6 +107,11 @@ class InstanceModel(Pipeline):
         self.params = params = InstanceParameters.model_validate(config.parameters)
         self._defaults = InstanceOptions(params.score_threshold, params.max_instances, params.mask_threshold)
         self._canvas = (config.input.height, config.input.width) if params.default_path == "split" else None
+        # Here too, not only in predict: the request side's torch work (the resize in to_input, the
+        # paste in encode) gives results that depend on the thread count by an ulp or so, and with
+        # --workers N it runs in a worker, where predict never does: without this, its answers
+        # differ from the single process' and from gRPC's (the engine process').
+        _limit_torch_threads(config, params.default_path != "split" or heads_device(config.torch.device) == "cpu")
         await super().start()
         self.video = InstanceVideoModel(self)
 
