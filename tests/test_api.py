@@ -197,7 +197,7 @@ def test_batches_close_at_the_preferred_batch_size_below_what_the_model_accepts(
         data = make_image(120, 160, seed=5)
         return await asyncio.gather(*(client.post("/segment", content=data, headers={"Content-Type": "image/jpeg"}) for _ in range(4)))
 
-    with InProcessServer(repo) as s:
+    with app_server(repo) as s:
         (info,) = s.client.get("/v1/models").json()["models"]
         assert (info["max_batch_size"], info["batch_size"]) == (8, 2)
         started = time.monotonic()
