@@ -143,15 +143,18 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
         *[f"| `{row['command']}` | {row['rps']:.1f} | {row['ok_per_s']:.1f} | {row['non_2xx']} | {row['failed']} "
           f"| {row['ok_per_s'] / sat['rps']:.2f} |" for row in report["ab"]],
-        "",
-        f"Little's law: {arithmetic['connections_cycling_refusals']} connections beyond the in-flight budget of "
-        f"{report['in_flight_limit']} cycle refusals at {arithmetic['refusals_per_s']:.0f}/s, so their mean latency is "
-        f"{ms(arithmetic['little_mean_ms'])} ms (measured {ms(arithmetic['measured_mean_ms'])} ms). A mean under "
-        f"{TARGET_503_P99_MS:g} ms needs {arithmetic['refusals_per_s_for_target']:.0f} refusals/s; at the server's "
-        f"{ms2(arithmetic['server_cpu_ms_per_refusal'])} ms of CPU per refusal in this run (its CPU less its 200s at "
-        f"{ms2(arithmetic['server_cpu_ms_per_200'])} ms each, the saturation phase's cost) that is "
-        f"{ms2(arithmetic['cores_for_target'])} cores of {arithmetic['cores']}, not counting the client's.",
     ]
+    if report["workers"] == 1:  # with --workers N each worker admits its own budget: N x it before a refusal
+        lines += [
+            "",
+            f"Little's law: {arithmetic['connections_cycling_refusals']} connections beyond the in-flight budget of "
+            f"{report['in_flight_limit']} cycle refusals at {arithmetic['refusals_per_s']:.0f}/s, so their mean latency is "
+            f"{ms(arithmetic['little_mean_ms'])} ms (measured {ms(arithmetic['measured_mean_ms'])} ms). A mean under "
+            f"{TARGET_503_P99_MS:g} ms needs {arithmetic['refusals_per_s_for_target']:.0f} refusals/s; at the server's "
+            f"{ms2(arithmetic['server_cpu_ms_per_refusal'])} ms of CPU per refusal in this run (its CPU less its 200s at "
+            f"{ms2(arithmetic['server_cpu_ms_per_200'])} ms each, the saturation phase's cost) that is "
+            f"{ms2(arithmetic['cores_for_target'])} cores of {arithmetic['cores']}, not counting the client's.",
+        ]
     return "\n".join(lines)
 
 
