@@ -29,31 +29,7 @@ from urllib.parse import urlsplit
 from segserve_loadtest.ab import segment_url
 from segserve_loadtest.payloads import default_images
 from segserve_loadtest.server import SegserveProcess
-from segserve_loadtest.soak import MODEL, ensure_model, exchange, post_bytes
-
-
-async def connection_loop(host: str, port: int, raw: bytes, outcomes: Counter, server_gone: asyncio.Event) -> None:
-    """Requests back to back on one connection, a new one when the server closes it; stops
-    once a connection is refused after the SIGTERM."""
-    while True:
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            outcomes["refused"] += 1
-            if server_gone.is_set():
-                return
-            await asyncio.sleep(0.05)
-            continue
-        try:
-            while True:
-                status, headers = await exchange(reader, writer, raw)
-                outcomes[str(status)] += 1
-                if headers.get("connection", "").lower() == "close":
-                    break
-        except (OSError, asyncio.IncompleteReadError):
-            outcomes["lost"] += 1
-        finally:
-            writer.close()
+from segserve_loadtest.soak import MODEL, back_to_back, ensure_model, post_bytes
 
 
 async def drive(url: str, concurrency: int, before_s: float, process, grace_s: float) -> dict:
@@ -61,8 +37,15 @@ async def drive(url: str, concurrency: int, before_s: float, process, grace_s: f
     raw = post_bytes(url, default_images()[0])
     outcomes: Counter = Counter()
     server_gone = asyncio.Event()
-    tasks = [asyncio.ensure_future(connection_loop(parts.hostname, parts.port, raw, outcomes, server_gone))
-             for _ in range(concurrency)]
+
+    def refused() -> bool:  # before the SIGTERM a refusal is a hiccup; after it, the server is gone
+        outcomes["refused"] += 1
+        return not server_gone.is_set()
+
+    tasks = [asyncio.ensure_future(back_to_back(
+        parts.hostname, parts.port, raw, going=lambda: True,
+        answered=lambda status, _headers, _sent: outcomes.update([str(status)]),
+        refused=refused, lost=lambda: outcomes.update(["lost"]))) for _ in range(concurrency)]
     await asyncio.sleep(before_s)
     before = dict(outcomes)
     process.send_signal(signal.SIGTERM)

@@ -35,7 +35,7 @@ from segserve_loadtest.ab import run_ab, segment_url
 from segserve_loadtest.bench_overhead import server_cpu_s
 from segserve_loadtest.payloads import Payload, default_images
 from segserve_loadtest.server import SegserveProcess
-from segserve_loadtest.soak import MODEL, ensure_model, exchange, measure_saturation, percentile, post_bytes, valid_retry_after
+from segserve_loadtest.soak import MODEL, back_to_back, ensure_model, measure_saturation, percentile, post_bytes, valid_retry_after
 
 TARGET_503_P99_MS = 20.0  # issue 13's targets under ab -c 256
 TARGET_GOODPUT = 0.9
@@ -50,31 +50,20 @@ async def closed_loop(url: str, concurrency: int, seconds: float, payload: Paylo
     problems: Counter = Counter()
     stop_at = time.perf_counter() + seconds
 
-    async def connection() -> None:
-        while time.perf_counter() < stop_at:
-            try:
-                reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 << 20)
-            except OSError:
-                problems["connect_failed"] += 1
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                while (sent := time.perf_counter()) < stop_at:
-                    status, headers = await exchange(reader, writer, raw)
-                    done = time.perf_counter()
-                    if done <= stop_at:
-                        latencies[str(status)].append(done - sent)
-                    if status == 503 and not valid_retry_after(headers.get("retry-after")):
-                        problems["503_without_retry_after"] += 1
-                    if headers.get("connection", "").lower() == "close":
-                        break
-            except (OSError, asyncio.IncompleteReadError):
-                problems["lost"] += 1
-            finally:
-                writer.close()
+    def answered(status: int, headers: dict[str, str], sent: float) -> None:
+        if (done := time.perf_counter()) <= stop_at:
+            latencies[str(status)].append(done - sent)
+        if status == 503 and not valid_retry_after(headers.get("retry-after")):
+            problems["503_without_retry_after"] += 1
+
+    def refused() -> bool:
+        problems["connect_failed"] += 1
+        return True
 
     client_cpu = time.process_time()
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    await asyncio.gather(*(back_to_back(parts.hostname, parts.port, raw, going=lambda: time.perf_counter() < stop_at,
+                                        answered=answered, refused=refused, lost=lambda: problems.update(["lost"]))
+                           for _ in range(concurrency)))
     client_cpu = time.process_time() - client_cpu
 
     def summary(values: list[float]) -> dict:
@@ -111,11 +100,10 @@ def little(result: dict, concurrency: int, in_flight_limit: int, server_cpu_s: f
 
 
 def in_flight_limit(repository: Path, model: str = MODEL) -> int:
-    """The model's in-flight budget (pipelines.base: max_queue_size + instances x batch size)."""
+    """The model's in-flight budget as its config gives it (ModelConfig.in_flight_budget)."""
     from segserve.contract.model_config import load_config
 
-    config = load_config(repository / model)
-    return config.dynamic_batching.max_queue_size + config.instances * config.batch_size
+    return load_config(repository / model).in_flight_budget
 
 
 def markdown(report: dict) -> str:

@@ -42,6 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -205,6 +206,35 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
         headers["connection"] = "close"
     return status, headers
 
+
+
+async def back_to_back(host: str, port: int, raw: bytes, *, going: Callable[[], bool],
+                       answered: Callable[[int, dict[str, str], float], None], refused: Callable[[], bool],
+                       lost: Callable[[], None]) -> None:
+    """One client of a closed loop (ab's): ``raw`` sent again as soon as its answer is read, on a
+    kept-alive connection, a new one when the server closes it, while ``going()``. Each whole answer
+    goes to ``answered(status, headers, sent_at)`` (perf_counter); a connection that cannot be
+    opened to ``refused()``, which says whether to try again (50 ms later); one that breaks with a
+    request sent to ``lost()``."""
+    while going():
+        try:
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        except OSError:
+            if not refused():
+                return
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            while going():
+                sent = time.perf_counter()
+                status, headers = await exchange(reader, writer, raw)
+                answered(status, headers, sent)
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (OSError, asyncio.IncompleteReadError):
+            lost()
+        finally:
+            writer.close()
 
 class Http11Pool:
     """A minimal HTTP/1.1 keep-alive client on asyncio streams: one pre-encoded POST, sent

@@ -72,8 +72,8 @@ class DynamicBatching(BaseModel):
     max_queue_size: int = Field(128, ge=1)
     # Batches close at this many requests (None: at max_batch_size). Apart from max_batch_size, which
     # is also what the engine accepts: the KServe per-request image limit, the video frame window, the
-    # GPU batch. On a CPU whose cores the instances already fill, batching only adds waiting, so a
-    # tuned CPU config closes batches early without lowering what the model accepts (`segserve tune`).
+    # GPU batch. The batch a machine runs fastest is its own (on a 2-core CPU a batch of 2, not 8), so a
+    # tuned config closes batches there without lowering what the model accepts (`segserve tune`).
     preferred_batch_size: int | None = Field(None, ge=1)
 
 
@@ -161,6 +161,12 @@ class ModelConfig(BaseModel):
     def batch_size(self) -> int:
         """The largest batch the batcher forms."""
         return self.dynamic_batching.preferred_batch_size or self.max_batch_size
+
+    @property
+    def in_flight_budget(self) -> int:
+        """Requests the model holds at once: its queue, and a batch running on each instance;
+        beyond it the server refuses at once (pipelines.base, limits.InFlight)."""
+        return self.dynamic_batching.max_queue_size + self.instances * self.batch_size
 
     @model_validator(mode="after")
     def _preferred_batch_within_max(self) -> "ModelConfig":

@@ -168,7 +168,7 @@ class Pipeline:
         self.batcher: Batcher | None = None
         self.video = None  # segserve.pipelines.video.runs.VideoModel, set by start()
         config = self.config
-        self.in_flight = InFlight(config.name, config.dynamic_batching.max_queue_size + config.instances * config.batch_size)
+        self.in_flight = InFlight(config.name, config.in_flight_budget)
 
     def admit(self, cost: int = 1) -> Admission:
         """The request's share of the model's in-flight budget (limits.InFlight)."""
