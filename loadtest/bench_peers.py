@@ -131,8 +131,26 @@ def with_codecs(peer: Peer) -> Peer:
                             f"rcnn_input, the torch heads, box paste) and its ONNX Runtime session options (no spinning); {json_note}")
 
 
-def peers(cores: int) -> dict[str, Peer]:
+@dataclass(frozen=True)
+class Batching:
+    """The batches the peers that batch form: segserve's own for the model (its config.yaml's preferred batch and
+    window, which `segserve tune` chose on this machine), so no system is measured at batch sizes it was not
+    given; BentoML keeps its adaptive window under its default latency bound."""
+
+    size: int = 8
+    window_s: float = 0.004
+
+    @classmethod
+    def of(cls, repository: Path, name: str) -> "Batching":
+        from segserve.contract.model_config import load_config
+
+        config = load_config(repository / name)
+        return cls(config.batch_size, config.dynamic_batching.max_queue_delay_ms / 1000)
+
+
+def peers(cores: int, batching: Batching = Batching()) -> dict[str, Peer]:
     """Every peer as its docs show it, then each one's variant sharing segserve's codecs (``<name>+codecs``)."""
+    size, window_s, window_us = batching.size, batching.window_s, round(batching.window_s * 1e6)
     plain = {
         "naive": Peer("naive", "naive FastAPI + uvicorn", ["fastapi==0.165.0", "uvicorn[standard]==0.54.0"], "naive_fastapi.py", "segment",
                       "1 uvicorn process, 1 ONNX Runtime session (default intra-op threads = cores), each request in FastAPI's "
@@ -140,15 +158,15 @@ def peers(cores: int) -> dict[str, Peer]:
         # python-multipart: LitServe parses the multipart upload with Starlette, which needs it (not a LitServe dependency)
         "litserve": Peer("litserve", "LitServe 0.2.19", ["litserve==0.2.19", "python-multipart==0.0.34"], "litserve_server.py", "multipart",
                          f"{cores} worker processes (workers_per_device={cores}, accelerator=cpu), 1 intra-op thread each, "
-                         "max_batch_size=8, batch_timeout=0.004 s",
-                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--batch-timeout", "0.004"],
+                         f"max_batch_size={size}, batch_timeout={window_s:g} s",
+                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", str(size), "--batch-timeout", str(window_s)],
                          path="/predict", ready_path="/health"),
         "pytriton": Peer("pytriton", "PyTriton 0.7.0 (Triton core)", ["nvidia-pytriton==0.7.0"], "pytriton_server.py", "kserve-binary",
-                         f"1 model instance with {cores} intra-op threads, max_batch_size=8, DynamicBatcher max_queue_delay 4000 us "
+                         f"1 model instance with {cores} intra-op threads, max_batch_size={size}, DynamicBatcher max_queue_delay {window_us} us "
                          f"({cores} instances, one infer function each, do not load on this loaded machine: the second instance's "
                          "stub waits 1 s, hard-coded in pytriton/proxy/communication.py, for the first one's handshake socket, "
                          "and gives up)",
-                         ["--instances", "1", "--threads", str(cores), "--max-batch-size", "8", "--max-queue-delay-us", "4000"],
+                         ["--instances", "1", "--threads", str(cores), "--max-batch-size", str(size), "--max-queue-delay-us", str(window_us)],
                          # nvidia-pytriton 0.7.0 requires numpy < 2: pip picks its numpy
                          [r for r in COMMON if not r.startswith("numpy")],
                          # Triton's Python-backend stub links the system libpython3.11 (Debian's) but runs this
@@ -156,17 +174,17 @@ def peers(cores: int) -> dict[str, Peer]:
                          {"LD_LIBRARY_PATH": ":".join(filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")]))}),
         "ray": Peer("ray", f"Ray Serve {RAY_VERSION}", [f"ray[serve]=={RAY_VERSION}"], "ray_serve_server.py", "segment",
                     f"ray.init(num_cpus={cores}, include_dashboard=False), usage stats off; {cores} replicas x 1 CPU "
-                    f"(ray_actor_options), 1 intra-op thread each, @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.004), "
-                    "max_ongoing_requests=16 per replica; Ray's HTTP proxy, the raw JPEG body",
-                    ["--cpus", str(cores), "--replicas", str(cores), "--threads", "1", "--max-batch-size", "8",
-                     "--batch-wait-timeout", "0.004"],
+                    f"(ray_actor_options), 1 intra-op thread each, @serve.batch(max_batch_size={size}, batch_wait_timeout_s={window_s:g}), "
+                    f"max_ongoing_requests={2 * size} per replica; Ray's HTTP proxy, the raw JPEG body",
+                    ["--cpus", str(cores), "--replicas", str(cores), "--threads", "1", "--max-batch-size", str(size),
+                     "--batch-wait-timeout", str(window_s)],
                     # the replicas are Ray worker processes started by the raylet: they find peer_common on PYTHONPATH
                     env={"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PEERS_DIR)}, own_json=True),
         "bentoml": Peer("bentoml", f"BentoML {BENTOML_VERSION}", [f"bentoml=={BENTOML_VERSION}"], "bentoml_server.py", "multipart-list",
-                        f"@bentoml.service(workers={cores}), 1 intra-op thread each, @bentoml.api(batchable=True, max_batch_size=8, "
+                        f"@bentoml.service(workers={cores}), 1 intra-op thread each, @bentoml.api(batchable=True, max_batch_size={size}, "
                         "max_latency_ms=60000 = BentoML's default: the batch window is its adaptive dispatcher's), the image as a "
                         "multipart file (a pathlib.Path to the API)",
-                        ["--workers", str(cores), "--threads", "1", "--max-batch-size", "8", "--max-latency-ms", "60000"],
+                        ["--workers", str(cores), "--threads", "1", "--max-batch-size", str(size), "--max-latency-ms", "60000"],
                         ready_path="/readyz"),
     }
     return {**plain, **{variant.name: variant for variant in map(with_codecs, plain.values())}}
@@ -639,6 +657,9 @@ def model_markdown(model: dict) -> list[str]:
         "Label maps against segserve's on the same 4 images (640x480 x2, 500x375, 256x320): "
         + ", ".join(f"{name} {100 * a['equal_pixels']:.2f} % equal pixels" for name, a in model["agreement"].items()) + ".",
         "",
+        *([f"The peers that batch form batches of up to {model['peer_batching']['size']} with a "
+           f"{model['peer_batching']['window_ms']:g} ms window (BentoML: its adaptive one), as segserve's config.yaml for this model says.", ""]
+          if "peer_batching" in model else []),
         f"Closed loop: `ab -n {model.get('requests', '?')} -c C -k -l` (at least 4 x C requests).",
         "",
         "| system | c | req/s | p50 ms | p95 ms | p99 ms | failed | server CPU ms/req | vs segserve | vs raw engine |",
@@ -675,10 +696,19 @@ def model_markdown(model: dict) -> list[str]:
     return lines
 
 
+def loaded_note(load_before) -> str:
+    """A warning in the report when the machine was busy before the timed part began (1-minute load average)."""
+    try:
+        busy = float(str(load_before).split(",")[0].split()[0]) > cpu_count() / 2
+    except (ValueError, IndexError):
+        return ""
+    return ": **a busy machine**, other jobs were running" if busy else ""
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"`{result['command']}` on {result['machine']} (load average {result['load_before']} before the timed part, "
-        f"{result['load_after']} after: **a shared, loaded machine**; other engineers' jobs were running). "
+        f"{result['load_after']} after{loaded_note(result['load_before'])}). "
         f"{result['rounds']} interleaved rounds (raw engine, then each system closed loop under ab at each level, then open loop at "
         "a fixed arrival rate), the 640x480 JPEG; medians over rounds. A `+ segserve codecs` row is that peer with segserve's own "
         "codec code doing the same work: against segserve it differs in the serving layer alone. "
@@ -912,7 +942,10 @@ def main(argv: list[str] | None = None) -> int:
                 description = ("the bundled Mask R-CNN-MobileNetV3-FPN as `make models` exports it, segserve's split path: backbone.onnx "
                                "on ONNX Runtime, the torch RPN/RoI heads from weights.pt, the box paste; the peers only as their "
                                "`+codecs` variants, which run that split with segserve's code")
-            models.append(bench_model(name, repository, description, args.work, pythons, peer_specs, args, skipped, lock, plan, codec_path))
+            batching = Batching.of(repository, name)
+            models.append(bench_model(name, repository, description, args.work, pythons, peers(cores, batching), args, skipped, lock, plan,
+                                      codec_path) | {"peer_batching": {"size": batching.size, "window_ms": batching.window_s * 1000}})
+    described = peers(cores, Batching.of(args.repository, BUNDLED) if BUNDLED in args.models.split(",") else Batching())
     result = {
         "command": "make bench-peers" if os.environ.get("MAKELEVEL") else "python -m segserve_loadtest.bench_peers " + " ".join(argv or sys.argv[1:]),
         "machine": f"{platform.machine()}, {cores} CPUs",
@@ -922,7 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"segserve": "`segserve serve` on the model's exported config.yaml ("
                                  + "; ".join(f"{m}: {serving_settings(args.repository, m)}" for m in EXPORTS if m in args.models.split(","))
                                  + "; trivial: bench_overhead's 6-line config)",
-                     **{name: peer_specs[name].settings for name in pythons}},
+                     # the batch settings as for the bundled model; each model's section gives its own
+                     **{name: described[name].settings for name in pythons}},
         "skipped": skipped,
         "models": models,
     }

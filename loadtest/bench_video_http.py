@@ -17,6 +17,12 @@ this machine's drift hits them alike:
 frames/s is frames answered over wall time (upload, decode, batching, engine, restore, RLE and
 JSON included); server CPU ms/frame from /proc (the server's whole process tree). The median
 round counts. mIoU over every frame of every clip; ΔmIoU against per-frame.
+
+Where the time goes, in the same run: each round also times every part of the split alone
+(the model's own ONNX Runtime sessions, batch 1, one thread, on a frame of the clips), which
+gives the speed-up the engine alone would allow at each row's keyframe share; and the
+server's own metrics give each part's engine time per frame inside the server (the batches'
+run time, wall clock, so it includes time a part's thread waited for a core).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segserve.contract.model_config import load_config
+from segserve.contract.video import SemanticParameters
+from segserve_loadtest.server_metrics import parse_samples
 from segserve_loadtest.bench_peers import LOCK_FILE, cpu_count, tree_cpu_s
 from segserve_loadtest.server import SegserveProcess
 from segserve_models.evaluation.metrics import ConfusionMatrix
@@ -93,6 +101,74 @@ def miou(predictions: list[list[np.ndarray]], clips: list[Clip], num_classes: in
     return union_miou(confusion)
 
 
+class SplitParts:
+    """The split's parts alone: the model's own ONNX Runtime engines, one instance, batch 1."""
+
+    def __init__(self, repository: Path, model: str, clip: "Clip", height: int, width: int):
+        import av
+
+        from segserve.codecs.geometry import Letterbox
+        from segserve.pipelines.video.semantic import load_split
+        from segserve.repository import scan
+
+        entry = next(e for e in scan(repository) if e.config.name == model)
+        config = entry.config
+        self.split = SemanticParameters.model_validate(config.parameters).video
+        if self.split is None:
+            raise SystemExit(f"{model} has no video split (export it with --video-split)")
+        self.engines = {part: engines[0] for part, engines in load_split(config.model_copy(update={"instances": 1}),
+                                                                          entry.version_dir, self.split).items()}
+        with av.open(io.BytesIO(clip.mp4)) as container:
+            rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        box = Letterbox.fit(height, width, config.input)
+        tensors = {"images": box.apply(rgb, config.input.pad_value)[None]}
+        self.feeds = {}
+        for part in self.split.parts():  # in the order a keyframe runs them
+            inputs, output = self.split.tensors(part)
+            self.feeds[part] = {name: tensors.get(name, tensors.get("low")) for name in inputs}  # key_low: the frame's own
+            tensors[output] = self.engines[part].infer(self.feeds[part])[output]
+
+    def time_ms(self, seconds_per_part: float) -> dict[str, float]:
+        """Each part's ms per call, the best of 3 windows."""
+        result = {}
+        for part, engine in self.engines.items():
+            best = float("inf")
+            for _ in range(3):
+                calls, started = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - started) < seconds_per_part / 3 or calls < 3:
+                    engine.infer(self.feeds[part])
+                    calls += 1
+                best = min(best, 1000 * elapsed / calls)
+            result[part] = best
+        return result
+
+    def frame_ms(self, parts_ms: dict[str, float], keyframe_share: float) -> float:
+        """The engine's ms per frame at a keyframe share: shallow always, deep + fuse on keyframes, the
+        correction (or the fuse on stale features) on the others."""
+        other = parts_ms.get("correct", parts_ms["fuse"])
+        return (parts_ms["shallow"] + keyframe_share * (parts_ms["deep"] + parts_ms["fuse"])
+                + (1 - keyframe_share) * other)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+
+
+def part_engine_ms(before: dict, after: dict, model: str, parts: list[str]) -> dict[str, float]:
+    """Each part's batches' total run time between two scrapes, ms (wall clock): the per-request compute
+    histogram counts a batch once per request in it, so its sum over the mean batch size."""
+    def change(name: str, label: str) -> float:
+        return sum(v - before.get(k, 0.0) for k, v in after.items() if k[0] == name and ("model", label) in k[1])
+
+    result = {}
+    for part in parts:
+        label = f"{model}/{part}"
+        requests = change("segserve_compute_time_seconds_count", label)
+        batches = change("segserve_batch_size_count", label)
+        result[part] = 1000 * change("segserve_compute_time_seconds_sum", label) * batches / requests if requests else 0.0
+    return result
+
+
 def send_clips(url: str, model: str, clips: list[Clip], row: Row, streams: int, tag: str) -> tuple[list[dict], float]:
     """Every clip as one chunk of its own stream, ``streams`` at a time: (answers, wall seconds)."""
     with httpx.Client(base_url=url, timeout=300) as client:
@@ -118,33 +194,50 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, list[dict]] = {row.name: [] for row in rows}
     predictions: dict[str, list[list[np.ndarray]]] = {}
     policies: dict[str, dict] = {}
-    with SegserveProcess(args.repository, models=[args.model]) as server:
+    alone_rounds: list[dict[str, float]] = []
+    parts = SplitParts(args.repository, args.model, clips[0], height, width)
+    part_names = parts.split.parts()
+    with SegserveProcess(args.repository, models=[args.model]) as server, httpx.Client(base_url=server.url) as metrics:
         send_clips(server.url, args.model, clips[:1], rows[0], 1, "warm-up")
         for round_index in range(args.rounds):
+            alone_rounds.append(parts.time_ms(args.part_seconds))
+            print(f"round {round_index + 1} parts alone (ms per call): "
+                  + ", ".join(f"{p} {v:.2f}" for p, v in alone_rounds[-1].items()), flush=True)
             for row_index, row in enumerate(rows):
                 cpu_before = tree_cpu_s(server.process.pid)
+                scraped = parse_samples(metrics.get("/metrics").text)
                 answers, wall_s = send_clips(server.url, args.model, clips, row, args.streams, f"r{round_index}-{row_index}")
                 cpu_s = tree_cpu_s(server.process.pid) - cpu_before
+                engine_ms = part_engine_ms(scraped, parse_samples(metrics.get("/metrics").text), args.model, part_names)
                 keyframes = sum(a["keyframes"] for a in answers)
                 results[row.name].append({"frames_per_s": frames / wall_s, "cpu_ms_per_frame": cpu_s * 1000 / frames,
-                                          "keyframe_share": keyframes / frames})
+                                          "keyframe_share": keyframes / frames,
+                                          "engine_ms_per_frame": {p: v / frames for p, v in engine_ms.items()}})
                 print(f"round {round_index + 1} {row.name}: {frames / wall_s:.1f} frames/s, "
                       f"{cpu_s * 1000 / frames:.2f} ms CPU/frame, keyframes {keyframes}/{frames}", flush=True)
                 if row.name not in predictions:
                     predictions[row.name] = [[label_map(f["segments"], height, width) for f in a["frames"]] for a in answers]
                     policies[row.name] = answers[0]["keyframe_policy"]
+    parts.close()
+    alone = {p: statistics.median(r[p] for r in alone_rounds) for p in part_names}
     base = rows[0].name
     base_fps = statistics.median(r["frames_per_s"] for r in results[base])
     base_miou = miou(predictions[base], clips, len(config.classes))
+    base_engine = parts.frame_ms(alone, 1.0)
     table = []
     for row in rows:
         runs = results[row.name]
         fps = statistics.median(r["frames_per_s"] for r in runs)
         row_miou = miou(predictions[row.name], clips, len(config.classes))
+        share = runs[0]["keyframe_share"]
         table.append({
             "row": row.name, "policy": policies[row.name], "frames_per_s": fps, "speedup": fps / base_fps,
             "cpu_ms_per_frame": statistics.median(r["cpu_ms_per_frame"] for r in runs),
-            "keyframe_share": runs[0]["keyframe_share"], "miou": row_miou, "delta_miou": row_miou - base_miou, "rounds": runs,
+            "keyframe_share": share, "miou": row_miou, "delta_miou": row_miou - base_miou,
+            "engine_alone_ms_per_frame": parts.frame_ms(alone, share),
+            "engine_alone_speedup": base_engine / parts.frame_ms(alone, share),
+            "server_engine_ms_per_frame": {p: statistics.median(r["engine_ms_per_frame"][p] for r in runs) for p in part_names},
+            "rounds": runs,
         })
     return {
         "command": "python -m segserve_loadtest.bench_video_http " + " ".join(args.argv),
@@ -153,7 +246,7 @@ def run(args: argparse.Namespace) -> dict:
         "machine": f"{cpu_count()} CPUs, {platform.platform()}",
         "load_average": Path("/proc/loadavg").read_text().split()[:3],
         "model": args.model, "clips": args.clips, "frames_per_clip": args.frames, "size": f"{width}x{height}",
-        "streams": args.streams, "rounds": args.rounds, "table": table,
+        "streams": args.streams, "rounds": args.rounds, "parts_alone_ms": alone, "table": table,
     }
 
 
@@ -165,14 +258,29 @@ def markdown(result: dict) -> str:
         f"H.264 mp4 (crf 18), one chunk and one stream per clip, {result['streams']} clients at once; "
         f"model `{result['model']}`; medians of {result['rounds']} interleaved rounds",
         "",
-        "| row | keyframe policy | keyframes | frames/s | vs per-frame | server CPU ms/frame | mIoU | ΔmIoU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| row | keyframe policy | keyframes | frames/s | vs per-frame | engine alone would give | server CPU ms/frame | mIoU | ΔmIoU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["table"]:
         policy = r["policy"]
         text = f"interval {policy['interval']}" + (f", threshold {policy['threshold']}" if policy.get("threshold") is not None else "")
         lines.append(f"| {r['row']} | {text} | {r['keyframe_share']:.0%} | {r['frames_per_s']:.1f} | {r['speedup']:.2f}x "
-                     f"| {r['cpu_ms_per_frame']:.2f} | {r['miou'] * 100:.1f} | {r['delta_miou'] * 100:+.2f} |")
+                     f"| {r['engine_alone_speedup']:.2f}x | {r['cpu_ms_per_frame']:.2f} | {r['miou'] * 100:.1f} | {r['delta_miou'] * 100:+.2f} |")
+    alone = result["parts_alone_ms"]
+    parts = list(alone)
+    lines += [
+        "",
+        "Engine ms per frame by part: alone (batch 1, one thread, the rounds' median), and inside the server (its batches' run "
+        "time from /metrics, wall clock, per frame of the row):",
+        "",
+        "| row | " + " | ".join(parts) + " | engine total | server CPU |",
+        "|---|" + "---:|" * (len(parts) + 2),
+        "| parts alone, per call | " + " | ".join(f"{alone[p]:.2f}" for p in parts) + " | | |",
+    ]
+    for r in result["table"]:
+        inside = r["server_engine_ms_per_frame"]
+        lines.append(f"| {r['row']} | " + " | ".join(f"{inside[p]:.2f}" for p in parts)
+                     + f" | {sum(inside.values()):.2f} (alone: {r['engine_alone_ms_per_frame']:.2f}) | {r['cpu_ms_per_frame']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=2, help="clips sent at once (one stream each)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--intervals", type=lambda s: [int(v) for v in s.split(",") if v], default=[], help="fixed intervals too, e.g. 4,8")
+    parser.add_argument("--part-seconds", type=float, default=1.5, help="each split part timed alone for this long per round")
     parser.add_argument("--out", type=Path, default=Path("out/bench_video_http"))
     parser.add_argument("--no-lock", action="store_true", help=f"do not wait for {LOCK_FILE} (tests)")
     args = parser.parse_args(argv)

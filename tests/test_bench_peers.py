@@ -115,6 +115,24 @@ def test_codec_variants_share_their_peers_script_and_virtualenv():
     assert "--own-json" in specs["naive+codecs"].args and "--own-json" not in specs["naive"].args
 
 
+def test_peers_batch_as_segserves_config_says(tmp_path):
+    repository = tmp_path / "repository"
+    build_trivial_model(repository)
+    config = repository / "trivial" / "config.yaml"
+    config.write_text(config.read_text() + "dynamic_batching:\n  preferred_batch_size: 2\n  max_queue_delay_ms: 1.5\n")
+    batching = bench_peers.Batching.of(repository, "trivial")
+    assert (batching.size, batching.window_s) == (2, 0.0015)
+    specs = bench_peers.peers(2, batching)
+    for name, flags in {"litserve": ["--max-batch-size", "2", "--batch-timeout", "0.0015"],
+                        "pytriton": ["--max-batch-size", "2", "--max-queue-delay-us", "1500"],
+                        "ray": ["--max-batch-size", "2", "--batch-wait-timeout", "0.0015"],
+                        "bentoml": ["--max-batch-size", "2"]}.items():
+        args = specs[name].args
+        for flag, value in zip(flags[::2], flags[1::2]):
+            assert args[args.index(flag) + 1] == value, (name, flag)
+        assert "max_batch_size=2" in specs[name].settings and specs[name + CODECS].args[:len(args)] == args
+
+
 def test_summary_takes_medians_and_per_round_ratios():
     summary = summarise(fake_rounds(), ["segserve", "naive"], [1, 32])
     assert summary["raw_engine_images_per_s"] == 75.0 and summary["open_loop"] == {}
@@ -139,7 +157,11 @@ def test_report_and_plot(tmp_path):
     text = markdown(json.loads(json.dumps(result)))  # as read back from bench_peers.json (string keys)
     assert "| naive | 32 | 60.0 |" in text and "naive 99.87 % equal pixels" in text and "**pytriton**: install failed" in text
     assert "| naive | 32.0 | 30.0 | 50 | 90 | 100 | 2 / 100 | 10.0 | - | - |" in text  # the open-loop row
-    assert "shared, loaded machine" in text
+    assert "busy machine" not in text  # load 1 on 2 CPUs
+    assert "busy machine" in markdown({**result, "load_before": "1.5 1 1"})
+    assert "batches of up to" not in text
+    model["peer_batching"] = {"size": 2, "window_ms": 0.0}
+    assert "batches of up to 2 with a 0 ms window" in markdown(json.loads(json.dumps(result)))
     plot(result, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -484,13 +484,18 @@ def test_http_video_bench_table(video_repo, tmp_path):
 
     out = tmp_path / "out"
     args = ["--repository", str(video_repo), "--model", SPLIT, "--clips", "1", "--frames", "6", "--height", "72",
-            "--width", "96", "--rounds", "1", "--intervals", "3", "--no-lock", "--out", str(out)]
+            "--width", "96", "--rounds", "1", "--intervals", "3", "--part-seconds", "0.1", "--no-lock", "--out", str(out)]
     assert main(args) == 0
     table = json.loads((out / "bench_video_http.json").read_text())["table"]
     assert [r["row"] for r in table] == ["per-frame (keyframe_interval=1)", "model default policy", "keyframe_interval=3"]
     assert table[0]["keyframe_share"] == 1 and table[2]["keyframe_share"] == pytest.approx(2 / 6)
     assert table[0]["speedup"] == 1 and all(r["frames_per_s"] > 0 and 0 <= r["miou"] <= 1 for r in table)  # random weights here
     assert "| keyframe_interval=3 | interval 3 | 33% |" in (out / "bench_video_http.md").read_text()
+    # the engine alone and inside the server, part by part: every part ran on a keyframe, deep only on keyframes
+    per_frame, interval_3 = table[0], table[2]
+    assert per_frame["engine_alone_speedup"] == 1 and interval_3["engine_alone_speedup"] > 1
+    assert all(per_frame["server_engine_ms_per_frame"][p] > 0 for p in ("shallow", "deep", "fuse"))
+    assert interval_3["server_engine_ms_per_frame"]["deep"] < per_frame["server_engine_ms_per_frame"]["deep"]
 
 
 def test_video_bench_table(video_repo, capsys):
