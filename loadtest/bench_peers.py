@@ -151,6 +151,10 @@ class Batching:
 def peers(cores: int, batching: Batching = Batching()) -> dict[str, Peer]:
     """Every peer as its docs show it, then each one's variant sharing segserve's codecs (``<name>+codecs``)."""
     size, window_s, window_us = batching.size, batching.window_s, round(batching.window_s * 1e6)
+    # LitServe 0.2.19 with batch_timeout=0 polls its queue without blocking in a loop (loops/base.py
+    # collate_requests, get_nowait; simple_loops.py `if not batches: continue`): a core spent per idle
+    # worker. 1 ms is the poll step its own timed path blocks for, so the window stays as short as it can be.
+    litserve_window_s = max(window_s, 0.001)
     plain = {
         "naive": Peer("naive", "naive FastAPI + uvicorn", ["fastapi==0.165.0", "uvicorn[standard]==0.54.0"], "naive_fastapi.py", "segment",
                       "1 uvicorn process, 1 ONNX Runtime session (default intra-op threads = cores), each request in FastAPI's "
@@ -158,8 +162,8 @@ def peers(cores: int, batching: Batching = Batching()) -> dict[str, Peer]:
         # python-multipart: LitServe parses the multipart upload with Starlette, which needs it (not a LitServe dependency)
         "litserve": Peer("litserve", "LitServe 0.2.19", ["litserve==0.2.19", "python-multipart==0.0.34"], "litserve_server.py", "multipart",
                          f"{cores} worker processes (workers_per_device={cores}, accelerator=cpu), 1 intra-op thread each, "
-                         f"max_batch_size={size}, batch_timeout={window_s:g} s",
-                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", str(size), "--batch-timeout", str(window_s)],
+                         f"max_batch_size={size}, batch_timeout={litserve_window_s:g} s",
+                         ["--workers", str(cores), "--threads", "1", "--max-batch-size", str(size), "--batch-timeout", str(litserve_window_s)],
                          path="/predict", ready_path="/health"),
         "pytriton": Peer("pytriton", "PyTriton 0.7.0 (Triton core)", ["nvidia-pytriton==0.7.0"], "pytriton_server.py", "kserve-binary",
                          f"1 model instance with {cores} intra-op threads, max_batch_size={size}, DynamicBatcher max_queue_delay {window_us} us "

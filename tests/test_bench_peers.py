@@ -131,6 +131,9 @@ def test_peers_batch_as_segserves_config_says(tmp_path):
         for flag, value in zip(flags[::2], flags[1::2]):
             assert args[args.index(flag) + 1] == value, (name, flag)
         assert "max_batch_size=2" in specs[name].settings and specs[name + CODECS].args[:len(args)] == args
+    # no window: LitServe's is its 1 ms poll step (with 0 it spins on its queue)
+    litserve = bench_peers.peers(2, bench_peers.Batching(2, 0.0))["litserve"].args
+    assert litserve[litserve.index("--batch-timeout") + 1] == "0.001"
 
 
 def test_summary_takes_medians_and_per_round_ratios():
