@@ -287,12 +287,17 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def state(pid: int) -> str | None:
+    """``pid``'s state letter in /proc (R, S, T, Z...), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (exists and is not a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return state(pid) not in ("Z", None)
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -305,6 +310,55 @@ def tree_cpu_s(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+class Paused:
+    """Systems held stopped (SIGSTOP on their whole process tree) while another is measured, so that nothing idle
+    runs beside it: LitServe's workers and main process poll their queues every millisecond when idle (its
+    collate_requests), Ray's GCS, raylet and agents keep their timers. ``run(name)`` resumes one system for the
+    block, then stops it again; everything is resumed on exit (a stopped process cannot act on SIGTERM)."""
+
+    SETTLE_S = 2.0  # after a resume: a system's timers that came due while it was stopped fire before its measurement
+
+    def __init__(self, pids: dict[str, int]):
+        self._pids = pids
+        self._stopped: dict[str, list[int]] = {}
+
+    def _signal(self, members: list[int], sig: int) -> None:
+        for member in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, sig)
+        if sig == signal.SIGSTOP:  # delivered, not yet done: wait until each one has stopped (or is gone)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and any(state(m) not in ("T", None) for m in members):
+                time.sleep(0.01)
+
+    def stop(self, name: str) -> None:
+        if name not in self._stopped:
+            self._stopped[name] = process_tree(self._pids[name])
+            self._signal(self._stopped[name], signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        if name in self._stopped:
+            self._signal(self._stopped.pop(name), signal.SIGCONT)
+
+    def __enter__(self) -> "Paused":
+        for name in self._pids:
+            self.stop(name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in list(self._stopped):
+            self.resume(name)
+
+    @contextlib.contextmanager
+    def run(self, name: str):
+        self.resume(name)
+        time.sleep(self.SETTLE_S)
+        try:
+            yield
+        finally:
+            self.stop(name)
 
 
 class PeerProcess:
@@ -806,6 +860,21 @@ def print_cell(label: str, cell: dict) -> None:
           f"CPU ms/req, failed {cell['failed'] + cell.get('non_2xx', 0)}"), flush=True)
 
 
+def measure_system(target: Target, image: Payload, plan: "ModelPlan", entry: dict, open_loop_fraction: float) -> None:
+    """One system's closed-loop levels, then its open loop, into the round's ``entry``."""
+    entry["systems"][target.name] = {}
+    for c in plan.levels:
+        cell = measure_level(target, image, plan.requests, c)
+        entry["systems"][target.name][str(c)] = cell
+        print_cell(f"{target.name} c={c}", cell)
+    # segserve comes first: its levels of this round set the rate every system then gets
+    entry.setdefault("open_loop_rps", open_loop_rate(entry["systems"]["segserve"], open_loop_fraction))
+    if plan.open_loop_seconds > 0 and entry["open_loop_rps"]:
+        cell = measure_rate(target, image, entry["open_loop_rps"], plan.open_loop_seconds)
+        entry["open_loop"][target.name] = cell
+        print_cell(f"{target.name} open loop {cell['rate_rps']:.1f} req/s offered", cell)
+
+
 def bench_model(name: str, repository: Path, description: str, work: Path, pythons: dict[str, Path], peer_specs: dict[str, Peer],
                 args, skipped: dict[str, str], lock, plan: ModelPlan, codec_path: str = "") -> dict:
     from segserve_loadtest.bench_service import RawEngine
@@ -839,23 +908,15 @@ def bench_model(name: str, repository: Path, description: str, work: Path, pytho
         rounds = []
         with lock():
             load_before = load_average()
-            for i in range(args.rounds):
-                entry = {"raw_engine": raw_engine_round(raw, args.engine_seconds) if raw else None, "systems": {}, "open_loop": {}}
-                print(f"{name} round {i + 1}: raw engine " + (f"{entry['raw_engine']['images_per_s']:.1f} images/s" if raw else "not measured"),
-                      flush=True)
-                for target in targets:
-                    entry["systems"][target.name] = {}
-                    for c in plan.levels:
-                        cell = measure_level(target, image, plan.requests, c)
-                        entry["systems"][target.name][str(c)] = cell
-                        print_cell(f"{target.name} c={c}", cell)
-                    # segserve comes first: its levels of this round set the rate every system then gets
-                    entry.setdefault("open_loop_rps", open_loop_rate(entry["systems"]["segserve"], args.open_loop_fraction))
-                    if plan.open_loop_seconds > 0 and entry["open_loop_rps"]:
-                        cell = measure_rate(target, image, entry["open_loop_rps"], plan.open_loop_seconds)
-                        entry["open_loop"][target.name] = cell
-                        print_cell(f"{target.name} open loop {cell['rate_rps']:.1f} req/s offered", cell)
-                rounds.append(entry)
+            with Paused({t.name: t.pid for t in targets}) as paused:  # only the system being measured runs
+                for i in range(args.rounds):
+                    entry = {"raw_engine": raw_engine_round(raw, args.engine_seconds) if raw else None, "systems": {}, "open_loop": {}}
+                    print(f"{name} round {i + 1}: raw engine "
+                          + (f"{entry['raw_engine']['images_per_s']:.1f} images/s" if raw else "not measured"), flush=True)
+                    for target in targets:
+                        with paused.run(target.name):
+                            measure_system(target, image, plan, entry, args.open_loop_fraction)
+                    rounds.append(entry)
             load_after = load_average()
         if raw:
             raw.close()

@@ -13,6 +13,8 @@ BentoML, and their "+codecs" variants) are served and checked the same way only 
 from __future__ import annotations
 
 import json
+import os
+import time
 import struct
 import sys
 from pathlib import Path
@@ -272,3 +274,34 @@ def test_installed_peer_serves_the_trivial_model_like_segserve(name, tmp_path):
         if codec_path is None:
             pytest.skip(f"no segserve codec folder under {CACHE}: `make bench-peers BENCH_PEERS_ARGS=--systems {name}` builds it")
     serves_the_trivial_model_like_segserve(peer, python, tmp_path, codec_path)
+
+
+def test_paused_holds_every_other_system_stopped(monkeypatch):
+    """Only the system being measured runs: the others' whole process trees are stopped (state T), and all run
+    again afterwards."""
+    import subprocess
+
+    monkeypatch.setattr(bench_peers.Paused, "SETTLE_S", 0.0)
+    spawn = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    systems = {name: subprocess.Popen([sys.executable, "-c", spawn]) for name in ("a", "b")}
+    try:
+        deadline = time.monotonic() + 10
+        while any(len(bench_peers.process_tree(p.pid)) < 2 for p in systems.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        trees = {name: bench_peers.process_tree(p.pid) for name, p in systems.items()}
+        assert all(len(tree) == 2 for tree in trees.values())  # the script and its child
+
+        def states(name: str) -> set[str]:
+            return {bench_peers.state(pid) for pid in trees[name]}
+
+        with bench_peers.Paused({name: p.pid for name, p in systems.items()}) as paused:
+            assert states("a") == states("b") == {"T"}
+            with paused.run("a"):
+                assert "T" not in states("a") and states("b") == {"T"}
+            assert states("a") == {"T"}
+        assert "T" not in states("a") | states("b")
+    finally:
+        for p in systems.values():
+            for pid in bench_peers.process_tree(p.pid):
+                os.kill(pid, 9)
+            p.wait()
