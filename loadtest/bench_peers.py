@@ -1018,8 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds, "requests": args.requests, "levels": args.levels, "open_loop_fraction": args.open_loop_fraction,
         "titles": {"segserve": "segserve", **{name: peer_specs[name].title for name in pythons}},
         "settings": {"segserve": "`segserve serve` on the model's exported config.yaml ("
-                                 + "; ".join(f"{m}: {serving_settings(args.repository, m)}" for m in EXPORTS if m in args.models.split(","))
-                                 + "; trivial: bench_overhead's 6-line config)",
+                                 + "; ".join([*(f"{m}: {serving_settings(args.repository, m)}" for m in EXPORTS if m in args.models.split(",")),
+                                              *(["trivial: bench_overhead's 6-line config"] if TRIVIAL in args.models.split(",") else [])])
+                                 + ")",
                      # the batch settings as for the bundled model; each model's section gives its own
                      **{name: described[name].settings for name in pythons}},
         "skipped": skipped,
