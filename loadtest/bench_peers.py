@@ -478,8 +478,8 @@ def serving_settings(repository: Path, name: str = BUNDLED) -> str:
 
     config = load_config(repository / name)
     threads = config.onnxruntime.intra_op_threads or f"auto = {default_threads(config.instances)}"
-    return (f"{config.instances} engine instances x {threads} intra-op threads, max batch {config.max_batch_size}, "
-            f"queue delay {config.dynamic_batching.max_queue_delay_ms:g} ms")
+    return (f"{config.instances} engine instances x {threads} intra-op threads, batches of up to {config.batch_size} "
+            f"(max_batch_size {config.max_batch_size}), queue delay {config.dynamic_batching.max_queue_delay_ms:g} ms")
 
 
 def photo(width: int = 640, height: int = 480, seed: int = 0) -> Payload:
