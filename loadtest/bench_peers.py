@@ -435,19 +435,15 @@ class PeerProcess:
 
 
 # -- models ----------------------------------------------------------------------------------
-# `make models`' own export commands of the bundled models the peers serve
-EXPORTS = {
-    BUNDLED: ["--model", "lraspp_mobilenet_v3_large", "--name", BUNDLED, "--weights", f"bundled:{BUNDLED}", "--input-size", "256x256",
-              "--video-split"],
-    INSTANCE: ["--model", "maskrcnn_mobilenet_v3_large_fpn", "--name", INSTANCE, "--weights", f"bundled:{INSTANCE}"],
-}
+# the bundled models the peers serve, exported as `make models` exports them (their shipped serving settings included)
+EXPORTS = (BUNDLED, INSTANCE)
 
 
 def ensure_bundled(repository: Path, name: str = BUNDLED) -> None:
-    """``make models``' own export of a bundled model (skipped when already there)."""
+    """``make models``' own export of the bundled models (`segserve export --bundled`), unless ``name`` is there."""
     if (repository / name / "config.yaml").is_file():
         return
-    command = [sys.executable, "-m", "segserve", "export", *EXPORTS[name], "--repository", str(repository), "--skip-existing"]
+    command = [sys.executable, "-m", "segserve", "export", "--bundled", "--repository", str(repository), "--skip-existing"]
     subprocess.run(command, check=True)
 
 
@@ -754,19 +750,10 @@ def model_markdown(model: dict) -> list[str]:
     return lines
 
 
-def loaded_note(load_before) -> str:
-    """A warning in the report when the machine was busy before the timed part began (1-minute load average)."""
-    try:
-        busy = float(str(load_before).split(",")[0].split()[0]) > cpu_count() / 2
-    except (ValueError, IndexError):
-        return ""
-    return ": **a busy machine**, other jobs were running" if busy else ""
-
-
 def markdown(result: dict) -> str:
     lines = [
         f"`{result['command']}` on {result['machine']} (load average {result['load_before']} before the timed part, "
-        f"{result['load_after']} after{loaded_note(result['load_before'])}). "
+        f"{result['load_after']} after; the first includes the systems' own start-up). "
         f"{result['rounds']} interleaved rounds (raw engine, then each system closed loop under ab at each level, then open loop at "
         "a fixed arrival rate), the 640x480 JPEG; medians over rounds. A `+ segserve codecs` row is that peer with segserve's own "
         "codec code doing the same work: against segserve it differs in the serving layer alone. "

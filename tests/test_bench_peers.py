@@ -162,8 +162,6 @@ def test_report_and_plot(tmp_path):
     text = markdown(json.loads(json.dumps(result)))  # as read back from bench_peers.json (string keys)
     assert "| naive | 32 | 60.0 |" in text and "naive 99.87 % equal pixels" in text and "**pytriton**: install failed" in text
     assert "| naive | 32.0 | 30.0 | 50 | 90 | 100 | 2 / 100 | 10.0 | - | - |" in text  # the open-loop row
-    assert "busy machine" not in text  # load 1 on 2 CPUs
-    assert "busy machine" in markdown({**result, "load_before": "1.5 1 1"})
     assert "batches of up to" not in text
     model["peer_batching"] = {"size": 2, "window_ms": 0.0}
     assert "batches of up to 2 with a 0 ms window" in markdown(json.loads(json.dumps(result)))
