@@ -204,7 +204,6 @@ def export_model(
     max_batch_size: int | None = None,
     output: str = "labels",
     version: int | None = None,
-    max_queue_delay_ms: float = 4.0,
     instances: int = 2,
     dynamic_hw: bool = False,
     probabilities: bool = False,
@@ -266,7 +265,7 @@ def export_model(
         input=InputSpec(height=height, width=width),
         output=OutputSpec(name=output, kind=output, probabilities=PROBABILITIES_OUTPUT if probabilities else None),
         max_batch_size=max_batch_size or arch.default_max_batch,
-        dynamic_batching=DynamicBatching(max_queue_delay_ms=max_queue_delay_ms),
+        dynamic_batching=DynamicBatching(),
         # Two engine instances, each with half the CPU threads, beat one instance with all of
         # them by ~35% on a 2-core CPU (docs/benchmarks.md); on a GPU they overlap copies and compute.
         instances=instances,

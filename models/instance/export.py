@@ -185,7 +185,6 @@ def export_instance_model(
     canvas_dtype: str = "float32",
     whole_graph: bool = True,
     version: int | None = None,
-    max_queue_delay_ms: float = 4.0,
     instances: int = 2,
     progress: bool = True,
     keypoint_names: list[str] | None = None,
@@ -260,7 +259,7 @@ def export_instance_model(
             keypoints=keypoints,
             input=InputSpec(height=canvas[0], width=canvas[1]),
             max_batch_size=max_batch_size or arch.default_max_batch,
-            dynamic_batching=DynamicBatching(max_queue_delay_ms=max_queue_delay_ms),
+            dynamic_batching=DynamicBatching(),
             # Two instances (backbone + heads each, one thread each on CPU) served 2.2x the
             # requests/s of one on 2 CPU cores (docs/instance.md): the heads do not batch.
             instances=instances,

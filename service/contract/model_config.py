@@ -68,7 +68,10 @@ class OutputSpec(BaseModel):
 
 
 class DynamicBatching(BaseModel):
-    max_queue_delay_ms: float = Field(4.0, ge=0, le=10_000)
+    # No window by default, as in Triton: a free instance takes whatever is queued, so batches form
+    # under load and a lone request never waits for company that is not coming (the window was the
+    # whole gap to a hand-written server at concurrency 1 on the trivial model: docs/benchmarks.md).
+    max_queue_delay_ms: float = Field(0.0, ge=0, le=10_000)
     max_queue_size: int = Field(128, ge=1)
     # Batches close at this many requests (None: at max_batch_size). Apart from max_batch_size, which
     # is also what the engine accepts: the KServe per-request image limit, the video frame window, the
