@@ -120,7 +120,7 @@ def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_pat
     config_file = repo / MODEL / "config.yaml"
     # the shipped placement and delay, two batch sizes: the shipped configuration and one other
     args = ["tune", MODEL, "--repository", str(repo), "--seconds", "1", "--concurrency", "4",
-            "--placements", "1x0", "--batch", "1,8", "--delay-ms", "4", "--confirm", "1", "--out", str(tmp_path / "out")]
+            "--placements", "1x0", "--batch", "1,8", "--delay-ms", "0", "--confirm", "1", "--out", str(tmp_path / "out")]
     before = config_file.read_text()
     assert segserve(args + ["--dry-run"]) == 0
     assert config_file.read_text() == before
