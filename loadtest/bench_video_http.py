@@ -44,7 +44,7 @@ from pycocotools import mask as mask_utils
 
 from segserve.contract.model_config import load_config
 from segserve.contract.video import SemanticParameters
-from segserve_loadtest.server_metrics import parse_samples
+from segserve_loadtest.server_metrics import parse_samples, sum_matching
 from segserve_loadtest.bench_peers import LOCK_FILE, cpu_count, tree_cpu_s
 from segserve_loadtest.server import SegserveProcess
 from segserve_models.evaluation.metrics import ConfusionMatrix
@@ -158,7 +158,7 @@ def part_engine_ms(before: dict, after: dict, model: str, parts: list[str]) -> d
     """Each part's batches' total run time between two scrapes, ms (wall clock): the per-request compute
     histogram counts a batch once per request in it, so its sum over the mean batch size."""
     def change(name: str, label: str) -> float:
-        return sum(v - before.get(k, 0.0) for k, v in after.items() if k[0] == name and ("model", label) in k[1])
+        return sum_matching(after, name, label) - sum_matching(before, name, label)
 
     result = {}
     for part in parts:

@@ -40,14 +40,14 @@ class ServerDelta:
     latency_ms: float | None  # mean server-side request latency
 
 
-def _sum_matching(samples: dict[Sample, float], name: str, model: str) -> float:
+def sum_matching(samples: dict[Sample, float], name: str, model: str) -> float:
     return sum(value for (sample, labels), value in samples.items()
                if sample == name and ("model", model) in labels)
 
 
 def delta(before: dict[Sample, float], after: dict[Sample, float], model: str) -> ServerDelta:
     def change(name: str) -> float:
-        return _sum_matching(after, name, model) - _sum_matching(before, name, model)
+        return sum_matching(after, name, model) - sum_matching(before, name, model)
 
     def mean(histogram: str, scale: float = 1.0) -> float | None:
         count = change(f"{histogram}_count")
