@@ -89,6 +89,10 @@ class OnnxRuntimeOptions(BaseModel):
     providers: list[str] | Literal["auto"] = "auto"
     # 0 = derive from the CPU count and the number of instances.
     intra_op_threads: int = Field(0, ge=0)
+    # On the CPU, a call that starts while no other engine call of the process runs uses a session
+    # with this many threads (0 = one per CPU) rather than its instance's share of the cores, which
+    # would leave the rest idle at low load. No larger than intra_op_threads: no solo session.
+    solo_threads: int = Field(0, ge=0)
     # Spinning threads burn the cores that decoding and encoding need on small machines.
     allow_spinning: bool = False
     trt_fp16: bool = True

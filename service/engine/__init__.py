@@ -1,4 +1,4 @@
 from segserve.engine.base import Engine, EngineInfo, EngineUnavailable, TensorEngine, Tensors
-from segserve.engine.factory import create_engine
+from segserve.engine.factory import create_engine, create_engines
 
-__all__ = ["Engine", "EngineInfo", "EngineUnavailable", "TensorEngine", "Tensors", "create_engine"]
+__all__ = ["Engine", "EngineInfo", "EngineUnavailable", "TensorEngine", "Tensors", "create_engine", "create_engines"]

@@ -8,8 +8,10 @@ per engine instance, so implementations need not be thread-safe.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,6 +52,31 @@ class TensorEngine(Engine, Protocol):
         """``infer`` on tensors already on ``device``; the outputs stay there. Runs on the
         caller's current CUDA stream."""
         ...
+
+
+class RunningCalls:
+    """How many model calls run on the CPU now, in this process (engines, and the torch heads of
+    a split model): the cores they share are the process'. A call that starts alone may use them
+    all (segserve.engine.onnxruntime's solo session)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @contextmanager
+    def enter(self) -> Iterator[bool]:
+        """Counts the call while it runs; yields whether it started alone."""
+        with self._lock:
+            self._running += 1
+            alone = self._running == 1
+        try:
+            yield alone
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+CPU_CALLS = RunningCalls()
 
 
 class EngineUnavailable(RuntimeError):

@@ -38,3 +38,13 @@ def create_engine(config: ModelConfig, version_dir: Path, backend: str | None = 
             reasons.append(f"{name}: {exc}")
             log.info("model %s: backend %s unavailable: %s", config.name, name, exc)
     raise EngineUnavailable("; ".join(reasons) or "no backend configured")
+
+
+def create_engines(config: ModelConfig, version_dir: Path, backend: str | None = None) -> list[Engine]:
+    """``config.instances`` engines: the first as ``create_engine`` picks it, the rest on the same
+    backend (ONNX Runtime's instances share one solo session: segserve.engine.onnxruntime)."""
+    first = create_engine(config, version_dir, backend)
+    engines = [first]
+    for _ in range(config.instances - 1):
+        engines.append(first.sibling() if first.info.backend == "onnxruntime" else _build(first.info.backend, config, version_dir))
+    return engines

@@ -8,12 +8,13 @@ optional argmax inside), so both backends take and give the same tensors.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from segserve.contract.model_config import ModelConfig
-from segserve.engine.base import EngineInfo, EngineUnavailable, Tensors
+from segserve.engine.base import CPU_CALLS, EngineInfo, EngineUnavailable, Tensors
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class TorchEngine:
         torch = self._torch
         with torch.inference_mode():
             args = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._module.input_names}
-            return {name: t.cpu().numpy() for name, t in self.infer_tensors(args).items()}
+            with CPU_CALLS.enter() if self.device.type == "cpu" else nullcontext():
+                return {name: t.cpu().numpy() for name, t in self.infer_tensors(args).items()}
 
     def infer_tensors(self, inputs: dict) -> dict:
         """``infer`` on tensors on ``self.device`` (segserve.engine.base.TensorEngine); float outputs as float32."""

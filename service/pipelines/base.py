@@ -29,7 +29,7 @@ from segserve.codecs.image import decode_image
 from segserve.codecs.jsonbytes import dumps
 from segserve.codecs.overlay import encode_jpeg
 from segserve.contract.model_config import ModelConfig, Task
-from segserve.engine import Engine, EngineInfo, create_engine
+from segserve.engine import Engine, EngineInfo, create_engines
 from segserve.errors import BadParameter
 from segserve.metrics import Metrics
 from segserve.pipelines.limits import Admission, InFlight, PixelBudget, check_deadline
@@ -138,7 +138,7 @@ def batch_policy(config: ModelConfig) -> BatchPolicy:
 
 def load_engines(config: ModelConfig, folder, backend: str | None) -> list[Engine]:
     """``config.instances`` engines on the artifacts in ``folder`` (blocking: run in a thread)."""
-    return [create_engine(config, folder, backend) for _ in range(config.instances)]
+    return create_engines(config, folder, backend)
 
 
 async def warm_up(run: Callable[[int], object], batch_size: int) -> None:

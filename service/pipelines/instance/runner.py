@@ -11,12 +11,14 @@ Keypoint R-CNN runs the same split (``KeypointSplitRunner``): only the last step
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 
 from segserve.codecs.detections import clip_boxes, kept_boxes, to_instances
 from segserve.codecs.rcnn_input import ImageMeta, collate, preprocess, scale_keypoints
 from segserve.contract.instance import InstanceParameters
-from segserve.engine.base import Engine
+from segserve.engine.base import CPU_CALLS, Engine
 from segserve.graphs.maskrcnn import Detections, MaskRCNNHeads
 
 
@@ -37,7 +39,8 @@ class SplitRunner:
         metas = [meta for _, meta in prepared]
         batch = collate([resized for resized, _ in prepared], metas)
         features = self.backbone.infer(batch)
-        return self.heads(features, [m.resized_size for m in metas], batch["images"].shape[-2:])
+        with CPU_CALLS.enter() if self.heads.device.type == "cpu" else nullcontext():
+            return self.heads(features, [m.resized_size for m in metas], batch["images"].shape[-2:])
 
     def finish(self, detections: Detections, meta: ImageMeta, score_threshold: float | None = None) -> list[dict]:
         p = self.params
