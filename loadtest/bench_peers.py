@@ -474,7 +474,8 @@ def serving_settings(repository: Path, name: str = BUNDLED) -> str:
 
     config = load_config(repository / name)
     threads = config.onnxruntime.intra_op_threads or f"auto = {default_threads(config.instances)}"
-    return (f"{config.instances} engine instances x {threads} intra-op threads, batches of up to {config.batch_size} "
+    solo = f", a lone call on {config.onnxruntime.solo_threads or 'one per CPU'}"
+    return (f"{config.instances} engine instances x {threads} intra-op threads{solo}, batches of up to {config.batch_size} "
             f"(max_batch_size {config.max_batch_size}), queue delay {config.dynamic_batching.max_queue_delay_ms:g} ms")
 
 

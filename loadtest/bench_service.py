@@ -55,14 +55,14 @@ class RawEngine:
 
     def __init__(self, repository: Path, name: str, image: np.ndarray):
         from segserve.codecs.geometry import Letterbox
-        from segserve.engine import create_engine
+        from segserve.engine import create_engines
         from segserve.repository import scan
 
         entry = next(e for e in scan(repository) if e.config.name == name)
         self.spec = spec = entry.config.input
         self.max_batch_size = entry.config.max_batch_size
         self.tensor = Letterbox.fit(image.shape[0], image.shape[1], spec).apply(image, spec.pad_value)
-        self.engines = [create_engine(entry.config, entry.version_dir, "onnxruntime") for _ in range(entry.config.instances)]
+        self.engines = create_engines(entry.config, entry.version_dir, "onnxruntime")  # as the server builds them
 
     def measure(self, size: int, min_seconds: float) -> dict:
         batch = {self.spec.name: np.stack([self.tensor] * size)}
