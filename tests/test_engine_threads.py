@@ -41,6 +41,10 @@ def test_running_calls_says_whether_a_call_started_alone():
             assert (first, second) == (True, False)
     with calls.enter() as again:
         assert again  # both left: the count went back to 0
+    with calls.enter(on_cpu=False) as elsewhere:
+        assert not elsewhere  # a call on another device is never alone...
+        with calls.enter() as beside_it:
+            assert beside_it  # ...and takes no core from one on the CPU
     inside, release = threading.Event(), threading.Event()
 
     def hold():

@@ -64,8 +64,12 @@ class RunningCalls:
         self._running = 0
 
     @contextmanager
-    def enter(self) -> Iterator[bool]:
-        """Counts the call while it runs; yields whether it started alone."""
+    def enter(self, on_cpu: bool = True) -> Iterator[bool]:
+        """Counts the call while it runs; yields whether it started alone. A call on another
+        device takes no core: it is not counted, and never alone."""
+        if not on_cpu:
+            yield False
+            return
         with self._lock:
             self._running += 1
             alone = self._running == 1

@@ -3,7 +3,8 @@
 On the CPU, a model's instances run one intra-op thread each by default (``default_threads``):
 under load every core runs a batch. A call that starts while no other engine call of the
 process runs would leave the other cores idle, so it runs on the model's *solo* session
-instead, with a thread per CPU (``onnxruntime.solo_threads``), shared by the instances.
+instead, with a thread per CPU (``onnxruntime.solo_threads``), shared by the instances: only
+a call that started alone uses it, so it runs one call at a time.
 """
 
 from __future__ import annotations
@@ -95,12 +96,9 @@ class OnnxRuntimeEngine:
 
     def infer(self, inputs: Tensors) -> Tensors:
         feed = {name: np.ascontiguousarray(inputs[name]) for name in self._input_names}
-        if not self._on_cpu:
-            outputs = self._session.run(self._output_names, feed)
-        else:
-            with CPU_CALLS.enter() as alone:
-                session = self._solo if alone and self._solo is not None else self._session
-                outputs = session.run(self._output_names, feed)
+        with CPU_CALLS.enter(self._on_cpu) as alone:
+            session = self._solo if alone and self._solo is not None else self._session
+            outputs = session.run(self._output_names, feed)
         return dict(zip(self._output_names, outputs))
 
     def close(self) -> None:

@@ -8,7 +8,6 @@ optional argmax inside), so both backends take and give the same tensors.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ class TorchEngine:
         torch = self._torch
         with torch.inference_mode():
             args = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._module.input_names}
-            with CPU_CALLS.enter() if self.device.type == "cpu" else nullcontext():
+            with CPU_CALLS.enter(self.device.type == "cpu"):
                 return {name: t.cpu().numpy() for name, t in self.infer_tensors(args).items()}
 
     def infer_tensors(self, inputs: dict) -> dict:

@@ -11,8 +11,6 @@ Keypoint R-CNN runs the same split (``KeypointSplitRunner``): only the last step
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 
 from segserve.codecs.detections import clip_boxes, kept_boxes, to_instances
@@ -39,7 +37,7 @@ class SplitRunner:
         metas = [meta for _, meta in prepared]
         batch = collate([resized for resized, _ in prepared], metas)
         features = self.backbone.infer(batch)
-        with CPU_CALLS.enter() if self.heads.device.type == "cpu" else nullcontext():
+        with CPU_CALLS.enter(self.heads.device.type == "cpu"):
             return self.heads(features, [m.resized_size for m in metas], batch["images"].shape[-2:])
 
     def finish(self, detections: Detections, meta: ImageMeta, score_threshold: float | None = None) -> list[dict]:
