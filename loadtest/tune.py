@@ -26,7 +26,7 @@ from pathlib import Path
 
 from segserve.config import available_cpus
 from segserve.contract.artifacts import CONFIG_FILE
-from segserve.contract.model_config import ModelConfig, load_config
+from segserve.contract.model_config import AUTO_BATCH, ModelConfig, load_config
 from segserve_loadtest.ab import AbError, run_ab, segment_url
 from segserve_loadtest.payloads import default_images
 from segserve_loadtest.server import SegserveProcess
@@ -38,13 +38,14 @@ log = logging.getLogger("segserve.tune")
 class Candidate:
     instances: int
     threads: int  # per instance (ONNX Runtime intra-op, or torch threads); 0 = segserve's default
-    batch_size: int  # the batches the batcher forms (ModelConfig.batch_size)
+    batch_size: int | str  # the batches the batcher forms (ModelConfig.batch_size), or "auto": measured at load
     max_queue_delay_ms: float
 
     @classmethod
     def of(cls, config: ModelConfig) -> "Candidate":
         threads = config.torch.threads if config.backends[0] == "torch" else config.onnxruntime.intra_op_threads
-        return cls(config.instances, threads, config.batch_size, config.dynamic_batching.max_queue_delay_ms)
+        batch = AUTO_BATCH if config.measures_batch_size else config.batch_size
+        return cls(config.instances, threads, batch, config.dynamic_batching.max_queue_delay_ms)
 
     def apply(self, config: ModelConfig) -> ModelConfig:
         # the threads of the backend that of() read them from, only: an ONNX Runtime Mask R-CNN keeps its torch
@@ -53,7 +54,7 @@ class Candidate:
         threads = ({"torch": config.torch.model_copy(update={"threads": self.threads})} if config.backends[0] == "torch"
                    else {"onnxruntime": config.onnxruntime.model_copy(update={"intra_op_threads": self.threads})})
         batching = {"max_queue_delay_ms": self.max_queue_delay_ms}
-        if self.batch_size != config.batch_size:
+        if self.batch_size != Candidate.of(config).batch_size:
             batching["preferred_batch_size"] = self.batch_size
         return config.model_copy(update={
             "instances": self.instances,

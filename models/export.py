@@ -25,6 +25,7 @@ import torch
 
 from segserve.contract.artifacts import CONFIG_FILE, EXPORT_RECORD, ONNX_ARTIFACT, WEIGHTS_ARTIFACT
 from segserve.contract.model_config import (
+    AUTO_BATCH,
     DynamicBatching,
     InputSpec,
     ModelConfig,
@@ -265,7 +266,8 @@ def export_model(
         input=InputSpec(height=height, width=width),
         output=OutputSpec(name=output, kind=output, probabilities=PROBABILITIES_OUTPUT if probabilities else None),
         max_batch_size=max_batch_size or arch.default_max_batch,
-        dynamic_batching=DynamicBatching(),
+        # the batch the serving host runs fastest is measured there (a CPU's is not a GPU's)
+        dynamic_batching=DynamicBatching(preferred_batch_size=AUTO_BATCH),
         # Two engine instances, each with half the CPU threads, beat one instance with all of
         # them by ~35% on a 2-core CPU (docs/benchmarks.md); on a GPU they overlap copies and compute.
         instances=instances,

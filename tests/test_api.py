@@ -262,7 +262,8 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_cleanly(semantic_repo
     SIGTERM comes (here waiting in a 2 s batching window) get their answers; the process
     exits cleanly, also with a model that failed to load."""
     repo = tmp_path / "repo"
-    copy_model(semantic_repo, repo, instances=1, max_batch_size=8, dynamic_batching__max_queue_delay_ms=2000)
+    copy_model(semantic_repo, repo, instances=1, max_batch_size=8, dynamic_batching__max_queue_delay_ms=2000,
+               dynamic_batching__preferred_batch_size=8)
     broken_model(repo)
     with ServerProcess(repo, tmp_path / "server.log") as s:
         data = make_image(120, 160, seed=4)

@@ -116,7 +116,7 @@ def test_tune_measures_configurations_and_writes_the_best(semantic_repo, tmp_pat
     from tests.conftest import copy_model
 
     repo = tmp_path / "repo"
-    copy_model(semantic_repo, repo, max_batch_size=8, instances=1)
+    copy_model(semantic_repo, repo, max_batch_size=8, dynamic_batching__preferred_batch_size=8, instances=1)
     config_file = repo / MODEL / "config.yaml"
     # the shipped placement and delay, two batch sizes: the shipped configuration and one other
     args = ["tune", MODEL, "--repository", str(repo), "--seconds", "1", "--concurrency", "4",

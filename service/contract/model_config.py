@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -67,6 +67,9 @@ class OutputSpec(BaseModel):
         return self.kind == "logits" or self.probabilities is not None
 
 
+AUTO_BATCH = "auto"  # preferred_batch_size: measured at load
+
+
 class DynamicBatching(BaseModel):
     # No window by default, as in Triton: a free instance takes whatever is queued, so batches form
     # under load and a lone request never waits for company that is not coming (the window was the
@@ -75,9 +78,10 @@ class DynamicBatching(BaseModel):
     max_queue_size: int = Field(128, ge=1)
     # Batches close at this many requests (None: at max_batch_size). Apart from max_batch_size, which
     # is also what the engine accepts: the KServe per-request image limit, the video frame window, the
-    # GPU batch. The batch a machine runs fastest is its own (on a 2-core CPU a batch of 2, not 8), so a
-    # tuned config closes batches there without lowering what the model accepts (`segserve tune`).
-    preferred_batch_size: int | None = Field(None, ge=1)
+    # GPU batch. The batch a machine runs fastest is its own (on a 2-core CPU 1 to 4, not 8), so a
+    # tuned config closes batches there without lowering what the model accepts (`segserve tune`);
+    # "auto" measures it on the host at load (segserve.pipelines.batch_profile), what the exporter writes.
+    preferred_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
 
 
 class OnnxRuntimeOptions(BaseModel):
@@ -166,8 +170,14 @@ class ModelConfig(BaseModel):
 
     @property
     def batch_size(self) -> int:
-        """The largest batch the batcher forms."""
-        return self.dynamic_batching.preferred_batch_size or self.max_batch_size
+        """The largest batch the batcher may form (with "auto", the size measured at load is at most this)."""
+        preferred = self.dynamic_batching.preferred_batch_size
+        return self.max_batch_size if preferred in (None, AUTO_BATCH) else preferred
+
+    @property
+    def measures_batch_size(self) -> bool:
+        """preferred_batch_size: auto -- the batch size is measured on the host at load."""
+        return self.dynamic_batching.preferred_batch_size == AUTO_BATCH
 
     @property
     def in_flight_budget(self) -> int:

@@ -32,6 +32,7 @@ from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine, EngineInfo, create_engines
 from segserve.errors import BadParameter
 from segserve.metrics import Metrics
+from segserve.pipelines.batch_profile import measured_batch_size
 from segserve.pipelines.limits import Admission, InFlight, PixelBudget, check_deadline
 from segserve.pipelines.options import MODEL, TIMEOUT_MS, ChoiceOption, Option
 from segserve.repository import ModelEntry
@@ -190,16 +191,21 @@ class Pipeline:
         name = self.config.name
         self.batcher = (await self.context.batchers.open([name], batch_policy(self.config), self._load))[name]
 
-    async def _load(self) -> dict[str, tuple[list[Callable], EngineInfo]]:
-        """Load the engines (in a thread) and warm them up: the batcher's runners."""
+    async def _load(self) -> dict[str, tuple[list[Callable], EngineInfo, int | None]]:
+        """Load the engines (in a thread) and warm them up: the batcher's runners, and the batch
+        size measured here when the config asks for it (and warm-up is on)."""
         config = self.config
         self.engines = await asyncio.to_thread(load_engines, config, self.entry.version_dir, self.context.backend)
         self.engines_loaded()
         runners = [self.predict(engine) for engine in self.engines]
+        batch_size = None
         if self.context.warmup:
             for runner in runners:
                 await warm_up(lambda n, runner=runner: runner([self.blank_input()] * n), config.batch_size)
-        return {config.name: (runners, self.engines[0].info)}
+            if config.measures_batch_size:
+                batch_size = await measured_batch_size(
+                    config.name, lambda i, n: runners[i]([self.blank_input()] * n), len(runners), config.max_batch_size)
+        return {config.name: (runners, self.engines[0].info, batch_size)}
 
     async def stop(self) -> None:
         if self.video is not None:

@@ -1,7 +1,8 @@
 """Where a pipeline's batchers come from: the seam between one process and several.
 
 A pipeline asks its context's ``BatcherFactory`` to ``open`` the batchers it needs, by name,
-with a ``load`` callback that builds their engines (runners) and says what they run on.
+with a ``load`` callback that builds their engines (runners), says what they run on and, when
+it measured one at load (``preferred_batch_size: auto``), the batch size to close batches at.
 ``LocalBatchers`` calls it and starts one ``DynamicBatcher`` per name: what a single-process
 server and the engine process of ``--workers N`` do. In a worker, ``RemoteBatchers``
 (``segserve.scheduler.remote``) never calls it: the engine process has loaded the engines,
@@ -11,6 +12,7 @@ and the batchers it returns submit there. Either way the pipeline sees the same 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from segserve.scheduler.batcher import BatchObserver, BatchPolicy, BatchRunner, Completed, DynamicBatcher
@@ -21,6 +23,7 @@ class Batcher(Protocol):
 
     name: str
     info: Any  # what it runs on (an EngineInfo), for /v1/models and the logs
+    policy: BatchPolicy  # as it runs: its max_batch_size may be the one measured at load
 
     async def submit(self, item: Any, deadline: float | None = None) -> Completed: ...
 
@@ -34,8 +37,8 @@ class Batcher(Protocol):
     def depth(self) -> int: ...
 
 
-# name -> (one runner per engine instance, what they run on)
-Loaded = Mapping[str, tuple[Sequence[BatchRunner], Any]]
+# name -> (one runner per engine instance, what they run on, the batch size measured at load or None)
+Loaded = Mapping[str, tuple[Sequence[BatchRunner], Any, int | None]]
 
 
 class BatcherFactory(Protocol):
@@ -62,8 +65,9 @@ class LocalBatchers:
             raise
         batchers = {}
         for name in names:
-            runners, info = loaded[name]
-            batcher = DynamicBatcher(runners, policy, name=name, observer=self._observer(name), info=info)
+            runners, info, batch_size = loaded[name]
+            runs = policy if batch_size is None else replace(policy, max_batch_size=batch_size)
+            batcher = DynamicBatcher(runners, runs, name=name, observer=self._observer(name), info=info)
             batcher.start()
             self.opened[name] = batchers[name] = batcher
         return batchers

@@ -10,7 +10,7 @@ out-of-band buffers, one frame each, sent without a copy (pyzmq copies frames sm
 ``zmq.COPY_THRESHOLD`` itself, where that is cheaper)::
 
     worker -> engine   ("catalogue",) | ("submit", id, batcher name, deadline, item) | ("cancel", id)
-    engine -> worker   ("catalogue", {name: engine info, or the exception its load raised})
+    engine -> worker   ("catalogue", {name: (engine info, batch policy), or the exception its load raised})
                        ("done", id, Completed or the exception, the batcher's retry_after())
 
 What holds across the hop: an exception raised on the engine side (QueueFull with its
@@ -141,7 +141,7 @@ class BatcherServer:
             if task is not None:
                 task.cancel()
         elif op == "catalogue":
-            catalogue: dict[str, Any] = {name: batcher.info for name, batcher in self._batchers.items()}
+            catalogue: dict[str, Any] = {name: (batcher.info, batcher.policy) for name, batcher in self._batchers.items()}
             failed = {name: _portable(exc) for name, exc in self._failed.items()}
             self._send(identity, ("catalogue", {**catalogue, **failed}))
 
@@ -247,7 +247,8 @@ class RemoteBatchers:
             entry = self._catalogue[name]
             if isinstance(entry, BaseException):
                 raise entry
-            batcher = RemoteBatcher(self, name, policy, entry)
+            info, runs = entry  # the engine process's policy: its batch size may have been measured there
+            batcher = RemoteBatcher(self, name, runs, info)
             batcher.start()
             batchers[name] = batcher
         return batchers

@@ -40,6 +40,7 @@ from segserve.pipelines.base import (
     load_engines,
     warm_up,
 )
+from segserve.pipelines.batch_profile import measured_batch_size
 from segserve.pipelines.video.chunks import PreparedChunk, in_order
 from segserve.pipelines.video.streams import KeyframePolicy, KeyframeTracker
 from segserve.scheduler import Batcher
@@ -163,14 +164,18 @@ class SemanticVideoModel:
         self._use_split(True)
         log.info("model %s: video with keyframe feature reuse (%s)", config.name, ", ".join(self._parts))
 
-    async def _load(self) -> dict[str, tuple[list, EngineInfo]]:
-        """Every part's engines (in a thread), warmed up: each part's batcher's runners."""
+    async def _load(self) -> dict[str, tuple[list, EngineInfo, int | None]]:
+        """Every part's engines (in a thread), warmed up: each part's batcher's runners. A measured
+        batch size (preferred_batch_size: auto) is the keyframe chain's, one for every part."""
         config = self.config
         self._engines = await asyncio.to_thread(load_split, config, self.pipeline.entry.version_dir, self._split)
+        batch_size = None
         if self.pipeline.context.warmup:
             for i in range(config.instances):
                 await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.batch_size)
-        return {f"{config.name}/{part}": ([_batch_runner(e, *self._split.tensors(part)) for e in engines], engines[0].info)
+            if config.measures_batch_size:
+                batch_size = await measured_batch_size(f"{config.name}/video", self._keyframe_run, config.instances, config.max_batch_size)
+        return {f"{config.name}/{part}": ([_batch_runner(e, *self._split.tensors(part)) for e in engines], engines[0].info, batch_size)
                 for part, engines in self._engines.items()}
 
     def _keyframe_run(self, instance: int, n: int) -> None:

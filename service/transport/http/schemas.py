@@ -128,8 +128,8 @@ class ModelInfo(BaseModel):
     version: int | None = None
     input: InputGeometry
     max_batch_size: int = Field(description="the largest batch the engine accepts, and the most images one KServe request may carry")
-    batch_size: int = Field(description="the largest batch the batcher forms (dynamic_batching.preferred_batch_size, "
-                            "else max_batch_size)")
+    batch_size: int = Field(description="the largest batch the batcher forms (dynamic_batching.preferred_batch_size: the "
+                            "size given, or with auto the one measured at load; else max_batch_size)")
     max_queue_delay_ms: float
     instances: int
     classes: list[str]
