@@ -3,11 +3,11 @@
 An exported config cannot know the host it lands on: a 2-core CPU runs a small model fastest
 per image at a batch of 1 to 4 and slower at 8 (docs/benchmarks.md), a GPU at the largest
 batch it is given. So after warm-up every engine instance runs batches of 1, 2, 4, ... up to
-``max_batch_size``, all instances at once as under load, for a short window each, and the
-batcher closes its batches at the size that gave the most images/s. A size within ``TIE`` of a
-smaller one counts as no faster (a smaller batch waits less for company), and once a size falls
-below ``PAST_PEAK`` of the best, larger ones are not timed: a model whose largest batch takes
-seconds does not run it for long at start-up.
+``max_batch_size``, all instances at once as under load, for a short window each, twice over
+(the better of the two counts), and the batcher closes its batches at the size that gave the
+most images/s. A size within ``TIE`` of a smaller one counts as no faster (a smaller batch waits
+less for company), and once a size falls below ``PAST_PEAK`` of the best, larger ones are not
+timed: a model whose largest batch takes seconds does not run it for long at start-up.
 """
 
 from __future__ import annotations
@@ -37,11 +37,19 @@ def candidate_sizes(max_batch_size: int) -> list[int]:
 def images_per_s(run: BatchRun, instances: int, n: int, window_s: float = WINDOW_S,
                  clock: Callable[[], float] = time.perf_counter) -> float:
     """Batches of ``n`` on every instance at once, each in its own thread, until the window
-    closes and each has run ``MIN_CALLS``: images over the wall time (blocking)."""
+    closes and each has run ``MIN_CALLS``: images over the wall time (blocking). Each instance's
+    first batch of the size is not timed: a new input shape plans its memory first."""
     calls = [0] * instances
-    start = clock()
+    start = 0.0
+    ready = threading.Barrier(instances)
+    started = threading.Barrier(instances)
 
     def loop(instance: int) -> None:
+        nonlocal start
+        run(instance, n)
+        if ready.wait() == 0:
+            start = clock()
+        started.wait()
         while calls[instance] < MIN_CALLS or clock() - start < window_s:
             run(instance, n)
             calls[instance] += 1
@@ -61,13 +69,16 @@ def fastest_batch_size(measure: Callable[[int], float], max_batch_size: int) -> 
     measured: dict[int, float] = {}
     if len(sizes) == 1:  # nothing to choose
         return sizes[0], measured
-    best = 0
     for n in sizes:
-        rate = measured[n] = measure(n)
+        measured[n] = measure(n)
+        if measured[n] < max(measured.values()) * PAST_PEAK:
+            break
+    for n in measured:  # a second pass, best of two: a short window is easily disturbed
+        measured[n] = max(measured[n], measure(n))
+    best = 0
+    for n, rate in measured.items():
         if not best or rate > measured[best] * (1 + TIE):
             best = n
-        elif rate < measured[best] * PAST_PEAK:
-            break
     return best, measured
 
 
