@@ -25,9 +25,16 @@ KEYPOINT_ARCH, KEYPOINT_MODEL = "keypointrcnn_mobilenet_v3_large_fpn", "shapes_k
 
 @pytest.fixture(scope="session")
 def semantic_repo(tmp_path_factory) -> Path:
-    """A model repository with one real exported LRASPP (random weights, 128x128 input)."""
+    """A model repository with one real exported LRASPP (random weights, 128x128 input), with
+    batches of up to max_batch_size: the exporter's preferred_batch_size auto measures this
+    machine's best at load, which may be 1, and the tests that count batches need them to form
+    (tests/test_batch_profile.py serves auto)."""
     repo = tmp_path_factory.mktemp("repo")
     export_model(SEMANTIC, repo, WeightsSpec("random", seed=0), input_size=SMALL_INPUT, progress=False)
+    config = load_config(repo / SEMANTIC)
+    assert config.measures_batch_size  # what the exporter writes
+    batching = config.dynamic_batching.model_copy(update={"preferred_batch_size": None})
+    config.model_copy(update={"dynamic_batching": batching}).dump(repo / SEMANTIC / "config.yaml")
     return repo
 
 

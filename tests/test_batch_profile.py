@@ -70,7 +70,7 @@ def test_a_server_measures_the_batch_size_at_load(semantic_repo, tmp_path, caplo
     """As exported (auto): the size the server logs it measured is the one /v1/models shows and
     batches close at; without warm-up nothing is measured and batches close at max_batch_size."""
     repo = tmp_path / "repo"
-    copy_model(semantic_repo, repo, max_batch_size=4)
+    copy_model(semantic_repo, repo, max_batch_size=4, dynamic_batching__preferred_batch_size="auto")
     caplog.set_level(logging.INFO, logger="segserve.pipelines.batch_profile")
     with app_server(repo) as server:
         (info,) = server.client.get("/v1/models").json()["models"]

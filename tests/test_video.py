@@ -56,8 +56,7 @@ def video_repo(semantic_repo, tmp_path_factory):
     """The session's exported LRASPP with the video split, without, and with a config that
     names split files that are not there."""
     repo = tmp_path_factory.mktemp("video_repo")
-    # batches of up to 8 frames (the exporter's auto would measure this machine's best, maybe 1)
-    copy_model(semantic_repo, repo, SPLIT, dynamic_batching__preferred_batch_size=8)
+    copy_model(semantic_repo, repo, SPLIT)
     export_video_split(repo, SPLIT)
     copy_model(semantic_repo, repo, PLAIN)
     copy_model(semantic_repo, repo, BROKEN, parameters={"video": {"dir": "missing", "keyframe_threshold": 0.2, "max_keyframe_interval": 4}})
