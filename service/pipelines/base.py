@@ -32,7 +32,7 @@ from segserve.contract.model_config import ModelConfig, Task
 from segserve.engine import Engine, EngineInfo, create_engines
 from segserve.errors import BadParameter
 from segserve.metrics import Metrics
-from segserve.pipelines.batch_profile import measured_batch_size
+from segserve.pipelines.batch_profile import BatchRun, measured_batch_size
 from segserve.pipelines.limits import Admission, InFlight, PixelBudget, check_deadline
 from segserve.pipelines.options import MODEL, TIMEOUT_MS, ChoiceOption, Option
 from segserve.repository import ModelEntry
@@ -142,12 +142,17 @@ def load_engines(config: ModelConfig, folder, backend: str | None) -> list[Engin
     return create_engines(config, folder, backend)
 
 
-async def warm_up(run: Callable[[int], object], batch_size: int) -> None:
-    """First runs allocate arenas and build kernels: ``run(n)`` a batch of 1 and one of the
-    largest size the batcher forms before the first request, off the event loop."""
+async def warm_up(name: str, config: ModelConfig, run: BatchRun, instances: int) -> int | None:
+    """First runs allocate arenas and build kernels: on every instance ``run(instance, n)`` a batch
+    of 1 and one of the largest size the batcher may form, before the first request, off the event
+    loop. Then, with preferred_batch_size: auto, the batch size measured on them (else None)."""
     loop = asyncio.get_running_loop()
-    for n in sorted({1, batch_size}):
-        await loop.run_in_executor(None, run, n)
+    for instance in range(instances):
+        for n in sorted({1, config.batch_size}):
+            await loop.run_in_executor(None, run, instance, n)
+    if not config.measures_batch_size:
+        return None
+    return await measured_batch_size(name, run, instances, config.max_batch_size)
 
 
 class Pipeline:
@@ -180,6 +185,11 @@ class Pipeline:
         return self.batcher.info if self.batcher is not None else None
 
     @property
+    def batch_size(self) -> int:
+        """The largest batch the batcher forms: as it runs (measured at load with "auto"), else as configured."""
+        return self.batcher.policy.max_batch_size if self.batcher is not None else self.config.batch_size
+
+    @property
     def data_path(self) -> str:
         """Where this model's pixel work runs, for /v1/models and the log: "cpu" (the codec pool),
         or "device:<torch device>" (segserve.pipelines.semantic_device)."""
@@ -200,11 +210,7 @@ class Pipeline:
         runners = [self.predict(engine) for engine in self.engines]
         batch_size = None
         if self.context.warmup:
-            for runner in runners:
-                await warm_up(lambda n, runner=runner: runner([self.blank_input()] * n), config.batch_size)
-            if config.measures_batch_size:
-                batch_size = await measured_batch_size(
-                    config.name, lambda i, n: runners[i]([self.blank_input()] * n), len(runners), config.max_batch_size)
+            batch_size = await warm_up(config.name, config, lambda i, n: runners[i]([self.blank_input()] * n), len(runners))
         return {config.name: (runners, self.engines[0].info, batch_size)}
 
     async def stop(self) -> None:

@@ -40,17 +40,13 @@ def images_per_s(run: BatchRun, instances: int, n: int, window_s: float = WINDOW
     closes and each has run ``MIN_CALLS``: images over the wall time (blocking). Each instance's
     first batch of the size is not timed: a new input shape plans its memory first."""
     calls = [0] * instances
-    start = 0.0
-    ready = threading.Barrier(instances)
-    started = threading.Barrier(instances)
+    started: list[float] = []
+    untimed_done = threading.Barrier(instances, action=lambda: started.append(clock()))
 
     def loop(instance: int) -> None:
-        nonlocal start
         run(instance, n)
-        if ready.wait() == 0:
-            start = clock()
-        started.wait()
-        while calls[instance] < MIN_CALLS or clock() - start < window_s:
+        untimed_done.wait()
+        while calls[instance] < MIN_CALLS or clock() - started[0] < window_s:
             run(instance, n)
             calls[instance] += 1
 
@@ -59,7 +55,7 @@ def images_per_s(run: BatchRun, instances: int, n: int, window_s: float = WINDOW
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(calls) * n / max(clock() - start, 1e-9)
+    return sum(calls) * n / max(clock() - started[0], 1e-9)
 
 
 def fastest_batch_size(measure: Callable[[int], float], max_batch_size: int) -> tuple[int, dict[int, float]]:

@@ -40,7 +40,6 @@ from segserve.pipelines.base import (
     load_engines,
     warm_up,
 )
-from segserve.pipelines.batch_profile import measured_batch_size
 from segserve.pipelines.video.chunks import PreparedChunk, in_order
 from segserve.pipelines.video.streams import KeyframePolicy, KeyframeTracker
 from segserve.scheduler import Batcher
@@ -171,10 +170,7 @@ class SemanticVideoModel:
         self._engines = await asyncio.to_thread(load_split, config, self.pipeline.entry.version_dir, self._split)
         batch_size = None
         if self.pipeline.context.warmup:
-            for i in range(config.instances):
-                await warm_up(lambda n, i=i: self._keyframe_run(i, n), config.batch_size)
-            if config.measures_batch_size:
-                batch_size = await measured_batch_size(f"{config.name}/video", self._keyframe_run, config.instances, config.max_batch_size)
+            batch_size = await warm_up(f"{config.name}/video", config, self._keyframe_run, config.instances)
         return {f"{config.name}/{part}": ([_batch_runner(e, *self._split.tensors(part)) for e in engines], engines[0].info, batch_size)
                 for part, engines in self._engines.items()}
 

@@ -181,7 +181,7 @@ def model_info(status: ModelStatus) -> ModelInfo:
         version=status.entry.version,
         input={"height": cfg.input.height, "width": cfg.input.width, "resize": cfg.input.resize.value},
         max_batch_size=cfg.max_batch_size,
-        batch_size=pipeline.batcher.policy.max_batch_size if pipeline is not None and pipeline.batcher is not None else cfg.batch_size,
+        batch_size=pipeline.batch_size if pipeline is not None else cfg.batch_size,
         max_queue_delay_ms=cfg.dynamic_batching.max_queue_delay_ms,
         instances=cfg.instances,
         classes=cfg.classes,
