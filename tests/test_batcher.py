@@ -176,3 +176,91 @@ async def test_stop_drains_queued_requests_then_refuses_new_ones():
     runner.release.set()
     await stopping
     assert [t.result().value for t in tasks] == [0, 2, 4, 6, 8]
+
+
+class CountingObserver:
+    def __init__(self):
+        self.drops: list[str] = []
+
+    def batch_done(self, size, queue_s, compute_s, ok):
+        pass
+
+    def queue_depth(self, depth):
+        pass
+
+    def dropped(self, reason):
+        self.drops.append(reason)
+
+
+async def test_a_full_batch_is_handed_to_a_busy_instance_and_starts_without_the_loop():
+    runner = RecordingRunner()
+    runner.release.clear()
+    b = make(runner, max_batch=2, delay_s=0)
+    first = asyncio.create_task(b.submit(0))
+    await until(lambda: runner.calls == 1)
+    rest = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+    await settle()
+    assert b.depth == 2  # handed on, still waiting for compute
+    runner.release.set()
+    time.sleep(0.2)  # the event loop is blocked: only the instance's thread can start a batch
+    assert runner.calls == 2
+    assert [r.value for r in await asyncio.gather(first, *rest)] == [0, 2, 4]
+    assert runner.batches == [[0], [1, 2]]
+    await b.stop()
+
+
+async def test_a_partial_batch_waits_for_the_instance():
+    runner = RecordingRunner()
+    runner.release.clear()
+    b = make(runner, max_batch=4, delay_s=0)
+    first = asyncio.create_task(b.submit(0))
+    await until(lambda: runner.calls == 1)
+    rest = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+    await settle()
+    runner.release.set()
+    time.sleep(0.2)
+    assert runner.calls == 1  # not handed on: it may still grow while the instance is busy
+    more = asyncio.create_task(b.submit(3))
+    assert [r.value for r in await asyncio.gather(first, *rest, more)] == [0, 2, 4, 6]
+    assert runner.batches[0] == [0]
+    assert sorted(x for batch in runner.batches[1:] for x in batch) == [1, 2, 3]
+    await b.stop()
+
+
+async def test_a_handed_on_job_cancelled_or_expired_is_not_computed():
+    clock, runner, observer = ManualClock(), RecordingRunner(), CountingObserver()
+    runner.release.clear()
+    b = DynamicBatcher([runner], BatchPolicy(2, 0, 64), name="t", clock=clock, observer=observer)
+    b.start()
+    blocker = asyncio.create_task(b.submit(0))
+    await until(lambda: runner.calls == 1)
+    gone = asyncio.create_task(b.submit(99))
+    late = asyncio.create_task(b.submit(7, deadline=clock.now() + 1.0))
+    await settle()
+    assert b.depth == 2  # the full batch [99, 7] was handed on
+    gone.cancel()
+    await clock.advance(1.5)
+    with pytest.raises(DeadlineExceeded):
+        await late
+    runner.release.set()
+    await blocker
+    await asyncio.sleep(0.05)
+    assert runner.batches == [[0]]
+    assert sorted(observer.drops) == ["cancelled", "cancelled"]  # both had their answer already
+    assert b.depth == 0
+    await b.stop()
+
+
+async def test_a_drain_past_its_timeout_answers_the_batches_handed_out():
+    runner = RecordingRunner()
+    runner.release.clear()
+    b = make(runner, max_batch=1, delay_s=0)
+    running = asyncio.create_task(b.submit(0))
+    await until(lambda: runner.calls == 1)
+    handed = asyncio.create_task(b.submit(1))
+    await settle()
+    await b.stop(drain_timeout_s=0.05)
+    for task in (running, handed):
+        with pytest.raises(ModelNotReady):
+            await task
+    runner.release.set()

@@ -6,6 +6,14 @@ passed since that oldest request arrived (Triton's semantics), and runs the batc
 instance's own thread. So an idle server answers a lone request after at most the delay,
 and a loaded one runs full batches with no waiting at all.
 
+While an instance runs a batch, a full batch waiting in the queue is handed to it at once,
+queued on its thread behind the running one (``PIPELINE_DEPTH``): the instance starts it the
+moment it finishes, instead of idling until the event loop, busy with other requests' HTTP,
+gets round to collecting the next batch. Only a full batch goes early, so early batches are
+the batches the worker would have formed anyway; at low load nothing changes. A job queued
+that way still counts against ``max_queue_size``, and is still dropped before compute if it
+was cancelled or its deadline passed while it waited.
+
 Guarantees: a full queue refuses at once (``QueueFull``); a request past its deadline gets
 ``DeadlineExceeded`` and is dropped before compute if it has not started; a cancelled
 request (client went away) is dropped before compute; a failing batch fails only its own
@@ -31,6 +39,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 BatchRunner = Callable[[list[T]], list[R]]  # blocking; runs on its instance's thread
+
+PIPELINE_DEPTH = 2  # batches handed to one instance at a time: the running one and the next
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,17 @@ class _Job(Generic[T]):
         self.deadline = deadline
 
 
+@dataclass(frozen=True)
+class _Ran(Generic[R]):
+    """A batch's run, as its instance's thread saw it."""
+
+    jobs: list  # the _Jobs it ran: those still wanted when it started
+    results: list[R]
+    error: Exception | None
+    started: float  # in the batcher's clock
+    ended: float
+
+
 class DynamicBatcher(Generic[T, R]):
     def __init__(
         self,
@@ -98,6 +119,8 @@ class DynamicBatcher(Generic[T, R]):
         self._observer = observer or _NullObserver()
         self._queue: deque[_Job[T]] = deque()
         self._not_empty = asyncio.Event()
+        self._full = asyncio.Event()  # a full batch is waiting: wakes a busy worker to hand it on
+        self._handed_on = 0  # jobs in batches queued behind a running one: waiting, not in _queue
         self._workers: list[asyncio.Task] = []
         self._executors: list[ThreadPoolExecutor] = []
         self._accepting = False
@@ -131,14 +154,15 @@ class DynamicBatcher(Generic[T, R]):
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Jobs waiting for compute: in the queue, or handed to a busy instance."""
+        return len(self._queue) + self._handed_on
 
     # -- submission ------------------------------------------------------------------
     async def submit(self, item: T, deadline: float | None = None) -> Completed[R]:
         """Queue ``item`` and wait for its result. ``deadline`` is in the batcher's clock."""
         if not self._accepting:
             raise ModelNotReady(f"model {self.name} is not accepting requests")
-        if len(self._queue) >= self.policy.max_queue_size:
+        if self.depth >= self.policy.max_queue_size:
             self._observer.dropped("queue_full")
             raise QueueFull(f"model {self.name}: queue full ({self.policy.max_queue_size})", retry_after_s=self.retry_after())
         now = self._clock.now()
@@ -147,7 +171,9 @@ class DynamicBatcher(Generic[T, R]):
         job = _Job(item, asyncio.get_running_loop().create_future(), now, deadline)
         self._queue.append(job)
         self._not_empty.set()
-        self._observer.queue_depth(len(self._queue))
+        if len(self._queue) >= self.policy.max_batch_size:
+            self._full.set()
+        self._observer.queue_depth(self.depth)
         try:
             if deadline is None:
                 return await job.future
@@ -187,7 +213,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def retry_after(self) -> float:
         """Seconds until the queue ahead has likely drained; at least one."""
-        batches_ahead = math.ceil(len(self._queue) / self.policy.max_batch_size) / len(self._runners)
+        batches_ahead = math.ceil(self.depth / self.policy.max_batch_size) / len(self._runners)
         per_batch = self._batch_s_ewma or 0.1
         return max(1.0, math.ceil(batches_ahead * per_batch))
 
@@ -238,33 +264,107 @@ class DynamicBatcher(Generic[T, R]):
             await self._wait_for_item(remaining)
         return batch
 
+    def _take_full_batch(self) -> list[_Job[T]]:
+        """Up to a batch of live jobs, at once (a full batch is waiting)."""
+        batch: list[_Job[T]] = []
+        while len(batch) < self.policy.max_batch_size:
+            job = self._take_live()
+            if job is None:
+                break
+            batch.append(job)
+        return batch
+
+    def _full_batch_waiting(self) -> bool:
+        if len(self._queue) >= self.policy.max_batch_size:
+            return True
+        self._full.clear()
+        return False
+
+    async def _until_done_or_full(self, running: asyncio.Future) -> None:
+        waiter = asyncio.ensure_future(self._full.wait())
+        try:
+            await asyncio.wait({running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def _run(self, runner: BatchRunner, jobs: list[_Job[T]]) -> "_Ran":
+        """On the instance's thread: the batch's jobs that still want an answer, run."""
+        started = self._clock.now()
+        # done() reads one field of a future the loop owns: a job cancelled right after the check
+        # is computed and its result dropped (_finish), never answered twice.
+        live = [job for job in jobs if not job.future.done() and (job.deadline is None or job.deadline > started)]
+        if not live:
+            return _Ran(live, [], None, started, started)
+        try:
+            results = runner([job.item for job in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"runner returned {len(results)} results for a batch of {len(live)}")
+        except Exception as exc:  # noqa: BLE001 - the batch's requests get the error, the worker lives on
+            return _Ran(live, [], exc, started, self._clock.now())
+        return _Ran(live, results, None, started, self._clock.now())
+
     async def _work(self, runner: BatchRunner, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            if batch is None:
-                return
-            self._observer.queue_depth(len(self._queue))
-            started = self._clock.now()
-            queue_s = [started - job.enqueued_at for job in batch]
-            try:
-                results = await loop.run_in_executor(executor, runner, [job.item for job in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"runner returned {len(results)} results for a batch of {len(batch)}")
-            except Exception as exc:  # noqa: BLE001 - the batch's requests get the error, the worker lives on
-                compute_s = self._clock.now() - started
-                # one line: each request's own answer logs the traceback, with its request id
-                log.error("model %s: batch of %d failed: %s: %s", self.name, len(batch), type(exc).__name__, exc)
-                self._observer.batch_done(len(batch), queue_s, compute_s, ok=False)
-                for job in batch:
-                    self._fail(job, exc)
+        handed: deque[tuple[list[_Job[T]], asyncio.Future]] = deque()  # the running batch first
+
+        def hand(batch: list[_Job[T]]) -> None:
+            if handed:
+                self._handed_on += len(batch)
+            handed.append((batch, loop.run_in_executor(executor, self._run, runner, batch)))
+            self._observer.queue_depth(self.depth)
+
+        try:
+            while True:
+                if not handed:
+                    batch = await self._collect()
+                    if batch is None:
+                        return
+                    hand(batch)
+                while len(handed) < PIPELINE_DEPTH and self._full_batch_waiting():
+                    batch = self._take_full_batch()
+                    if batch:
+                        hand(batch)
+                jobs, running = handed[0]
+                if len(handed) < PIPELINE_DEPTH:
+                    await self._until_done_or_full(running)
+                    if not running.done():
+                        continue  # a full batch came in: hand it on first
+                ran = await running
+                handed.popleft()
+                if handed:
+                    self._handed_on -= len(handed[0][0])  # the next one is running now
+                self._finish(jobs, ran)
+        finally:  # cancelled (a drain past its timeout): the batches handed out still get an answer
+            for jobs, _ in handed:
+                for job in jobs:
+                    self._fail(job, ModelNotReady(f"model {self.name} is shutting down"))
+
+    def _finish(self, jobs: list[_Job[T]], ran: "_Ran") -> None:
+        live = {id(job) for job in ran.jobs}
+        for job in jobs:
+            if id(job) in live:
                 continue
-            compute_s = self._clock.now() - started
-            self._batch_s_ewma = compute_s if self._batch_s_ewma is None else 0.8 * self._batch_s_ewma + 0.2 * compute_s
-            self._observer.batch_done(len(batch), queue_s, compute_s, ok=True)
-            for job, result, waited in zip(batch, results, queue_s):
-                if not job.future.done():
-                    job.future.set_result(Completed(result, waited, compute_s, len(batch)))
+            if job.future.done():
+                self._observer.dropped("cancelled")
+            else:
+                self._observer.dropped("deadline")
+                self._fail(job, DeadlineExceeded("deadline passed while queued"))
+        if not ran.jobs:
+            return
+        compute_s = ran.ended - ran.started
+        queue_s = [ran.started - job.enqueued_at for job in ran.jobs]
+        if ran.error is not None:
+            # one line: each request's own answer logs the traceback, with its request id
+            log.error("model %s: batch of %d failed: %s: %s", self.name, len(ran.jobs), type(ran.error).__name__, ran.error)
+            self._observer.batch_done(len(ran.jobs), queue_s, compute_s, ok=False)
+            for job in ran.jobs:
+                self._fail(job, ran.error)
+            return
+        self._batch_s_ewma = compute_s if self._batch_s_ewma is None else 0.8 * self._batch_s_ewma + 0.2 * compute_s
+        self._observer.batch_done(len(ran.jobs), queue_s, compute_s, ok=True)
+        for job, result, waited in zip(ran.jobs, ran.results, queue_s):
+            if not job.future.done():
+                job.future.set_result(Completed(result, waited, compute_s, len(ran.jobs)))
 
     @staticmethod
     def _fail(job: _Job, exc: BaseException) -> None:
