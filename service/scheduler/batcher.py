@@ -119,7 +119,7 @@ class DynamicBatcher(Generic[T, R]):
         self._observer = observer or _NullObserver()
         self._queue: deque[_Job[T]] = deque()
         self._not_empty = asyncio.Event()
-        self._full = asyncio.Event()  # a full batch is waiting: wakes a busy worker to hand it on
+        self._busy_workers: list[asyncio.Future] = []  # woken when a full batch is waiting, to hand it on
         self._handed_on = 0  # jobs in batches queued behind a running one: waiting, not in _queue
         self._workers: list[asyncio.Task] = []
         self._executors: list[ThreadPoolExecutor] = []
@@ -172,7 +172,9 @@ class DynamicBatcher(Generic[T, R]):
         self._queue.append(job)
         self._not_empty.set()
         if len(self._queue) >= self.policy.max_batch_size:
-            self._full.set()
+            for wake in self._busy_workers:
+                if not wake.done():
+                    wake.set_result(None)
         self._observer.queue_depth(self.depth)
         try:
             if deadline is None:
@@ -275,17 +277,24 @@ class DynamicBatcher(Generic[T, R]):
         return batch
 
     def _full_batch_waiting(self) -> bool:
-        if len(self._queue) >= self.policy.max_batch_size:
-            return True
-        self._full.clear()
-        return False
+        return len(self._queue) >= self.policy.max_batch_size
 
     async def _until_done_or_full(self, running: asyncio.Future) -> None:
-        waiter = asyncio.ensure_future(self._full.wait())
+        """Until ``running`` is done or ``submit`` has filled a batch: one future and one
+        callback per batch (a task and ``asyncio.wait`` would cost the loop several times that)."""
+        wake = running.get_loop().create_future()
+
+        def woken(_: asyncio.Future) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        running.add_done_callback(woken)
+        self._busy_workers.append(wake)
         try:
-            await asyncio.wait({running, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await wake
         finally:
-            waiter.cancel()
+            running.remove_done_callback(woken)
+            self._busy_workers.remove(wake)
 
     def _run(self, runner: BatchRunner, jobs: list[_Job[T]]) -> "_Ran":
         """On the instance's thread: the batch's jobs that still want an answer, run."""
