@@ -47,10 +47,35 @@ class RecordingRunner:
         return [x * 2 for x in items]
 
 
-def make(runner, clock=None, max_batch=4, delay_s=0.005, queue=64, runners=1):
-    b = DynamicBatcher([runner] * runners, BatchPolicy(max_batch, delay_s, queue), name="t", clock=clock)
+class CountingObserver:
+    def __init__(self):
+        self.drops: list[str] = []
+
+    def batch_done(self, size, queue_s, compute_s, ok):
+        pass
+
+    def queue_depth(self, depth):
+        pass
+
+    def dropped(self, reason):
+        self.drops.append(reason)
+
+
+def make(runner, clock=None, max_batch=4, delay_s=0.005, queue=64, runners=1, observer=None):
+    b = DynamicBatcher([runner] * runners, BatchPolicy(max_batch, delay_s, queue), name="t", clock=clock, observer=observer)
     b.start()
     return b
+
+
+async def held_instance(clock=None, max_batch=1, queue=64, observer=None):
+    """A one-instance batcher (no queue delay) whose instance is busy: job 0 taken by the
+    worker and held in the engine until ``runner.release`` is set. (runner, batcher, job 0's task)"""
+    runner = RecordingRunner()
+    runner.release.clear()
+    b = make(runner, clock, max_batch=max_batch, delay_s=0, queue=queue, observer=observer)
+    first = asyncio.create_task(b.submit(0))
+    await until(lambda: runner.calls == 1)
+    return runner, b, first
 
 
 async def test_fills_to_max_batch_without_waiting_for_the_delay():
@@ -89,11 +114,7 @@ async def test_honours_the_queue_delay():
 
 
 async def test_full_queue_refuses_immediately_with_retry_after():
-    runner = RecordingRunner()
-    runner.release.clear()  # the engine is busy
-    b = make(runner, max_batch=1, delay_s=0, queue=2)
-    first = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)  # taken by the worker, held in the engine
+    runner, b, first = await held_instance(queue=2)
     queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
     await settle()
     started = time.monotonic()
@@ -107,13 +128,12 @@ async def test_full_queue_refuses_immediately_with_retry_after():
 
 
 async def test_deadline_expires_while_queued_and_is_never_computed():
-    clock, runner = ManualClock(), RecordingRunner()
-    runner.release.clear()
-    b = make(runner, clock, max_batch=1, delay_s=0)
-    blocker = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)
+    # batches of 1: the job is a full batch, handed to the busy instance, and waits on its thread
+    clock, observer = ManualClock(), CountingObserver()
+    runner, b, blocker = await held_instance(clock, observer=observer)
     late = asyncio.create_task(b.submit(7, deadline=clock.now() + 1.0))
     await settle()
+    assert b.depth == 1
     await clock.advance(1.5)
     with pytest.raises(DeadlineExceeded):
         await late
@@ -121,6 +141,8 @@ async def test_deadline_expires_while_queued_and_is_never_computed():
     await blocker
     await asyncio.sleep(0.05)
     assert [7] not in runner.batches  # dropped before compute
+    assert observer.drops == ["cancelled"]  # it had its answer already
+    assert b.depth == 0
     await b.stop()
 
 
@@ -135,11 +157,7 @@ async def test_failing_batch_fails_only_its_own_requests():
 
 
 async def test_cancelled_request_is_dropped_before_compute():
-    runner = RecordingRunner()
-    runner.release.clear()
-    b = make(runner, max_batch=1, delay_s=0)
-    blocker = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)
+    runner, b, blocker = await held_instance()
     gone = asyncio.create_task(b.submit(99))
     await settle()
     gone.cancel()  # the client went away
@@ -178,26 +196,8 @@ async def test_stop_drains_queued_requests_then_refuses_new_ones():
     assert [t.result().value for t in tasks] == [0, 2, 4, 6, 8]
 
 
-class CountingObserver:
-    def __init__(self):
-        self.drops: list[str] = []
-
-    def batch_done(self, size, queue_s, compute_s, ok):
-        pass
-
-    def queue_depth(self, depth):
-        pass
-
-    def dropped(self, reason):
-        self.drops.append(reason)
-
-
 async def test_a_full_batch_is_handed_to_a_busy_instance_and_starts_without_the_loop():
-    runner = RecordingRunner()
-    runner.release.clear()
-    b = make(runner, max_batch=2, delay_s=0)
-    first = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)
+    runner, b, first = await held_instance(max_batch=2)
     rest = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
     await settle()
     assert b.depth == 2  # handed on, still waiting for compute
@@ -210,11 +210,7 @@ async def test_a_full_batch_is_handed_to_a_busy_instance_and_starts_without_the_
 
 
 async def test_a_partial_batch_waits_for_the_instance():
-    runner = RecordingRunner()
-    runner.release.clear()
-    b = make(runner, max_batch=4, delay_s=0)
-    first = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)
+    runner, b, first = await held_instance(max_batch=4)
     rest = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
     await settle()
     runner.release.set()
@@ -227,36 +223,8 @@ async def test_a_partial_batch_waits_for_the_instance():
     await b.stop()
 
 
-async def test_a_handed_on_job_cancelled_or_expired_is_not_computed():
-    clock, runner, observer = ManualClock(), RecordingRunner(), CountingObserver()
-    runner.release.clear()
-    b = DynamicBatcher([runner], BatchPolicy(2, 0, 64), name="t", clock=clock, observer=observer)
-    b.start()
-    blocker = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)
-    gone = asyncio.create_task(b.submit(99))
-    late = asyncio.create_task(b.submit(7, deadline=clock.now() + 1.0))
-    await settle()
-    assert b.depth == 2  # the full batch [99, 7] was handed on
-    gone.cancel()
-    await clock.advance(1.5)
-    with pytest.raises(DeadlineExceeded):
-        await late
-    runner.release.set()
-    await blocker
-    await asyncio.sleep(0.05)
-    assert runner.batches == [[0]]
-    assert sorted(observer.drops) == ["cancelled", "cancelled"]  # both had their answer already
-    assert b.depth == 0
-    await b.stop()
-
-
 async def test_a_drain_past_its_timeout_answers_the_batches_handed_out():
-    runner = RecordingRunner()
-    runner.release.clear()
-    b = make(runner, max_batch=1, delay_s=0)
-    running = asyncio.create_task(b.submit(0))
-    await until(lambda: runner.calls == 1)
+    runner, b, running = await held_instance()
     handed = asyncio.create_task(b.submit(1))
     await settle()
     await b.stop(drain_timeout_s=0.05)
