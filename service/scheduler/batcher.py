@@ -171,7 +171,7 @@ class DynamicBatcher(Generic[T, R]):
         job = _Job(item, asyncio.get_running_loop().create_future(), now, deadline)
         self._queue.append(job)
         self._not_empty.set()
-        if len(self._queue) >= self.policy.max_batch_size:
+        if self._full_batch_waiting():
             for wake in self._busy_workers:
                 if not wake.done():
                     wake.set_result(None)
@@ -253,22 +253,18 @@ class DynamicBatcher(Generic[T, R]):
             if not self._accepting:
                 return None
             await self._not_empty.wait()
-        batch = [first]
+        batch = self._fill([first])
         window_end = first.enqueued_at + self.policy.max_queue_delay_s
         while len(batch) < self.policy.max_batch_size:
-            job = self._take_live()
-            if job is not None:
-                batch.append(job)
-                continue
             remaining = window_end - self._clock.now()
             if remaining <= 0 or not self._accepting:
                 break
             await self._wait_for_item(remaining)
+            self._fill(batch)
         return batch
 
-    def _take_full_batch(self) -> list[_Job[T]]:
-        """Up to a batch of live jobs, at once (a full batch is waiting)."""
-        batch: list[_Job[T]] = []
+    def _fill(self, batch: list[_Job[T]]) -> list[_Job[T]]:
+        """``batch`` topped up with live jobs from the queue, without waiting, up to a full batch."""
         while len(batch) < self.policy.max_batch_size:
             job = self._take_live()
             if job is None:
@@ -330,7 +326,7 @@ class DynamicBatcher(Generic[T, R]):
                         return
                     hand(batch)
                 while len(handed) < PIPELINE_DEPTH and self._full_batch_waiting():
-                    batch = self._take_full_batch()
+                    batch = self._fill([])
                     if batch:
                         hand(batch)
                 jobs, running = handed[0]
