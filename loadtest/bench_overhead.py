@@ -98,48 +98,59 @@ def cpu_count() -> int:
 
 # -- the codec floor ---------------------------------------------------------------------
 def floor_steps(data: bytes):
-    """(reference, served): one request's unavoidable work as issue 12 defines it, and the
-    codec work the server runs for it today, each a no-argument callable."""
-    from segserve.codecs.geometry import Letterbox
-    from segserve.codecs.image import decode_image
-    from segserve.codecs.masks import encode_rle
+    """(reference, served) for the trivial model (``codec_floor``)."""
     from segserve.contract.model_config import load_config
-    from segserve.pipelines.base import Decoded, ImageResult, Placement, Timing, render_json
-    from segserve.pipelines.limits import PixelBudget
-    from segserve.pipelines.semantic import SemanticModel
 
     with tempfile.TemporaryDirectory(prefix="segserve-floor-") as tmp:
         config = load_config(build_trivial_model(Path(tmp)))
+    return codec_floor(data, config, lambda tensor: (tensor[0] > 127).astype(np.uint8))
+
+
+def codec_floor(data: bytes, config, labels_of):
+    """(reference, served): one request's unavoidable work as issue 12 defines it, and the
+    codec work the server runs for it today, each a no-argument callable, for a semantic model
+    ``config`` whose engine ``labels_of`` stands in for: its (3, H, W) input -> (H, W) labels."""
+    from segserve.codecs.geometry import Letterbox
+    from segserve.codecs.image import decode_image
+    from segserve.codecs.masks import encode_rle
+    from segserve.pipelines.base import Decoded, ImageResult, Placement, Timing, render_json
+
     spec = config.input
     max_pixels = 40_000_000
 
     def draft(h: int, w: int) -> tuple[int, int]:
         return Letterbox.fit(h, w, spec).min_decode_size()
 
-    def model(tensor: np.ndarray) -> np.ndarray:
-        return (tensor[0] > 127).astype(np.uint8)
-
     def reference() -> bytes:
         image = decode_image(data, max_pixels, draft)
         box = Letterbox.fit(image.height, image.width, spec)
-        labels = model(box.apply(image.rgb, spec.pad_value))
-        full = box.restore(labels)
-        rles = encode_rle(np.stack([full == 0, full == 1], axis=-1))
+        full = box.restore(labels_of(box.apply(image.rgb, spec.pad_value)))
+        rles = encode_rle(np.stack([full == c for c in np.unique(full)], axis=-1))
         return json.dumps({"segments": rles}, separators=(",", ":")).encode()
 
     # The served path: the pipeline's own decode and encode hooks, and the renderer.
-    pipeline = SemanticModel.__new__(SemanticModel)
-    pipeline.config = config
-    pipeline.context = type("Context", (), {"max_image_pixels": max_pixels, "pixels": PixelBudget(max_pixels)})()
+    pipeline = codec_pipeline(config, max_pixels)
 
     def served() -> bytes:
         decoded: Decoded = pipeline.decode(data)
-        encoded = pipeline.encode(model(decoded.model_input), decoded.placement, None, _json_format())
+        encoded = pipeline.encode(labels_of(decoded.model_input), decoded.placement, None, _json_format())
         pipeline.context.pixels.release(decoded.reserved_pixels)
         placement: Placement = decoded.placement
         return render_json(pipeline, ImageResult(placement.width, placement.height, Timing(0.0, 0.0, 1), encoded), 0.0)
 
     return reference, served
+
+
+def codec_pipeline(config, max_pixels: int):
+    """A semantic pipeline for ``config`` with no engine, batcher or server: its codec hooks
+    (decode, encode, the video frame mapper) as the server runs them, for timing them alone."""
+    from segserve.pipelines.limits import PixelBudget
+    from segserve.pipelines.semantic import SemanticModel
+
+    pipeline = SemanticModel.__new__(SemanticModel)
+    pipeline.config = config
+    pipeline.context = type("Context", (), {"max_image_pixels": max_pixels, "pixels": PixelBudget(max_pixels)})()
+    return pipeline
 
 
 def _json_format():

@@ -10,6 +10,11 @@ get by default (`STANDARD_CASES`, each with its target ratio), or on one given w
 3. Ratio: service requests/s at the highest concurrency / raw engine images/s at its best
    batch size, measured back to back in paired rounds (the median round counts): on a
    shared VM the machine's speed drifts between measurements minutes apart.
+4. Ceiling: what no server on these cores could exceed, from the same round. Each request
+   costs at least the raw engine's CPU per image plus the codec floor (decode, letterbox,
+   restore, RLE, JSON of this model's own answer to the photo, one thread: the cheaper of
+   issue 12's reference and segserve's own codec path, ``bench_overhead.codec_floor``), and
+   the cores give at most their count in CPU seconds per second.
 
     python -m segserve_loadtest.bench_service --out docs/bench [--model NAME --repository R --input-size HxW]
 """
@@ -31,6 +36,7 @@ import httpx
 import numpy as np
 
 from segserve_loadtest.ab import run_ab, segment_url
+from segserve_loadtest.bench_overhead import codec_floor, cpu_count, measure_floor
 from segserve_loadtest.payloads import Payload, synthetic_scene
 from segserve_loadtest.server import SegserveProcess
 from segserve_loadtest.server_metrics import delta, scrape
@@ -59,6 +65,7 @@ class RawEngine:
         from segserve.repository import scan
 
         entry = next(e for e in scan(repository) if e.config.name == name)
+        self.config = entry.config
         self.spec = spec = entry.config.input
         self.max_batch_size = entry.config.max_batch_size
         self.tensor = Letterbox.fit(image.shape[0], image.shape[1], spec).apply(image, spec.pad_value)
@@ -76,15 +83,22 @@ class RawEngine:
                 self.engines[i].infer(batch)
                 runs[i] += 1
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(self.engines))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - started
-        return {"batch_size": size, "instances": len(self.engines), "images_per_s": sum(runs) * size / elapsed,
-                "ms_per_batch": 1000 * elapsed * len(self.engines) / sum(runs)}
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        images = sum(runs) * size
+        return {"batch_size": size, "instances": len(self.engines), "images_per_s": images / elapsed,
+                "ms_per_batch": 1000 * elapsed * len(self.engines) / sum(runs), "cpu_ms_per_image": 1000 * cpu / images}
+
+    def labels(self) -> np.ndarray:
+        """The model's (H, W) labels for the image: what the codec floor encodes."""
+        from segserve.pipelines.semantic import infer_labels
+
+        return infer_labels(self.engines[0], self.config, self.tensor[None])[0]
 
     def sweep(self, min_seconds: float) -> list[dict]:
         sizes = [1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i <= self.max_batch_size]
@@ -115,19 +129,32 @@ def service_level(server: SegserveProcess, client: httpx.Client, name: str, payl
     }
 
 
+def ceiling(cores: int, engine_images_per_s: float, engine_cpu_ms_per_image: float, codec_ms_per_request: float) -> float:
+    """The highest service/engine ratio any server could reach on ``cores``: each request needs the
+    engine's CPU per image and the codec floor's, and the cores give ``cores`` CPU-seconds a second."""
+    return cores * 1000 / (engine_cpu_ms_per_image + codec_ms_per_request) / engine_images_per_s
+
+
 def paired_rounds(raw: RawEngine, best_size: int, server: SegserveProcess, client: httpx.Client, name: str,
                   payload: Payload, concurrency: int, requests: int, rounds: int, engine_seconds: float) -> list[dict]:
-    """Raw engine and service measured back to back, `rounds` times: this machine's speed
-    drifts by 20% and more over minutes (a shared VM), so a ratio of two figures taken
-    minutes apart says more about the drift than about the service. Each round's ratio
-    compares neighbours in time; the median round is the headline."""
+    """Raw engine, codec floor and service measured back to back, `rounds` times: this machine's
+    speed drifts by 20% and more over minutes (a shared VM), so a ratio of two figures taken
+    minutes apart says more about the drift than about the service. Each round's ratio and
+    ceiling compare neighbours in time; the median round is the headline."""
+    labels = raw.labels()
+    floor_steps = codec_floor(payload.body, raw.config, lambda tensor: labels)
+    cores = cpu_count()
     result = []
     for _ in range(rounds):
-        engine = raw.measure(best_size, engine_seconds)["images_per_s"]
+        engine = raw.measure(best_size, engine_seconds)
+        floor = measure_floor(floor_steps, cores, engine_seconds / 4)
+        codec_ms = min(floor["reference_ms"], floor["served_codec_ms"])
         service = service_level(server, client, name, payload, concurrency, requests)
-        result.append({"engine_images_per_s": engine, "service_requests_per_s": service["requests_per_s"],
+        result.append({"engine_images_per_s": engine["images_per_s"], "engine_cpu_ms_per_image": engine["cpu_ms_per_image"],
+                       "codec_floor_ms": codec_ms, "service_requests_per_s": service["requests_per_s"],
                        "failed": service["failed"], "non_2xx": service["non_2xx"],
-                       "ratio": service["requests_per_s"] / engine})
+                       "ratio": service["requests_per_s"] / engine["images_per_s"],
+                       "ceiling": ceiling(cores, engine["images_per_s"], engine["cpu_ms_per_image"], codec_ms)})
     return result
 
 
@@ -161,12 +188,15 @@ def markdown(result: dict) -> str:
         "",
         f"Paired rounds at concurrency {top} (raw engine at batch {result['best_batch_size']}, then the service, back to back):",
         "",
-        "| round | raw engine images/s | service req/s | failed | non-2xx | service/engine |",
-        "|---:|---:|---:|---:|---:|---:|",
-        *[f"| {i} | {r['engine_images_per_s']:.1f} | {r['service_requests_per_s']:.1f} | {r['failed']} | {r['non_2xx']} "
-          f"| {r['ratio']:.2f} |" for i, r in enumerate(result["rounds"], 1)],
+        "| round | raw engine images/s | engine CPU ms/image | codec floor ms/request | service req/s | failed | non-2xx "
+        "| service/engine | ceiling |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {i} | {r['engine_images_per_s']:.1f} | {r['engine_cpu_ms_per_image']:.2f} | {r['codec_floor_ms']:.2f} "
+          f"| {r['service_requests_per_s']:.1f} | {r['failed']} | {r['non_2xx']} | {r['ratio']:.2f} | {r['ceiling']:.2f} |"
+          for i, r in enumerate(result["rounds"], 1)],
         "",
-        f"**service/engine throughput at concurrency {top}: {result['ratio']:.2f}** (median of {len(result['rounds'])} paired rounds)",
+        f"**service/engine throughput at concurrency {top}: {result['ratio']:.2f}** (median of {len(result['rounds'])} paired rounds); "
+        f"the ceiling on these cores (engine CPU + codec floor per request): {result['ceiling']:.2f}",
     ]
     return "\n".join(lines)
 
@@ -225,16 +255,17 @@ def measure_case(case: Case, args: argparse.Namespace, payload: Payload, scene) 
         "service": service_rows,
         "rounds": rounds,
         "ratio": statistics.median(r["ratio"] for r in rounds),
+        "ceiling": statistics.median(r["ceiling"] for r in rounds),
     }
 
 
 def summary_markdown(results: list[dict]) -> str:
     top = results[0]["service"][-1]["concurrency"]
-    lines = [f"| model | service/engine at concurrency {top} | target | |", "|---|---:|---:|---|"]
+    lines = [f"| model | service/engine at concurrency {top} | ceiling on these cores | target | |", "|---|---:|---:|---:|---|"]
     for r in results:
         verdict = "" if r["target"] is None else ("met" if r["ratio"] >= r["target"] else "**not met**")
         target = "" if r["target"] is None else f">= {r['target']:.2f}"
-        lines.append(f"| {r['label']} | {r['ratio']:.2f} | {target} | {verdict} |")
+        lines.append(f"| {r['label']} | {r['ratio']:.2f} | {r['ceiling']:.2f} | {target} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -210,3 +210,31 @@ def test_the_overhead_benchmarks_floor_runs_the_served_hooks():
         body = json.loads(served())
     assert {s["class_id"] for s in body["segments"]} <= {0, 1} and body["segments"]
     assert len(json.loads(reference())["segments"]) == 2  # the floor's two RLEs
+
+
+def test_the_codec_floor_encodes_any_semantic_models_answer_as_the_server_does():
+    """`make bench`'s ceiling times the codec floor on the served model's own labels: the
+    reference (pycocotools on the full-size masks) and the served path encode the same masks."""
+    from segserve_loadtest.bench_overhead import codec_floor, photo
+
+    config = ModelConfig(name="six", task="semantic", classes=[f"c{i}" for i in range(6)],
+                         input=InputSpec(height=256, width=256), output={"name": "labels", "kind": "labels"})
+    labels = np.zeros((256, 256), np.uint8)
+    labels[20:100, 30:200], labels[150:250, 10:60] = 3, 5  # the second reaches into the padding
+    reference, served = codec_floor(photo().body, config, lambda tensor: labels)
+    expected = json.loads(reference())["segments"]
+    answer = json.loads(served())
+    assert (answer["width"], answer["height"]) == (640, 480)
+    assert [s["class_id"] for s in answer["segments"]] == [0, 3, 5]
+    assert [s["mask"] for s in answer["segments"]] == expected
+
+
+def test_the_bench_ceiling_is_the_cores_over_engine_plus_codec_cpu():
+    from segserve_loadtest.bench_service import ceiling
+
+    # an engine that keeps 2 cores busy at 200 images/s spends 10 ms of CPU per image:
+    # with 2.5 ms of codecs per request no server passes 2 / 12.5 ms = 160 req/s, 0.8 of it
+    assert ceiling(2, 200.0, 10.0, 2.5) == pytest.approx(0.8)
+    assert ceiling(2, 200.0, 10.0, 0.0) == pytest.approx(1.0)
+    # an engine that leaves a core idle (1 of 2 busy) leaves room for the codecs beside it
+    assert ceiling(2, 100.0, 10.0, 2.5) == pytest.approx(1.6)
