@@ -25,7 +25,9 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 # On a quiet machine OpenMP threads that spin between parallel regions make a step ~1.4x
 # faster than the default or sleeping threads (measured on 2 cores: 0.82 vs 1.14 s per
@@ -100,6 +102,11 @@ def _lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
 
 # --- semantic --------------------------------------------------------------------------
 
+# How a step's scenes are rendered from their seeds: the builtin map, or the training run's thread pool's
+# (``_run_training``); numpy and PIL only, no torch op, in whichever thread.
+MapSeeds = Callable[[Callable[[int], Any], Iterable[int]], Iterable[Any]]
+
+
 def letterbox(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Scene scaled to fit a size x size square, padded bottom/right like the service does.
 
@@ -117,9 +124,13 @@ def letterbox(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     return image, labels
 
 
-def semantic_batch(seeds, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _letterboxed_scene(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    return letterbox(make_scene(seed), size)
+
+
+def semantic_batch(seeds, size: int, map_seeds: MapSeeds = map) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 NCHW images (what the serving graph receives) and int64 NHW labels."""
-    pairs = [letterbox(make_scene(s), size) for s in seeds]
+    pairs = list(map_seeds(partial(_letterboxed_scene, size=size), seeds))
     images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(np.stack([p[1] for p in pairs])).long()
     return images, labels
@@ -162,8 +173,8 @@ def train_semantic(
     normalize = Normalize()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
 
-    def make_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return semantic_batch(_train_seeds(seed, step, batch), size)
+    def make_batch(step: int, map_seeds: MapSeeds) -> tuple[torch.Tensor, torch.Tensor]:
+        return semantic_batch(_train_seeds(seed, step, batch), size, map_seeds)
 
     def batch_loss(data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = data
@@ -297,8 +308,8 @@ def _train_detector(
         "batch": batch, "peak_lr": lr, "optimizer": "AdamW", "weight_decay": 1e-4, "backbone_init": backbone_init
     }
 
-    def make_batch(step: int) -> list[tuple[torch.Tensor, dict]]:
-        return [sample(make_scene(s)) for s in _train_seeds(seed, step, batch)]
+    def make_batch(step: int, map_seeds: MapSeeds) -> list[tuple[torch.Tensor, dict]]:
+        return [sample(scene) for scene in map_seeds(make_scene, _train_seeds(seed, step, batch))]
 
     def batch_loss(samples: list[tuple[torch.Tensor, dict]]) -> torch.Tensor:
         images, targets = zip(*samples)
@@ -358,18 +369,19 @@ def _run_training(
     clock still ends with a fully decayed learning rate. Runs that finish by step count
     are exactly reproducible.
 
-    The next step's batch is generated in a thread while this step computes: scene
-    rendering is single-threaded numpy/PIL, and torch leaves the second core partly idle
-    on these small convolutions. Batches depend only on the step number, so prefetching
-    changes nothing in the result.
+    Each step's scenes are rendered at its start by two threads (scene rendering is
+    single-threaded numpy/PIL), while no torch op runs: rendering the next batch during
+    the step instead made runs differ in their last bits on an Intel Xeon host, where
+    MKL's results move when another thread loads the cores during its calls
+    (docs/accuracy.md). Batches depend only on the step number, so the threads change
+    nothing in the result.
     """
     net.train()
     warmup = min(50, steps // 10 + 1)
     started, cpu_started = time.perf_counter(), time.process_time()
     recent: list[float] = []
     step = 0
-    prefetch = ThreadPoolExecutor(1, thread_name_prefix="batches")
-    upcoming = prefetch.submit(make_batch, 0)
+    renderers = ThreadPoolExecutor(2, thread_name_prefix="render")
     while True:
         elapsed = time.perf_counter() - started
         progress = max(step / steps, elapsed / budget_s if budget_s else 0.0)
@@ -377,9 +389,7 @@ def _run_training(
             break
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, progress, peak_lr, warmup)
-        data = upcoming.result()
-        upcoming = prefetch.submit(make_batch, step + 1)
-        loss = batch_loss(data)
+        loss = batch_loss(make_batch(step, renderers.map))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # from-scratch losses spike early on; clipping keeps AdamW stable
@@ -389,8 +399,7 @@ def _run_training(
         if step % 20 == 0:
             print(f"step {step:5d}  loss {np.mean(recent):.4f}  {elapsed:7.1f}s", flush=True)
         step += 1
-    upcoming.cancel()
-    prefetch.shutdown(wait=True)
+    renderers.shutdown()
     recorded = {
         **hyper, "max_steps": steps, "budget_s": budget_s, "steps": step, "warmup_steps": warmup,
         "stopped_by": "steps" if step >= steps else "budget",
