@@ -195,8 +195,8 @@ def markdown(result: dict) -> str:
           f"| {r['service_requests_per_s']:.1f} | {r['failed']} | {r['non_2xx']} | {r['ratio']:.2f} | {r['ceiling']:.2f} |"
           for i, r in enumerate(result["rounds"], 1)],
         "",
-        f"**service/engine throughput at concurrency {top}: {result['ratio']:.2f}** (median of {len(result['rounds'])} paired rounds); "
-        f"the ceiling on these cores (engine CPU + codec floor per request): {result['ceiling']:.2f}",
+        f"**service/engine throughput at concurrency {top}: {result['ratio']:.3f}** (median of {len(result['rounds'])} paired rounds); "
+        f"the ceiling on these cores (engine CPU + codec floor per request): {result['ceiling']:.3f}",
     ]
     return "\n".join(lines)
 
@@ -265,7 +265,8 @@ def summary_markdown(results: list[dict]) -> str:
     for r in results:
         verdict = "" if r["target"] is None else ("met" if r["ratio"] >= r["target"] else "**not met**")
         target = "" if r["target"] is None else f">= {r['target']:.2f}"
-        lines.append(f"| {r['label']} | {r['ratio']:.2f} | {r['ceiling']:.2f} | {target} | {verdict} |")
+        # three decimals: 0.899 against a target of 0.90 must not read as 0.90
+        lines.append(f"| {r['label']} | {r['ratio']:.3f} | {r['ceiling']:.3f} | {target} | {verdict} |")
     return "\n".join(lines)
 
 
