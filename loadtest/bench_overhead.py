@@ -116,7 +116,9 @@ def codec_floor(data: bytes, config, labels_of):
     from segserve.pipelines.base import Decoded, ImageResult, Placement, Timing, render_json
 
     spec = config.input
-    max_pixels = 40_000_000
+    # The served path: the pipeline's own decode and encode hooks, and the renderer.
+    pipeline = codec_pipeline(config)
+    max_pixels = pipeline.context.max_image_pixels
 
     def draft(h: int, w: int) -> tuple[int, int]:
         return Letterbox.fit(h, w, spec).min_decode_size()
@@ -128,9 +130,6 @@ def codec_floor(data: bytes, config, labels_of):
         rles = encode_rle(np.stack([full == c for c in np.unique(full)], axis=-1))
         return json.dumps({"segments": rles}, separators=(",", ":")).encode()
 
-    # The served path: the pipeline's own decode and encode hooks, and the renderer.
-    pipeline = codec_pipeline(config, max_pixels)
-
     def served() -> bytes:
         decoded: Decoded = pipeline.decode(data)
         encoded = pipeline.encode(labels_of(decoded.model_input), decoded.placement, None, _json_format())
@@ -141,11 +140,15 @@ def codec_floor(data: bytes, config, labels_of):
     return reference, served
 
 
-def codec_pipeline(config, max_pixels: int):
+def codec_pipeline(config):
     """A semantic pipeline for ``config`` with no engine, batcher or server: its codec hooks
-    (decode, encode, the video frame mapper) as the server runs them, for timing them alone."""
+    (decode, encode, the video frame mapper) as the server runs them, for timing them alone,
+    under the server's default image limit."""
+    from segserve.config import Settings
     from segserve.pipelines.limits import PixelBudget
     from segserve.pipelines.semantic import SemanticModel
+
+    max_pixels = Settings.model_fields["max_image_pixels"].default
 
     pipeline = SemanticModel.__new__(SemanticModel)
     pipeline.config = config

@@ -55,7 +55,6 @@ from segserve_models.video_bench import HELD_OUT_SEED_BASE, union_miou
 from segserve_models.synthetic import make_video
 
 VIDEO_FPS = 10
-MAX_PIXELS = 40_000_000  # per frame, for the codec floor's decoder (the clips are far smaller)
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ class SplitParts:
             self.feeds[part] = {name: tensors.get(name, tensors.get("low")) for name in inputs}  # key_low: the frame's own
             tensors[output] = self.engines[part].infer(self.feeds[part])[output]
         self.labels = tensors[self.split.tensors("fuse")[1]][0]  # the first frame's, at model resolution
-        self.codecs = codec_pipeline(config, MAX_PIXELS)
+        self.codecs = codec_pipeline(config)
 
     def time_ms(self, seconds_per_part: float) -> dict[str, float]:
         """Each part's ms per call, the best of 3 windows."""
@@ -159,7 +158,8 @@ class SplitParts:
         for _ in range(3):
             frames, started = 0, time.perf_counter()
             for clip in clips:
-                chunk = prepare_video(clip.mp4, self.codecs, max_frames=10_000, frame_stride=1, max_pixels=MAX_PIXELS)
+                chunk = prepare_video(clip.mp4, self.codecs, max_frames=10_000, frame_stride=1,
+                                      max_pixels=self.codecs.context.max_image_pixels)
                 placement = Placement(chunk.height, chunk.width, chunk.geometry)
                 for _ in chunk.inputs:
                     dumps(self.codecs.encode(self.labels, placement, None, OutputFormat.json).body, floats=False)

@@ -82,6 +82,11 @@ def _torch_setup(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+# How a step's scenes are rendered from their seeds, for every task: the builtin map, or the training
+# run's thread pool's (``_run_training``); numpy and PIL only, no torch op, in whichever thread.
+MapSeeds = Callable[[Callable[[int], Any], Iterable[int]], Iterable[Any]]
+
+
 def _train_seeds(seed: int, step: int, batch: int) -> range:
     first = seed * SEEDS_PER_RUN + step * batch
     if first + batch > HELD_OUT_SEED_BASE:
@@ -101,11 +106,6 @@ def _lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
 
 
 # --- semantic --------------------------------------------------------------------------
-
-# How a step's scenes are rendered from their seeds: the builtin map, or the training run's thread pool's
-# (``_run_training``); numpy and PIL only, no torch op, in whichever thread.
-MapSeeds = Callable[[Callable[[int], Any], Iterable[int]], Iterable[Any]]
-
 
 def letterbox(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Scene scaled to fit a size x size square, padded bottom/right like the service does.
