@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from segserve_loadtest.ab import run_ab, segment_url
+from segserve_loadtest.bench_peers import cpu_count
 from segserve_loadtest.payloads import Payload, synthetic_scene
 from segserve_loadtest.server import SegserveProcess
 
@@ -90,10 +91,6 @@ def photo() -> Payload:
     buffer = io.BytesIO()
     synthetic_scene(640, 480, seed=0).save(buffer, format="JPEG", quality=85)
     return Payload("photo_640x480.jpg", "image/jpeg", buffer.getvalue())
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # -- the codec floor ---------------------------------------------------------------------

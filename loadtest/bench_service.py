@@ -36,7 +36,8 @@ import httpx
 import numpy as np
 
 from segserve_loadtest.ab import run_ab, segment_url
-from segserve_loadtest.bench_overhead import codec_floor, cpu_count, measure_floor
+from segserve_loadtest.bench_overhead import codec_floor, measure_floor
+from segserve_loadtest.bench_peers import cpu_count
 from segserve_loadtest.payloads import Payload, synthetic_scene
 from segserve_loadtest.server import SegserveProcess
 from segserve_loadtest.server_metrics import delta, scrape
