@@ -35,6 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from segserve.contract.artifacts import CONFIG_FILE
+from segserve.contract.model_config import load_config
 from segserve_loadtest.ab import run_ab, segment_url
 from segserve_loadtest.bench_overhead import codec_floor, measure_floor
 from segserve_loadtest.bench_peers import cpu_count
@@ -44,7 +46,6 @@ from segserve_loadtest.server_metrics import delta, scrape
 
 
 def ensure_model(repository: Path, architecture: str, input_size: tuple[int, int]) -> Path:
-    from segserve.contract.artifacts import CONFIG_FILE
     from segserve.contract.model_config import latest_version
     from segserve_models.export import export_model
     from segserve_models.weights import WeightsSpec
@@ -231,6 +232,7 @@ def measure_case(case: Case, args: argparse.Namespace, payload: Payload, scene) 
         repository = case.repository
     else:
         repository = ensure_model(case.repository, case.model, (h, w))
+    spec = load_config(repository / case.model / CONFIG_FILE).input  # what is served, whatever --input-size said
     levels = [int(v) for v in args.levels.split(",")]
     raw = RawEngine(repository, case.model, np.asarray(scene))
     engine_rows = raw.sweep(args.engine_seconds)
@@ -245,7 +247,7 @@ def measure_case(case: Case, args: argparse.Namespace, payload: Payload, scene) 
     return {
         "label": case.label,
         "model": case.model,
-        "input": case.input_size,
+        "input": f"{spec.height}x{spec.width}",
         "target": case.target,
         "workers": args.workers,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs",
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segserve_loadtest.bench_service", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="one model instead of the standard two: an architecture the benchmark exports "
                                         "with random weights, or a model already in --repository")
-    parser.add_argument("--input-size", default="512x512", help="with --model")
+    parser.add_argument("--input-size", default="512x512", help="with --model: the size it is exported at (HxW); a model already in --repository keeps its own")
     parser.add_argument("--repository", type=Path, default=Path(".cache/bench_repo"), help="with --model")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--requests", type=int, default=300, help="ab requests per level (at least 4x the concurrency)")

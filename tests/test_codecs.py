@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
 from segserve.codecs.geometry import Letterbox
@@ -14,7 +14,7 @@ from segserve.codecs.image import decode_image
 from segserve.codecs.masks import encode_label_png, encode_rle, semantic_segments
 from segserve.contract.model_config import InputSpec, ResizeMode
 from segserve.errors import TooManyPixels, UndecodableInput
-from tests.conftest import make_image
+from tests.conftest import exif_rotated_jpeg, make_image
 
 SPEC = InputSpec(height=128, width=128)
 
@@ -134,6 +134,44 @@ def test_jpeg_draft_decodes_smaller_but_reports_the_original_size():
     assert (decoded.height, decoded.width) == (1200, 1600)
     assert decoded.rgb.shape[0] >= 120 and decoded.rgb.shape[1] >= 160
     assert decoded.rgb.shape[0] < 1200  # decoded at a reduced scale
+
+
+def pil_decode(data: bytes, draft: tuple[int, int] | None) -> np.ndarray:
+    """What decode_image gave before libjpeg-turbo decoded JPEGs straight to numpy: PIL's draft,
+    convert and exif_transpose (``draft`` as (w, h) in stored order)."""
+    image = Image.open(io.BytesIO(data))
+    if draft is not None:
+        image.draft("RGB", draft)
+    return np.asarray(ImageOps.exif_transpose(image.convert("RGB")))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("scale", [None, 2, 4, 8])
+def test_jpeg_pixels_are_pils_at_every_orientation_and_draft_scale(orientation, scale):
+    data = exif_rotated_jpeg(101, 163, orientation, seed=orientation)
+    stored = Image.open(io.BytesIO(data)).size
+    draft = None if scale is None else (max(1, stored[0] // scale), max(1, stored[1] // scale))
+    displayed = draft if draft is None or orientation < 5 else draft[::-1]
+    decoded = decode_image(data, 10**8, None if draft is None else lambda h, w: displayed[::-1])
+    np.testing.assert_array_equal(decoded.rgb, pil_decode(data, draft))
+    assert decoded.rgb.flags.writeable and decoded.rgb.flags.c_contiguous
+
+
+@pytest.mark.parametrize("options", [{"progressive": True}, {"subsampling": 0}, {"subsampling": 1}, {"quality": 40}])
+def test_jpeg_pixels_are_pils_for_every_encoding(options):
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(make_image(333, 517, "PNG", seed=3))).save(buffer, format="JPEG", **options)
+    data = buffer.getvalue()
+    for draft in (None, (258, 166), (100, 60)):
+        got = decode_image(data, 10**8, None if draft is None else lambda h, w: draft[::-1]).rgb
+        np.testing.assert_array_equal(got, pil_decode(data, draft))
+
+
+def test_a_jpeg_libjpeg_turbo_warns_about_is_decoded_as_pil_decodes_it():
+    data = make_image(120, 160, "JPEG")
+    marker = data.index(b"\xff\xda")  # junk before the scan: libjpeg-turbo warns, PIL decodes
+    junk = data[:marker] + b"\x00\x01\x02" + data[marker:]
+    np.testing.assert_array_equal(decode_image(junk, 10**8).rgb, pil_decode(junk, None))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])

@@ -2,7 +2,13 @@
 pixels are decoded, and JPEG draft decoding when the model needs far fewer pixels.
 
 EXIF orientation is honoured: a phone photo stored sideways with an orientation tag is
-segmented, and its masks returned, the way it is displayed (width and height included)."""
+segmented, and its masks returned, the way it is displayed (width and height included).
+
+PIL reads every header and decodes PNG and WebP. Colour JPEGs, the common upload, are decoded
+by simplejpeg (libjpeg-turbo, like PIL's, at the same DCT scale: the same pixels) straight into
+a numpy array: PIL would copy its decoded image twice more on the way there (``tobytes``, then
+``np.array``), with the GIL held. A JPEG libjpeg-turbo warns about (extraneous bytes, a
+truncated file) goes to PIL, which decides as before whether it decodes."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps
 
 from segserve.errors import ServiceError, TooManyPixels, UndecodableInput
@@ -47,6 +54,7 @@ DraftSize = Callable[[int, int], tuple[int, int]]  # original (h, w) -> smallest
 class OpenedImage:
     """An image whose header has been read and checked, and its pixels reserved: nothing decoded yet."""
 
+    data: bytes
     image: Image.Image  # PIL's lazy image on the bytes
     width: int  # as displayed (EXIF orientation applied)
     height: int
@@ -76,7 +84,7 @@ def open_image(data: bytes, max_pixels: int, reserve: Callable[[int], None] | No
         raise UndecodableInput(f"cannot decode image: {describe(exc)}") from exc
     if orientation in TRANSPOSED:
         width, height = height, width
-    return OpenedImage(image, width, height, orientation)
+    return OpenedImage(data, image, width, height, orientation)
 
 
 def decode_image(
@@ -98,13 +106,43 @@ def decode_opened(opened: OpenedImage, draft_size: DraftSize | None = None) -> D
             if draft_size is not None and image.format == "JPEG":
                 min_h, min_w = draft_size(opened.height, opened.width)  # as displayed; the draft is in stored order
                 image.draft("RGB", (min_h, min_w) if orientation in TRANSPOSED else (min_w, min_h))
-            if image.mode != "RGB":  # every JPEG drafted to "RGB" is already: convert would only copy it
-                image = image.convert("RGB")
-            if orientation != 1:
-                image = ImageOps.exif_transpose(image)
-            rgb = np.array(image)  # writable (np.asarray's is not): torch can take it as is
+            rgb = _turbo_rgb(opened.data, image, orientation)
+            if rgb is None:
+                if image.mode != "RGB":  # every JPEG drafted to "RGB" is already: convert would only copy it
+                    image = image.convert("RGB")
+                if orientation != 1:
+                    image = ImageOps.exif_transpose(image)
+                rgb = np.array(image)  # writable (np.asarray's is not): torch can take it as is
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise UndecodableInput(f"cannot decode image: {describe(exc)}") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise UndecodableInput("image has no pixels")
     return DecodedImage(rgb=rgb, width=opened.width, height=opened.height)
+
+
+# EXIF orientation -> the array op that displays the stored pixels (ImageOps.exif_transpose's)
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+
+
+def _turbo_rgb(data: bytes, image: Image.Image, orientation: int) -> np.ndarray | None:
+    """A colour JPEG's pixels at the size PIL's draft chose (``image.size``), as displayed;
+    None for anything else, or a JPEG libjpeg-turbo warned about (PIL decodes those)."""
+    if image.format != "JPEG" or image.mode != "RGB":
+        return None
+    width, height = image.size  # the drafted size, in stored order
+    try:
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height, min_width=width, strict=True)
+    except ValueError:
+        return None
+    if rgb.shape[:2] != (height, width):  # another scale than PIL's: PIL's pixels, not these
+        return None
+    display = _ORIENT.get(orientation)  # 1, or a value exif_transpose ignores too
+    return rgb if display is None else np.ascontiguousarray(display(rgb))

@@ -17,7 +17,7 @@ from segserve.contract.refine import REFINE_CHOICES, REFINE_CRF
 from segserve.contract.video import SemanticParameters
 from segserve.engine import Engine
 from segserve.errors import BadParameter, UndecodableInput
-from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement
+from segserve.pipelines.base import Encoded, OutputFormat, Pipeline, Placement, stacked
 from segserve.pipelines.options import ChoiceOption
 from segserve.pipelines.refine import refine_letterboxed
 from segserve.pipelines.semantic_device import DeviceLabels, DeviceRunner, Undecodable, choose_device, decode_input
@@ -112,12 +112,12 @@ class SemanticModel(Pipeline):
             return DeviceRunner(engine, config, self.device)
         if not config.output.has_scores:  # labels only: the fast path, 1 byte per pixel out of the engine
             def run(batch: list[np.ndarray]) -> list[np.ndarray]:
-                return list(infer_labels(engine, config, np.stack(batch)))
+                return list(infer_labels(engine, config, stacked(batch)))
 
             return run
 
         def run_scored(batch: list[np.ndarray]) -> list[Scored]:
-            images = np.stack(batch)
+            images = stacked(batch)
             labels, scores = infer_outputs(engine, config, images)
             return [Scored(*item) for item in zip(labels, scores, images)]
 

@@ -38,6 +38,7 @@ from segserve.pipelines.base import (
     PartStatus,
     batch_policy,
     load_engines,
+    stacked,
     warm_up,
 )
 from segserve.pipelines.video.chunks import PreparedChunk, in_order
@@ -62,7 +63,7 @@ def _batch_runner(engine: Engine, inputs: tuple[str, ...], output: str):
     """Batches of same-shaped tuples of arrays (one per engine input) -> one output each."""
 
     def run(batch: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
-        feed = {name: np.stack([item[i] for item in batch]) for i, name in enumerate(inputs)}
+        feed = {name: stacked([item[i] for item in batch]) for i, name in enumerate(inputs)}
         return list(engine.infer(feed)[output])
 
     return run
