@@ -35,7 +35,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from segserve.contract.artifacts import CONFIG_FILE
 from segserve.contract.model_config import load_config
 from segserve_loadtest.ab import run_ab, segment_url
 from segserve_loadtest.bench_overhead import codec_floor, measure_floor
@@ -46,6 +45,7 @@ from segserve_loadtest.server_metrics import delta, scrape
 
 
 def ensure_model(repository: Path, architecture: str, input_size: tuple[int, int]) -> Path:
+    from segserve.contract.artifacts import CONFIG_FILE
     from segserve.contract.model_config import latest_version
     from segserve_models.export import export_model
     from segserve_models.weights import WeightsSpec
@@ -232,7 +232,7 @@ def measure_case(case: Case, args: argparse.Namespace, payload: Payload, scene) 
         repository = case.repository
     else:
         repository = ensure_model(case.repository, case.model, (h, w))
-    spec = load_config(repository / case.model / CONFIG_FILE).input  # what is served, whatever --input-size said
+    spec = load_config(repository / case.model).input  # what is served, whatever --input-size said
     levels = [int(v) for v in args.levels.split(",")]
     raw = RawEngine(repository, case.model, np.asarray(scene))
     engine_rows = raw.sweep(args.engine_seconds)
