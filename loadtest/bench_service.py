@@ -35,7 +35,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from segserve.contract.model_config import load_config
 from segserve_loadtest.ab import run_ab, segment_url
 from segserve_loadtest.bench_overhead import codec_floor, measure_floor
 from segserve_loadtest.bench_peers import cpu_count
@@ -232,7 +231,6 @@ def measure_case(case: Case, args: argparse.Namespace, payload: Payload, scene) 
         repository = case.repository
     else:
         repository = ensure_model(case.repository, case.model, (h, w))
-    spec = load_config(repository / case.model).input  # what is served, whatever --input-size said
     levels = [int(v) for v in args.levels.split(",")]
     raw = RawEngine(repository, case.model, np.asarray(scene))
     engine_rows = raw.sweep(args.engine_seconds)
@@ -247,7 +245,7 @@ def measure_case(case: Case, args: argparse.Namespace, payload: Payload, scene) 
     return {
         "label": case.label,
         "model": case.model,
-        "input": f"{spec.height}x{spec.width}",
+        "input": f"{raw.spec.height}x{raw.spec.width}",  # what is served, whatever --input-size said
         "target": case.target,
         "workers": args.workers,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs",

@@ -7,7 +7,7 @@ segmented, and its masks returned, the way it is displayed (width and height inc
 PIL reads every header and decodes PNG and WebP. Colour JPEGs, the common upload, are decoded
 by simplejpeg (libjpeg-turbo, like PIL's, at the same DCT scale: the same pixels) straight into
 a numpy array: PIL would copy its decoded image twice more on the way there (``tobytes``, then
-``np.array``), with the GIL held. A JPEG libjpeg-turbo warns about (extraneous bytes, a
+``np.array``). A JPEG libjpeg-turbo warns about (extraneous bytes, a
 truncated file) goes to PIL, which decides as before whether it decodes."""
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def batch_policy(config: ModelConfig) -> BatchPolicy:
 
 def stacked(arrays: list[np.ndarray]) -> np.ndarray:
     """A batch's same-shaped arrays as one (N, ...) array: a view when N is 1, the batch the
-    server runs most when it is not saturated (np.stack would copy it, and wait for the GIL twice)."""
+    server runs most when it is not saturated (np.stack would copy it)."""
     return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
